@@ -1,0 +1,45 @@
+"""Embedding: ``Y = onehot(ids) · E``, one row per sample × token; ``A`` stays implicit."""
+
+import functools
+
+import keras
+import tensorflow as tf
+
+from tf_autospec import spectra
+from tf_autospec.capture import LayerCapture, register
+
+
+@register(keras.layers.Embedding)
+class EmbeddingCapture(LayerCapture):
+    kernel_attribute = "embeddings"
+
+    def matrix_shape(self, layer):
+        return (layer.input_dim, layer.output_dim)
+
+    def check_supported(self, layer):
+        if getattr(layer, "quantization_mode", None):
+            return f"quantized ({layer.quantization_mode}) embeddings are not a plain lookup"
+        return None
+
+    def input_rows(self, layer, inputs):
+        return tf.reshape(tf.cast(inputs, tf.int32), [tf.shape(inputs)[0], -1])
+
+    def output_rows(self, layer, product):
+        return tf.reshape(product, [tf.shape(product)[0], -1, layer.output_dim])
+
+    def factor(self, layer, rows):
+        return spectra.OneHotRows(rows, layer.input_dim)
+
+    def fill_value(self):
+        return -1
+
+    def intercept(self, layer, record):
+        original_call = layer.call
+
+        @functools.wraps(original_call)
+        def call(*args, **kwargs):
+            inputs = args[0] if args else kwargs["inputs"]
+            return record(layer, inputs, original_call(*args, **kwargs))
+
+        object.__setattr__(layer, "call", call)
+        return lambda: layer.__dict__.pop("call")

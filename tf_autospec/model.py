@@ -1,0 +1,375 @@
+"""`AutoSpecModel`: a `keras.Model` that records per-group gradient spectra in `fit`."""
+
+import contextlib
+import warnings
+
+import keras
+import tensorflow as tf
+from keras.src import tree
+from keras.src.losses import loss as loss_module
+from keras.src.models.functional import Functional
+from keras.src.trainers.data_adapters import data_adapter_utils
+
+from tf_autospec import groups as groups_module
+from tf_autospec import spectra, tracking
+from tf_autospec.capture import Recording
+from tf_autospec.results import StepSpectra
+
+
+class _SpectraState:
+    """Variables holding the last recorded step; created when training starts."""
+
+    def __init__(self, kernels, num_groups):
+        self.kernels = kernels
+        nan = float("nan")
+        self.values = {
+            (k.path, kind): tf.Variable(
+                tf.fill([num_groups, width], nan), trainable=False, name="autospec_spectrum"
+            )
+            for k in kernels
+            for kind, width in k.widths.items()
+        }
+        self.counts = tf.Variable(tf.zeros([num_groups], tf.int32), trainable=False)
+        self.step = tf.Variable(tf.constant(-1, tf.int64), trainable=False)
+        self.recorded = tf.Variable(False, trainable=False)
+
+
+def _functional_arguments(args, kwargs):
+    return (len(args) == 2) or (len(args) == 1 and "outputs" in kwargs) or (
+        "inputs" in kwargs and "outputs" in kwargs
+    )
+
+
+def _has_gpu():
+    return bool(tf.config.list_logical_devices("GPU"))
+
+
+class AutoSpecModel(keras.Model):
+    """A `keras.Model` that records exact per-group gradient spectra during `fit`.
+
+    For every tracked kernel (Dense, EinsumDense, Conv1D/2D/3D, Embedding, found at
+    any depth), every declared group and every recorded step it computes ``grad`` =
+    σ(G_g), ``act`` = σ(M_g A) and ``delta`` = σ(M_g Δ), where ``G_g = Aᵀ M_g Δ`` is
+    group ``g``'s share of the kernel gradient (see ``docs/method.md``). The training
+    update is exactly `keras.Model`'s: one forward pass, one ``tape.gradient`` call.
+
+    Use it subclassed (``super().__init__(groups=[...])``), functional
+    (``AutoSpecModel(inputs=..., outputs=..., groups=[...])``), or through
+    `tf_autospec.wrap`.
+
+    Args:
+        groups: the group names, declared up front; labels are their indices
+            ``0..G-1`` or the names themselves, ``-1`` for "in no group".
+        layers: ``None`` (default) tracks every supported layer; otherwise a list of
+            layer names or kernel paths (``"dense/kernel"``).
+        kinds: which spectra to record, a subset of ``("grad", "act", "delta")``
+            (default: all three).
+        top_k: ``None`` (default) keeps every singular value up to the rank bound;
+            an int keeps only the largest ``top_k`` per spectrum.
+        every_n_steps: record every n-th optimizer step (default 1: every step).
+        **kwargs: passed to `keras.Model` (``name``, or ``inputs``/``outputs``).
+
+    Example:
+
+    ```python
+    class Net(tf_autospec.AutoSpecModel):
+        def __init__(self):
+            super().__init__(groups=["HC", "SZ"])
+            self.hidden = keras.layers.Dense(64, activation="relu")
+            self.out = keras.layers.Dense(2)
+
+        def call(self, x):
+            return self.out(self.hidden(x))
+
+    model = Net()
+    model.compile(optimizer="adam", loss=keras.losses.SparseCategoricalCrossentropy(True))
+    model.fit(x, y, groups=labels, epochs=2)
+    model.last_spectra.spectrum("dense/kernel", "grad", "SZ")
+    ```
+    """
+
+    def __new__(cls, *args, **kwargs):
+        if cls is AutoSpecModel and _functional_arguments(args, kwargs):
+            return super().__new__(FunctionalAutoSpecModel)
+        return super().__new__(cls)
+
+    def __init__(
+        self, *args, groups=None, layers=None, kinds=spectra.KINDS, top_k=None,
+        every_n_steps=1, **kwargs
+    ):
+        super().__init__(*args, **kwargs)
+        self.groups = groups_module.validate_group_names(groups)
+        if layers is not None and isinstance(layers, str):
+            layers = [layers]
+        self.autospec_layers = None if layers is None else tuple(layers)
+        self.autospec_kinds = tracking.check_kinds(kinds)
+        if top_k is not None and (int(top_k) != top_k or top_k < 1):
+            raise ValueError(f"top_k must be None or a positive integer; received {top_k!r}.")
+        self.autospec_top_k = top_k
+        if int(every_n_steps) != every_n_steps or every_n_steps < 1:
+            raise ValueError(
+                f"every_n_steps must be a positive integer; received {every_n_steps!r}."
+            )
+        self.autospec_every_n_steps = int(every_n_steps)
+        self._spectra_state = None
+
+    # ----------------------------------------------------------------- inputs
+
+    def _expects_dict_inputs(self):
+        return isinstance(getattr(self, "_inputs_struct", None), dict)
+
+    def _model_inputs(self, x):
+        """``x`` without its group entry; a lone remaining entry is the input itself."""
+        if not isinstance(x, dict) or groups_module.GROUP_KEY not in x:
+            return x
+        rest = {k: v for k, v in x.items() if k != groups_module.GROUP_KEY}
+        if len(rest) == 1 and not self._expects_dict_inputs():
+            return next(iter(rest.values()))
+        return rest
+
+    def __call__(self, *args, **kwargs):
+        if args:
+            args = (self._model_inputs(args[0]),) + args[1:]
+        return super().__call__(*args, **kwargs)
+
+    def _group_labels(self, x):
+        if not isinstance(x, dict) or groups_module.GROUP_KEY not in x:
+            raise ValueError(
+                "AutoSpecModel.fit needs a group label per sample: call "
+                "`fit(x, y, groups=labels)`, or give the inputs as a dict with a "
+                "'group' entry (`fit({'x': x, 'group': labels}, y)`, also from a "
+                f"tf.data.Dataset). Declared groups: {list(self.groups)}."
+            )
+        return groups_module.labels_to_indices_tensor(
+            x[groups_module.GROUP_KEY], self.groups, check=not self.jit_compile
+        )
+
+    def _attach_groups(self, x, labels):
+        if isinstance(x, (tf.data.Dataset, keras.utils.PyDataset)) or (
+            hasattr(x, "__next__") and not hasattr(x, "shape")
+        ):
+            raise ValueError(
+                "`groups=` works with array inputs. For a tf.data.Dataset or a "
+                "generator, yield the inputs as a dict with a 'group' entry instead: "
+                "({'x': x, 'group': labels}, y)."
+            )
+        indices = groups_module.labels_to_indices(labels, self.groups)
+        first = next(iter(tree.flatten(x)))
+        if len(indices) != len(first):
+            raise ValueError(
+                f"groups has {len(indices)} labels but x has {len(first)} samples; "
+                "give one group label per sample."
+            )
+        if isinstance(x, dict):
+            return {**x, groups_module.GROUP_KEY: indices}
+        return {"x": x, groups_module.GROUP_KEY: indices}
+
+    def fit(self, x=None, y=None, *args, groups=None, **kwargs):
+        """`keras.Model.fit`, plus ``groups``: one group label per sample of ``x``.
+
+        Labels may instead come as a ``"group"`` entry of a dict ``x`` (the form
+        `tf.data` pipelines use). ``validation_data`` may carry the same entry.
+        """
+        if groups is not None:
+            x = self._attach_groups(x, groups)
+        elif isinstance(x, dict) and groups_module.GROUP_KEY in x:
+            labels = groups_module.labels_to_indices(x[groups_module.GROUP_KEY], self.groups)
+            x = {**x, groups_module.GROUP_KEY: labels}
+        return super().fit(x, y, *args, **kwargs)
+
+    # --------------------------------------------------------------- training
+
+    @property
+    def tracked_kernels(self):
+        """The `tracking.TrackedKernel`s recorded (known once training has started)."""
+        return [] if self._spectra_state is None else list(self._spectra_state.kernels)
+
+    def make_train_function(self, force=False):
+        if self.steps_per_execution != 1:
+            raise ValueError(
+                "AutoSpecModel records spectra after every step, which needs "
+                f"steps_per_execution=1 in compile() (got {self.steps_per_execution})."
+            )
+        if self.jit_compile and not _has_gpu():
+            warnings.warn(
+                "jit_compile=True is turned off for AutoSpecModel's training step on "
+                "CPU: XLA's CPU eigen-solvers take minutes on matrices this size. "
+                "On a GPU the step is compiled with XLA.",
+                tracking.AutoSpecWarning,
+                stacklevel=2,
+            )
+            self.jit_compile = False
+        if self._spectra_state is None:
+            kernels = tracking.find_tracked_kernels(
+                self, self.autospec_layers, self.autospec_kinds, self.autospec_top_k
+            )
+            self._spectra_state = _SpectraState(kernels, len(self.groups))
+        return super().make_train_function(force=force)
+
+    @contextlib.contextmanager
+    def _recording(self, tape):
+        recording = Recording(tape)
+        undo = []
+        try:
+            for kernel in self._spectra_state.kernels:
+                undo.append(kernel.capture.intercept(kernel.layer, recording.record))
+            yield recording
+        finally:
+            for restore in undo:
+                restore()
+
+    def train_step(self, data):
+        """`keras.Model.train_step` with the products and their gradients captured."""
+        x, y, sample_weight = data_adapter_utils.unpack_x_y_sample_weight(data)
+        labels = self._group_labels(x)
+        with tf.GradientTape() as tape:
+            with self._recording(tape) as recording:
+                if self._call_has_training_arg:
+                    y_pred = self(x, training=True)
+                else:
+                    y_pred = self(x)
+            loss = self._compute_loss(
+                x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=True
+            )
+            self._loss_tracker.update_state(
+                loss_module.unscale_loss_for_distribution(loss),
+                sample_weight=tf.shape(next(i for i in tree.flatten(x) if i is not None))[0],
+            )
+            if self.optimizer is not None:
+                loss = self.optimizer.scale_loss(loss)
+
+        trainable_weights = self.trainable_weights
+        if trainable_weights:
+            calls = [recording.calls_of(k.layer) for k in self._spectra_state.kernels]
+            products = [product for kernel_calls in calls for _, product in kernel_calls]
+            gradients = tape.gradient(loss, trainable_weights + products)
+            weight_gradients = gradients[: len(trainable_weights)]
+            product_gradients = iter(gradients[len(trainable_weights) :])
+            loss_scale = self.optimizer.scale_loss(tf.constant(1.0, loss.dtype))
+            deltas = [
+                [
+                    _unscaled(next(product_gradients), product, loss_scale)
+                    for _, product in kernel_calls
+                ]
+                for kernel_calls in calls
+            ]
+            step = tf.identity(self.optimizer.iterations)
+            self.optimizer.apply_gradients(zip(weight_gradients, trainable_weights))
+            self._record(step, calls, deltas, labels)
+        else:
+            warnings.warn("The model does not have any trainable weights.")
+        return self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
+
+    def _record(self, step, calls, deltas, labels):
+        state = self._spectra_state
+        state.step.assign(step)
+        if self.autospec_every_n_steps == 1:
+            state.recorded.assign(True)
+            self._assign_spectra(calls, deltas, labels)
+            return
+        due = tf.equal(step % self.autospec_every_n_steps, 0)
+        state.recorded.assign(due)
+
+        def record():
+            self._assign_spectra(calls, deltas, labels)
+            return tf.constant(True)
+
+        tf.cond(due, record, lambda: tf.constant(False))
+
+    def _assign_spectra(self, calls, deltas, labels):
+        state = self._spectra_state
+        grouping = spectra.SampleGrouping(labels, len(self.groups), self.jit_compile)
+        state.counts.assign(grouping.counts)
+        for kernel, kernel_calls, kernel_deltas in zip(state.kernels, calls, deltas):
+            results = self._kernel_spectra(kernel, kernel_calls, kernel_deltas, grouping)
+            for kind, values in results.items():
+                state.values[(kernel.path, kind)].assign(values)
+
+    def _kernel_spectra(self, kernel, kernel_calls, kernel_deltas, grouping):
+        if not kernel_calls:
+            num_groups = len(self.groups)
+            return {k: tf.fill([num_groups, w], float("nan")) for k, w in kernel.widths.items()}
+        layer, capture = kernel.layer, kernel.capture
+        input_rows = tf.concat([capture.input_rows(layer, i) for i, _ in kernel_calls], axis=1)
+        delta_rows = tf.concat([capture.output_rows(layer, d) for d in kernel_deltas], axis=1)
+        rows_per_sample = spectra.dim(delta_rows, 1)
+        grouped_inputs = grouping.apply(input_rows, capture.fill_value())
+        grouped_deltas = grouping.apply(delta_rows, 0)
+        groups = len(self.groups)
+        a = capture.factor(
+            layer, tf.reshape(grouped_inputs, [groups, -1, *input_rows.shape[2:]])
+        )
+        delta = spectra.DenseRows(tf.reshape(grouped_deltas, [groups, -1, kernel.fan_out]))
+        return spectra.group_spectra(
+            a, delta, rows_per_sample, grouping.counts, self.autospec_kinds, kernel.widths
+        )
+
+    # ---------------------------------------------------------------- results
+
+    @property
+    def last_spectra(self):
+        """`StepSpectra` of the last training step, or ``None`` if it was not recorded."""
+        state = self._spectra_state
+        if state is None or not bool(state.recorded.numpy()):
+            return None
+        return StepSpectra(
+            step=int(state.step.numpy()),
+            groups=self.groups,
+            counts=state.counts.numpy(),
+            spectra={key: v.numpy() for key, v in state.values.items()},
+        )
+
+
+def _unscaled(gradient, product, loss_scale):
+    if gradient is None:
+        return tf.zeros_like(product)
+    return gradient / tf.cast(loss_scale, gradient.dtype)
+
+
+class FunctionalAutoSpecModel(AutoSpecModel, Functional):
+    """What ``AutoSpecModel(inputs=..., outputs=..., groups=...)`` builds."""
+
+
+class WrappedModel(AutoSpecModel):
+    """An existing Keras model, unchanged, trained as an `AutoSpecModel`.
+
+    Made by `wrap`; the wrapped model's layers and weights are shared, not copied.
+    """
+
+    def __init__(self, model, **options):
+        super().__init__(name=f"autospec_{model.name}", **options)
+        self.wrapped = model
+
+    def _expects_dict_inputs(self):
+        return isinstance(getattr(self.wrapped, "_inputs_struct", None), dict)
+
+    def call(self, inputs, training=None):
+        return self.wrapped(inputs, training=training)
+
+
+def wrap(model, groups, **options):
+    """Turns an existing Keras model into an `AutoSpecModel`, without a rewrite.
+
+    Args:
+        model: a Sequential, functional or subclassed `keras.Model`. Its layers and
+            weights are used as they are (shared, not copied).
+        groups: the group names (see `AutoSpecModel`).
+        **options: ``layers``, ``kinds``, ``top_k``, ``every_n_steps`` as for
+            `AutoSpecModel`.
+
+    Returns:
+        An `AutoSpecModel` to ``compile`` and ``fit`` in place of ``model``.
+
+    Example:
+
+    ```python
+    model = tf_autospec.wrap(keras.Sequential([...]), groups=["HC", "SZ"])
+    model.compile(optimizer="adam", loss="mse")
+    model.fit(x, y, groups=labels)
+    ```
+    """
+    if not isinstance(model, keras.Model):
+        raise TypeError(f"wrap() takes a keras.Model; received {type(model).__name__}.")
+    if isinstance(model, AutoSpecModel):
+        raise TypeError(f"Model '{model.name}' is already an AutoSpecModel; use it directly.")
+    return WrappedModel(model, groups=groups, **options)

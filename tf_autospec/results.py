@@ -1,0 +1,51 @@
+"""The spectra of one recorded training step, as handed to callbacks."""
+
+import dataclasses
+
+import numpy as np
+
+
+@dataclasses.dataclass(frozen=True)
+class StepSpectra:
+    """Group spectra of every tracked kernel for one training step.
+
+    Read it in a callback as ``self.model.last_spectra`` after each training batch;
+    it is ``None`` for steps that were not recorded (see ``every_n_steps``).
+
+    Attributes:
+        step: the optimizer iteration (0-based) whose gradient was decomposed.
+        groups: the declared group names; row ``i`` of each array is ``groups[i]``.
+        counts: int ``[G]``, samples of each group in the batch.
+        spectra: ``{(kernel_path, kind): float32 [G, width]}``, singular values in
+            descending order, NaN beyond the group's rank bound and for absent groups.
+
+    Example:
+
+    ```python
+    class PrintTop(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            spectra = self.model.last_spectra
+            if spectra is not None:
+                print(spectra.spectrum("dense/kernel", "grad", "SZ")[:3])
+    ```
+    """
+
+    step: int
+    groups: tuple
+    counts: np.ndarray
+    spectra: dict
+
+    @property
+    def kernels(self):
+        """Kernel paths in model order."""
+        return list(dict.fromkeys(path for path, _ in self.spectra))
+
+    def spectrum(self, kernel, kind, group):
+        """Singular values ``[width]`` of one kernel, kind and group (name or index)."""
+        index = group if isinstance(group, (int, np.integer)) else self.groups.index(group)
+        try:
+            return self.spectra[(kernel, kind)][index]
+        except KeyError:
+            raise KeyError(
+                f"No '{kind}' spectrum for '{kernel}'; recorded: {sorted(self.spectra)}."
+            ) from None

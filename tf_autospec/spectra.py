@@ -1,0 +1,231 @@
+"""Exact per-group singular values of a kernel gradient and of its two factors.
+
+For a kernel used as ``Y = A @ W`` the gradient is ``∇W = Aᵀ Δ``; group ``g`` with
+row mask ``M_g`` has ``G_g = Aᵀ M_g Δ``. For every group this module returns
+
+* ``grad``  = σ(G_g)
+* ``act``   = σ(M_g A)
+* ``delta`` = σ(M_g Δ)
+
+without ever decomposing a matrix larger than the rank bound requires. Two routes,
+picked per kernel from the shapes (at run time when the batch size is dynamic):
+
+* **rows** (a group has fewer rows ``R`` than ``min(fan_in, fan_out)``, e.g. Dense):
+  ``K_A = A_g A_gᵀ = U Λ Uᵀ`` gives σ(A_g) = √Λ; ``K_Δ = Δ_g Δ_gᵀ`` gives σ(Δ_g);
+  and σ(G_g)² = eig(Λ^½ Uᵀ K_Δ U Λ^½), because ``G_g G_gᵀ = A_gᵀ K_Δ A_g``.
+  Three eigen-problems of size ``R × R``.
+* **fan** (``R`` large, e.g. convolutions with rows = samples × positions):
+  ``G_g = A_gᵀ Δ_g`` is formed (one extra weight gradient over the group's rows) and
+  the smaller of its two Gram matrices is decomposed; σ(A_g), σ(Δ_g) come from the
+  smaller of their Gram matrices.
+
+All Gram matrices and eigen-problems are float64: Gram matrices square the condition
+number, and float64 keeps the small singular values accurate to ~1e-8 × σ_max.
+
+Groups are laid out side by side, ``[G, R, ...]``, so each step is one batched call
+for all groups of a kernel. Outside XLA the rows of each group are gathered (``R`` =
+largest group); under XLA they are masked (``R`` = batch) so that shapes stay static.
+"""
+
+import tensorflow as tf
+
+KINDS = ("grad", "act", "delta")
+COMPUTE_DTYPE = tf.float64
+
+
+class SampleGrouping:
+    """Lays per-sample tensors out per group: ``[N, ...] -> [G, S, ...]``.
+
+    Args:
+        labels: int32 ``[N]`` group indices, ``-1`` for samples in no group.
+        num_groups: number of declared groups ``G``.
+        static_shapes: mask instead of gather, so that ``S = N`` is static (XLA).
+    """
+
+    def __init__(self, labels, num_groups, static_shapes):
+        self.num_groups = num_groups
+        self.static_shapes = static_shapes
+        self.one_hot = tf.one_hot(labels, num_groups, dtype=tf.int32)  # -1 -> zero row
+        self.counts = tf.reduce_sum(self.one_hot, axis=0)
+        if static_shapes:
+            self.members = tf.cast(tf.transpose(self.one_hot), tf.bool)  # [G, N]
+            return
+        slot = tf.reduce_sum(tf.cumsum(self.one_hot, axis=0, exclusive=True) * self.one_hot, axis=1)
+        assigned = tf.where(labels >= 0)[:, 0]
+        positions = tf.stack(
+            [tf.gather(labels, assigned), tf.gather(slot, assigned)], axis=1
+        )
+        largest = tf.reduce_max(self.counts)
+        # Index 0 of the extended tensor is the fill row; sample i sits at i + 1.
+        self.sample_index = tf.scatter_nd(
+            positions, tf.cast(assigned, tf.int32) + 1, tf.stack([num_groups, largest])
+        )
+
+    def apply(self, values, fill):
+        """Returns ``values`` laid out as ``[G, S, ...]``; empty slots hold ``fill``."""
+        if self.static_shapes:
+            members = tf.reshape(
+                self.members, [self.num_groups, -1] + [1] * (values.shape.rank - 1)
+            )
+            return tf.where(members, values[None], tf.cast(fill, values.dtype))
+        fill_row = tf.fill(tf.concat([[1], tf.shape(values)[1:]], 0), tf.cast(fill, values.dtype))
+        return tf.gather(tf.concat([fill_row, values], axis=0), self.sample_index)
+
+
+class DenseRows:
+    """A factor given by its rows: float ``[G, R, d]``."""
+
+    def __init__(self, values):
+        self.values = tf.cast(values, COMPUTE_DTYPE)
+        self.width = values.shape[-1]
+
+    @property
+    def num_rows(self):
+        return dim(self.values, 1)
+
+    def row_gram(self):
+        return tf.matmul(self.values, self.values, transpose_b=True)
+
+    def column_gram_eigenvalues(self):
+        return tf.linalg.eigvalsh(tf.matmul(self.values, self.values, transpose_a=True))
+
+    def transpose_matmul(self, other):
+        return tf.matmul(self.values, other, transpose_a=True)
+
+
+class OneHotRows:
+    """A factor whose rows are one-hot vectors (Embedding): ids ``[G, R]``, ``-1`` = empty row."""
+
+    def __init__(self, ids, depth):
+        self.ids = ids
+        self.width = depth
+
+    @property
+    def num_rows(self):
+        return dim(self.ids, 1)
+
+    def row_gram(self):
+        present = self.ids >= 0
+        same = tf.equal(self.ids[:, :, None], self.ids[:, None, :])
+        return tf.cast(same & present[:, :, None] & present[:, None, :], COMPUTE_DTYPE)
+
+    def column_gram_eigenvalues(self):
+        # AᵀA is diagonal: the number of rows holding each token.
+        counts = tf.reduce_sum(tf.one_hot(self.ids, self.width, dtype=COMPUTE_DTYPE), axis=1)
+        return tf.sort(counts, axis=-1)
+
+    def transpose_matmul(self, other):
+        groups = tf.shape(self.ids)[0]
+        segment = tf.where(
+            self.ids >= 0,
+            self.ids + self.width * tf.range(groups)[:, None],
+            groups * self.width,
+        )
+        summed = tf.math.unsorted_segment_sum(
+            tf.reshape(other, [-1, other.shape[-1]]),
+            tf.reshape(segment, [-1]),
+            groups * self.width + 1,
+        )
+        return tf.reshape(summed[:-1], [groups, self.width, other.shape[-1]])
+
+
+def dim(tensor, axis):
+    static = tensor.shape[axis]
+    return static if static is not None else tf.shape(tensor)[axis]
+
+
+def _select(condition, if_true, if_false):
+    """Python branch when ``condition`` is static, ``tf.cond`` otherwise."""
+    if isinstance(condition, (bool,)) or not tf.is_tensor(condition):
+        return if_true() if condition else if_false()
+    return tf.cond(condition, if_true, if_false)
+
+
+def _singular_values(eigenvalues, width):
+    """Ascending Gram eigenvalues -> descending singular values, cut or NaN-padded to ``width``."""
+    values = tf.sqrt(tf.maximum(tf.reverse(eigenvalues, axis=[-1]), 0.0))
+    missing = tf.maximum(width - tf.shape(values)[-1], 0)
+    values = tf.pad(values, [[0, 0], [0, missing]], constant_values=float("nan"))
+    return tf.ensure_shape(values[:, :width], [None, width])
+
+
+def _smaller_gram_eigenvalues(factor):
+    """Eigenvalues of the smaller Gram matrix of a factor (its squared singular values)."""
+    return _select(
+        factor.num_rows <= factor.width,
+        lambda: tf.linalg.eigvalsh(factor.row_gram()),
+        factor.column_gram_eigenvalues,
+    )
+
+
+def _rows_route(a, delta, kinds, widths):
+    gram_a = a.row_gram()
+    out = {}
+    if "grad" in kinds:
+        eig_a, vectors_a = tf.linalg.eigh(gram_a)
+    elif "act" in kinds:
+        eig_a = tf.linalg.eigvalsh(gram_a)
+    if "act" in kinds:
+        out["act"] = _singular_values(eig_a, widths["act"])
+    if "grad" in kinds or "delta" in kinds:
+        gram_delta = delta.row_gram()
+    if "delta" in kinds:
+        out["delta"] = _singular_values(tf.linalg.eigvalsh(gram_delta), widths["delta"])
+    if "grad" in kinds:
+        scale = tf.sqrt(tf.maximum(eig_a, 0.0))
+        projected = tf.matmul(vectors_a, tf.matmul(gram_delta, vectors_a), transpose_a=True)
+        core = scale[:, :, None] * projected * scale[:, None, :]
+        out["grad"] = _singular_values(tf.linalg.eigvalsh(core), widths["grad"])
+    return out
+
+
+def _fan_route(a, delta, kinds, widths):
+    out = {}
+    if "act" in kinds:
+        out["act"] = _singular_values(_smaller_gram_eigenvalues(a), widths["act"])
+    if "delta" in kinds:
+        out["delta"] = _singular_values(_smaller_gram_eigenvalues(delta), widths["delta"])
+    if "grad" in kinds:
+        gradient = a.transpose_matmul(delta.values)
+        tall = a.width >= delta.width
+        gram = tf.matmul(gradient, gradient, transpose_a=tall, transpose_b=not tall)
+        out["grad"] = _singular_values(tf.linalg.eigvalsh(gram), widths["grad"])
+    return out
+
+
+def group_spectra(a, delta, rows_per_sample, counts, kinds, widths):
+    """Singular values of each group's gradient and factors for one kernel.
+
+    Args:
+        a: `DenseRows` or `OneHotRows`, the group-laid-out layer inputs ``[G, R, fan_in]``.
+        delta: `DenseRows`, the group-laid-out ``∂L/∂Y`` rows ``[G, R, fan_out]``.
+        rows_per_sample: rows each sample contributes (positions, time steps, tokens).
+        counts: int32 ``[G]`` samples per group.
+        kinds: subset of `KINDS` to compute.
+        widths: dict kind -> fixed output width.
+
+    Returns:
+        dict kind -> float32 ``[G, width]``: singular values in descending order; NaN
+        beyond the group's rank bound ``min(rows_g, ...)`` and for groups with no sample.
+    """
+    rows = a.num_rows
+    smallest_fan = min(a.width, delta.width)
+    spectra = _select(
+        rows < smallest_fan,
+        lambda: _rows_route(a, delta, kinds, widths),
+        lambda: _fan_route(a, delta, kinds, widths),
+    )
+    group_rows = counts * rows_per_sample
+    bounds = {
+        "act": tf.minimum(group_rows, a.width),
+        "delta": tf.minimum(group_rows, delta.width),
+        "grad": tf.minimum(group_rows, smallest_fan),
+    }
+    out = {}
+    for kind in kinds:
+        index = tf.range(widths[kind])[None, :]
+        defined = index < bounds[kind][:, None]
+        out[kind] = tf.cast(
+            tf.where(defined, spectra[kind], float("nan")), tf.float32
+        )
+    return out

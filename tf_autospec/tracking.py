@@ -1,0 +1,148 @@
+"""Which kernels of a model are tracked, and the fixed width of each spectrum."""
+
+import dataclasses
+import warnings
+
+import keras
+
+from tf_autospec import capture, spectra
+
+
+class AutoSpecWarning(UserWarning):
+    """A layer is not tracked, or its spectra need a caveat."""
+
+
+@dataclasses.dataclass(frozen=True)
+class TrackedKernel:
+    """One kernel whose group spectra are recorded.
+
+    Attributes:
+        path: the kernel variable's Keras path, e.g. ``"dense_1/kernel"``.
+        layer: the layer that owns it.
+        capture: the layer family's `capture.LayerCapture`.
+        fan_in: rows of the kernel read as a matrix.
+        fan_out: columns of the kernel read as a matrix.
+        widths: kind -> number of singular values stored per group and step.
+    """
+
+    path: str
+    layer: keras.layers.Layer
+    capture: capture.LayerCapture
+    fan_in: int
+    fan_out: int
+    widths: dict
+
+    @property
+    def rank_bound(self):
+        """Largest possible rank of a group gradient: ``min(fan_in, fan_out)``."""
+        return min(self.fan_in, self.fan_out)
+
+
+def spectrum_widths(fan_in, fan_out, kinds, top_k):
+    """Widths per kind: every singular value up to the matrix's bound, capped at ``top_k``."""
+    bounds = {"grad": min(fan_in, fan_out), "act": fan_in, "delta": fan_out}
+    return {kind: bounds[kind] if top_k is None else min(bounds[kind], top_k) for kind in kinds}
+
+
+def _own_trainable_variables(layer):
+    return [v for v in getattr(layer, "_trainable_variables", []) if v.trainable]
+
+
+def _has_registered_descendant(layer):
+    return any(
+        capture.capture_for(sub) is not None
+        for sub in layer._flatten_layers(include_self=False, recursive=True)
+    )
+
+
+def _warn(message):
+    warnings.warn(message, AutoSpecWarning, stacklevel=4)
+
+
+def _candidates(container):
+    """Yields ``(layer, capture)`` for registered layers below ``container``; warns on the rest."""
+    for layer in container._flatten_layers(include_self=False, recursive=False):
+        if not layer.trainable:
+            continue
+        layer_capture = capture.capture_for(layer)
+        if layer_capture is not None:
+            reason = layer_capture.check_supported(layer)
+            if reason is None:
+                yield layer, layer_capture
+            else:
+                _warn(f"AutoSpec skips layer '{layer.name}' ({type(layer).__name__}): {reason}.")
+            continue
+        if isinstance(layer, keras.layers.BatchNormalization):
+            _warn(
+                f"Layer '{layer.name}' (BatchNormalization) couples the samples of a batch "
+                "in training mode: group gradients then differ from the gradient of the "
+                "group-masked loss. Its own weights are not tracked."
+            )
+            continue
+        descend = _has_registered_descendant(layer)
+        if _own_trainable_variables(layer) or (not descend and layer.trainable_weights):
+            _warn(
+                f"AutoSpec does not support layer '{layer.name}' ({type(layer).__name__}); "
+                "its weights are trained but get no spectra. Register a LayerCapture for "
+                "its class to track it."
+            )
+        if descend:
+            yield from _candidates(layer)
+
+
+def find_tracked_kernels(model, layers, kinds, top_k):
+    """Lists the kernels to track, warning once for each trainable layer that is skipped.
+
+    Args:
+        model: a built Keras model.
+        layers: ``None`` for every supported layer, or names of layers / kernel paths.
+        kinds: kinds to record (subset of ``spectra.KINDS``).
+        top_k: ``None`` or the largest number of singular values stored per spectrum.
+
+    Returns:
+        List of `TrackedKernel` in model order.
+
+    Raises:
+        ValueError: when ``layers`` names something the model does not have, or
+            nothing is left to track.
+    """
+    found = []
+    for layer, layer_capture in _candidates(model):
+        kernel = layer_capture.kernel(layer)
+        fan_in, fan_out = layer_capture.matrix_shape(layer)
+        found.append(
+            TrackedKernel(
+                path=kernel.path,
+                layer=layer,
+                capture=layer_capture,
+                fan_in=int(fan_in),
+                fan_out=int(fan_out),
+                widths=spectrum_widths(int(fan_in), int(fan_out), kinds, top_k),
+            )
+        )
+    if layers is not None:
+        wanted = set(layers)
+        chosen = [k for k in found if k.path in wanted or k.layer.name in wanted]
+        missing = wanted - {k.path for k in chosen} - {k.layer.name for k in chosen}
+        if missing:
+            raise ValueError(
+                f"layers={sorted(missing)} are not tracked layers of this model; "
+                f"choose among {[k.path for k in found]} (kernel paths or layer names)."
+            )
+        found = chosen
+    if not found:
+        raise ValueError(
+            "This model has no layer that AutoSpec can track (supported: "
+            f"{sorted(c.__name__ for c in capture.registered_classes())}). "
+            "Add one, or register a LayerCapture for your layer class."
+        )
+    return found
+
+
+def check_kinds(kinds):
+    """Validates the ``kinds`` option and returns it as a tuple in canonical order."""
+    kinds = tuple(kinds)
+    unknown = [k for k in kinds if k not in spectra.KINDS]
+    if unknown or not kinds:
+        raise ValueError(f"kinds must be a non-empty subset of {spectra.KINDS}; received {kinds}.")
+    return tuple(k for k in spectra.KINDS if k in kinds)
