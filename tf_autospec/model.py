@@ -175,7 +175,21 @@ class AutoSpecModel(keras.Model):
         elif isinstance(x, dict) and groups_module.GROUP_KEY in x:
             labels = groups_module.labels_to_indices(x[groups_module.GROUP_KEY], self.groups)
             x = {**x, groups_module.GROUP_KEY: labels}
+        self._build_from_sample(x)
         return super().fit(x, y, *args, **kwargs)
+
+    def _build_from_sample(self, x):
+        """Builds every layer on one sample: the tracked kernels must exist before tracing."""
+        if all(layer.built for layer in self._flatten_layers()):
+            return
+        if isinstance(x, tf.data.Dataset):
+            x = next(iter(x.take(1)))[0]
+            sample = tree.map_structure(lambda v: v[:1], x)
+        elif isinstance(x, keras.utils.PyDataset):
+            sample = tree.map_structure(lambda v: v[:1], x[0][0])
+        else:
+            sample = tree.map_structure(lambda v: v[:1], x)
+        self(sample, training=False)
 
     # --------------------------------------------------------------- training
 
