@@ -300,22 +300,25 @@ class AutoSpecModel(keras.Model):
                 state.values[(kernel.path, kind)].assign(values)
 
     def _kernel_spectra(self, kernel, kernel_calls, kernel_deltas, grouping):
-        if not kernel_calls:
-            num_groups = len(self.groups)
-            return {k: tf.fill([num_groups, w], float("nan")) for k, w in kernel.widths.items()}
-        layer, capture = kernel.layer, kernel.capture
-        input_rows = tf.concat([capture.input_rows(layer, i) for i, _ in kernel_calls], axis=1)
-        delta_rows = tf.concat([capture.output_rows(layer, d) for d in kernel_deltas], axis=1)
-        rows_per_sample = spectra.dim(delta_rows, 1)
-        grouped_inputs = grouping.apply(input_rows, capture.fill_value())
-        grouped_deltas = grouping.apply(delta_rows, 0)
         groups = len(self.groups)
-        a = capture.factor(
-            layer, tf.reshape(grouped_inputs, [groups, -1, *input_rows.shape[2:]])
-        )
-        delta = spectra.DenseRows(tf.reshape(grouped_deltas, [groups, -1, kernel.fan_out]))
+        if not kernel_calls:
+            return {k: tf.fill([groups, w], float("nan")) for k, w in kernel.widths.items()}
+        layer, capture = kernel.layer, kernel.capture
+
+        def grouped_rows(tensors, rows, fill):
+            # Group whole samples first: far fewer values to move than their rows.
+            out = []
+            for tensor in tensors:
+                laid_out = grouping.apply(tensor, fill)
+                out.append(rows(layer, tf.reshape(laid_out, [-1, *tensor.shape[1:]])))
+            return tf.concat(out, axis=1)
+
+        input_rows = grouped_rows([i for i, _ in kernel_calls], capture.input_rows, capture.fill_value())
+        delta_rows = grouped_rows(kernel_deltas, capture.output_rows, 0)
+        a = capture.factor(layer, tf.reshape(input_rows, [groups, -1, *input_rows.shape[2:]]))
+        delta = spectra.DenseRows(tf.reshape(delta_rows, [groups, -1, kernel.fan_out]))
         return spectra.group_spectra(
-            a, delta, rows_per_sample, grouping.counts, self.autospec_kinds, kernel.widths
+            a, delta, spectra.dim(delta_rows, 1), grouping.counts, self.autospec_kinds, kernel.widths
         )
 
     # ---------------------------------------------------------------- results

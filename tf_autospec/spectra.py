@@ -19,8 +19,11 @@ picked per kernel from the shapes (at run time when the batch size is dynamic):
   the smaller of its two Gram matrices is decomposed; σ(A_g), σ(Δ_g) come from the
   smaller of their Gram matrices.
 
-All Gram matrices and eigen-problems are float64: Gram matrices square the condition
-number, and float64 keeps the small singular values accurate to ~1e-8 × σ_max.
+Gram matrices of the factors and all eigen-problems are float64: a Gram matrix squares
+the condition number, and float64 keeps the small singular values accurate to ~1e-8 ×
+σ_max. ``G_g`` itself is formed in float32: by Weyl's inequality a perturbation ``E``
+moves each singular value by at most ``‖E‖₂`` (~1e-6 × σ_max here), so only its Gram
+matrix needs float64.
 
 Groups are laid out side by side, ``[G, R, ...]``, so each step is one batched call
 for all groups of a kernel. Outside XLA the rows of each group are gathered (``R`` =
@@ -31,6 +34,7 @@ import tensorflow as tf
 
 KINDS = ("grad", "act", "delta")
 COMPUTE_DTYPE = tf.float64
+FACTOR_DTYPE = tf.float32
 
 
 class SampleGrouping:
@@ -76,7 +80,7 @@ class DenseRows:
     """A factor given by its rows: float ``[G, R, d]``."""
 
     def __init__(self, values):
-        self.values = tf.cast(values, COMPUTE_DTYPE)
+        self.values = tf.cast(values, FACTOR_DTYPE)
         self.width = values.shape[-1]
 
     @property
@@ -84,10 +88,12 @@ class DenseRows:
         return dim(self.values, 1)
 
     def row_gram(self):
-        return tf.matmul(self.values, self.values, transpose_b=True)
+        exact = tf.cast(self.values, COMPUTE_DTYPE)
+        return tf.matmul(exact, exact, transpose_b=True)
 
     def column_gram_eigenvalues(self):
-        return tf.linalg.eigvalsh(tf.matmul(self.values, self.values, transpose_a=True))
+        exact = tf.cast(self.values, COMPUTE_DTYPE)
+        return tf.linalg.eigvalsh(tf.matmul(exact, exact, transpose_a=True))
 
     def transpose_matmul(self, other):
         return tf.matmul(self.values, other, transpose_a=True)
@@ -186,7 +192,7 @@ def _fan_route(a, delta, kinds, widths):
     if "delta" in kinds:
         out["delta"] = _singular_values(_smaller_gram_eigenvalues(delta), widths["delta"])
     if "grad" in kinds:
-        gradient = a.transpose_matmul(delta.values)
+        gradient = tf.cast(a.transpose_matmul(delta.values), COMPUTE_DTYPE)
         tall = a.width >= delta.width
         gram = tf.matmul(gradient, gradient, transpose_a=tall, transpose_b=not tall)
         out["grad"] = _singular_values(tf.linalg.eigvalsh(gram), widths["grad"])

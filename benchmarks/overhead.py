@@ -1,0 +1,149 @@
+"""Overhead of AutoSpecModel.fit against plain keras.Model.fit, side by side in one process.
+
+For each architecture the same data is trained by: plain `keras.Model.fit`;
+`AutoSpecModel.fit` with all kinds at every step; the same every 10 steps; and the
+paper's route (a full SVD of every group gradient and factor matrix). Runs alternate,
+the first epoch of each (tracing) is excluded, and the median seconds per epoch and
+its ratio to plain are reported.
+
+Usage:
+    python benchmarks/overhead.py [--models mlp cnn] [--batch 128] [--groups 2] [--repeats 5]
+"""
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+import tf_autospec as ts  # noqa: E402
+from tf_autospec import spectra  # noqa: E402
+
+
+def mlp(inputs):
+    h = keras.layers.Flatten()(inputs)
+    h = keras.layers.Dense(512, activation="relu")(h)
+    h = keras.layers.Dense(256, activation="relu")(h)
+    return keras.layers.Dense(10)(h)
+
+
+def cnn(inputs):
+    h = keras.layers.Conv2D(32, 3, activation="relu")(inputs)
+    h = keras.layers.MaxPooling2D()(h)
+    h = keras.layers.Conv2D(64, 3, activation="relu")(h)
+    h = keras.layers.MaxPooling2D()(h)
+    h = keras.layers.Flatten()(h)
+    h = keras.layers.Dense(128, activation="relu")(h)
+    return keras.layers.Dense(10)(h)
+
+
+ARCHITECTURES = {"mlp": (mlp, (28, 28, 1)), "cnn": (cnn, (28, 28, 1))}
+
+
+class PaperRouteModel(ts.AutoSpecModel):
+    """The paper's way: every G_g formed and fully decomposed with an SVD, per group."""
+
+    def _kernel_spectra(self, kernel, kernel_calls, kernel_deltas, grouping):
+        layer, capture = kernel.layer, kernel.capture
+        a = tf.concat([capture.input_rows(layer, i) for i, _ in kernel_calls], axis=1)
+        d = tf.concat([capture.output_rows(layer, g) for g in kernel_deltas], axis=1)
+        out = {kind: [] for kind in self.autospec_kinds}
+        for g in range(len(self.groups)):
+            member = tf.cast(grouping.one_hot[:, g], a.dtype)[:, None, None]
+            a_g = tf.reshape(a * member, [-1, kernel.fan_in])
+            d_g = tf.reshape(d * member, [-1, kernel.fan_out])
+            matrices = {"grad": tf.matmul(a_g, d_g, transpose_a=True), "act": a_g, "delta": d_g}
+            for kind in self.autospec_kinds:
+                values = tf.linalg.svd(matrices[kind], compute_uv=False)[: kernel.widths[kind]]
+                out[kind].append(tf.pad(values, [[0, kernel.widths[kind] - tf.shape(values)[0]]]))
+        return {kind: tf.stack(v) for kind, v in out.items()}
+
+
+def build(kind, architecture, groups, every):
+    make, shape = ARCHITECTURES[architecture]
+    inputs = keras.Input(shape)
+    outputs = make(inputs)
+    names = [f"g{i}" for i in range(groups)]
+    if kind == "plain":
+        model = keras.Model(inputs, outputs)
+    elif kind == "paper":
+        model = PaperRouteModel(inputs=inputs, outputs=outputs, groups=names)
+    else:
+        model = ts.AutoSpecModel(inputs=inputs, outputs=outputs, groups=names, every_n_steps=every)
+    model.compile(
+        optimizer="adam", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    )
+    return model
+
+
+def epoch_seconds(model, x, y, labels, batch):
+    extra = {} if not isinstance(model, ts.AutoSpecModel) else {"groups": labels}
+    start = time.perf_counter()
+    model.fit(x, y, batch_size=batch, epochs=1, shuffle=False, verbose=0, **extra)
+    return time.perf_counter() - start
+
+
+def run(architecture, batch, groups, steps, repeats, variants):
+    rng = np.random.default_rng(0)
+    shape = ARCHITECTURES[architecture][1]
+    x = rng.normal(size=(batch * steps, *shape)).astype("float32")
+    y = rng.integers(0, 10, size=len(x))
+    labels = rng.integers(0, groups, size=len(x))
+    models = {
+        name: build(kind, architecture, groups, every)
+        for name, (kind, every) in variants.items()
+    }
+    for model in models.values():  # tracing epoch, excluded
+        epoch_seconds(model, x, y, labels, batch)
+    times = {name: [] for name in models}
+    for _ in range(repeats):
+        for name, model in models.items():
+            times[name].append(epoch_seconds(model, x, y, labels, batch))
+    median = {name: statistics.median(t) for name, t in times.items()}
+    return {
+        name: {"s_per_epoch": median[name], "ms_per_step": 1e3 * median[name] / steps,
+               "ratio": median[name] / median["plain"]}
+        for name in models
+    }
+
+
+VARIANTS = {
+    "plain": ("plain", 1),
+    "autospec": ("autospec", 1),
+    "autospec_every10": ("autospec", 10),
+    "paper_svd": ("paper", 1),
+}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", default=["mlp", "cnn"], choices=list(ARCHITECTURES))
+    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--groups", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=20, help="steps per timed epoch")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--skip", nargs="*", default=[], help="variants to leave out")
+    parser.add_argument("--json", help="also write the results here")
+    args = parser.parse_args()
+    variants = {k: v for k, v in VARIANTS.items() if k not in args.skip}
+    machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, TF {tf.__version__}, Keras {keras.__version__}"
+    print(f"# {machine}; batch {args.batch}, {args.groups} groups, {args.steps} steps/epoch, median of {args.repeats}")
+    results = {}
+    for architecture in args.models:
+        results[architecture] = run(architecture, args.batch, args.groups, args.steps, args.repeats, variants)
+        for name, r in results[architecture].items():
+            print(f"{architecture:5s} {name:18s} {r['ms_per_step']:8.2f} ms/step  {r['ratio']:6.2f}x plain")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"machine": machine, "args": vars(args), "results": results}, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
