@@ -4,20 +4,26 @@ import os as _os
 
 _os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+from tf_autospec.callback import AutoSpecCallback  # noqa: E402
 from tf_autospec.capture import LayerCapture, register  # noqa: E402
 from tf_autospec.model import AutoSpecModel, wrap  # noqa: E402
 from tf_autospec.results import StepSpectra  # noqa: E402
 from tf_autospec.spectra import KINDS  # noqa: E402
+from tf_autospec.store import Run, StoreError, load  # noqa: E402
 from tf_autospec.tracking import AutoSpecWarning  # noqa: E402
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "AutoSpecCallback",
     "AutoSpecModel",
     "AutoSpecWarning",
     "KINDS",
     "LayerCapture",
+    "Run",
     "StepSpectra",
+    "StoreError",
+    "load",
     "register",
     "wrap",
 ]

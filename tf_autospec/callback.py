@@ -1,0 +1,261 @@
+"""`AutoSpecCallback`: saves every recorded step of an `AutoSpecModel` to HDF5."""
+
+import json
+import os
+import time
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from tf_autospec import store, summaries
+
+
+def _layout(model, log_keys):
+    return {
+        "groups": list(model.groups),
+        "kinds": list(model.autospec_kinds),
+        "kernels": [
+            {
+                "path": k.path,
+                "layer": k.layer.name,
+                "layer_class": type(k.layer).__name__,
+                "fan_in": k.fan_in,
+                "fan_out": k.fan_out,
+                "widths": dict(k.widths),
+            }
+            for k in model.tracked_kernels
+        ],
+        "log_keys": list(log_keys),
+    }
+
+
+def _model_config(model):
+    try:
+        return model.to_json()
+    except Exception as error:  # subclassed models without get_config
+        return json.dumps({"unavailable": f"{type(error).__name__}: {error}"})
+
+
+def _float(value):
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return float("nan")
+
+
+class AutoSpecCallback(keras.callbacks.Callback):
+    """Writes the group spectra of every recorded step to an HDF5 file.
+
+    Steps are buffered in memory and written (and flushed to disk) at the end of every
+    epoch, at the end of training, and at least every ``flush_every_seconds``. The file
+    stays readable while training runs (`tf_autospec.load`) and after the process is
+    killed: it then holds every flushed step. Calling ``fit`` again with the same path
+    and the same model appends to the file (steps and epochs keep increasing).
+
+    Args:
+        path: the ``.h5`` file to write.
+        flush_every_seconds: longest time between two flushes (default 30).
+        metadata: JSON-serialisable dict stored with the run (subject fold, seed, site...).
+        overwrite: replace an existing file instead of appending to it; needed when the
+            file holds another model, another group set, or is not a tf_autospec run.
+        tensorboard_dir: if given, also write TensorBoard scalars there: per tracked
+            kernel and group, the ``grad`` spectrum's top singular value, effective rank
+            and nuclear norm.
+
+    Example:
+
+    ```python
+    model.fit(x, y, groups=labels, epochs=10,
+              callbacks=[tf_autospec.AutoSpecCallback("run.h5", metadata={"fold": 0})])
+    run = tf_autospec.load("run.h5")
+    ```
+    """
+
+    def __init__(self, path, flush_every_seconds=30.0, metadata=None, overwrite=False,
+                 tensorboard_dir=None):
+        super().__init__()
+        self.path = os.fspath(path)
+        if flush_every_seconds <= 0:
+            raise ValueError(f"flush_every_seconds must be > 0; received {flush_every_seconds}.")
+        self.flush_every_seconds = float(flush_every_seconds)
+        self.metadata = dict(metadata or {})
+        try:
+            json.dumps(self.metadata)
+        except TypeError as error:
+            raise ValueError(f"metadata must be JSON-serialisable: {error}.") from None
+        self.overwrite = overwrite
+        self.tensorboard_dir = tensorboard_dir
+        if tensorboard_dir is not None:
+            try:
+                import tensorboard  # noqa: F401
+            except ImportError:
+                raise ImportError(
+                    "tensorboard_dir needs the tensorboard package: "
+                    "pip install 'tf_autospec[tensorboard]'."
+                ) from None
+        self._writer = None
+        self._pending = []
+        self._tensorboard = None
+
+    # ------------------------------------------------------------ lifecycle
+
+    def on_train_begin(self, logs=None):
+        from tf_autospec.model import AutoSpecModel
+
+        if not isinstance(self.model, AutoSpecModel):
+            raise TypeError(
+                "AutoSpecCallback records an AutoSpecModel; this model is a "
+                f"{type(self.model).__name__}. Use tf_autospec.wrap(model, groups=...)."
+            )
+        directory = os.path.dirname(os.path.abspath(self.path))
+        if not os.path.isdir(directory):
+            raise store.StoreError(
+                f"Cannot write the run file '{self.path}': folder '{directory}' does not exist."
+            )
+        if not os.access(directory, os.W_OK) or (
+            os.path.exists(self.path) and not os.access(self.path, os.W_OK)
+        ):
+            raise store.StoreError(
+                f"Cannot write the run file '{self.path}': permission denied. Choose a "
+                "writable path."
+            )
+        self._pending = []
+        self._writer = None
+        self._resuming = os.path.exists(self.path) and not self.overwrite
+        if self._resuming:
+            self._check_resumable()
+        self._step_offset = None
+        self._epoch_offset = None
+        self._last_flush = time.monotonic()
+        if self.tensorboard_dir and self._tensorboard is None:
+            self._tensorboard = tf.summary.create_file_writer(self.tensorboard_dir)
+
+    def _check_resumable(self):
+        run = store.load(self.path)
+        expected = _layout(self.model, [])
+        stored = {
+            "groups": list(run.groups),
+            "kinds": list(run.kinds),
+            "kernels": [(k, run.kernel_info[k]["fan_in"], run.kernel_info[k]["fan_out"]) for k in run.layers],
+        }
+        current = {
+            "groups": expected["groups"],
+            "kinds": expected["kinds"],
+            "kernels": [(k["path"], k["fan_in"], k["fan_out"]) for k in expected["kernels"]],
+        }
+        differences = [
+            f"{key}: file has {stored[key]}, model has {current[key]}"
+            for key in stored
+            if stored[key] != current[key]
+        ]
+        if differences:
+            raise store.StoreError(
+                f"'{self.path}' holds a run of another model or group set ("
+                + "; ".join(differences)
+                + "). Write to a new path, or pass AutoSpecCallback(..., overwrite=True) "
+                "to replace the file."
+            )
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        spectra = self.model.last_spectra
+        if spectra is None:
+            return
+        logs = {k: _float(v) for k, v in (logs or {}).items()}
+        self._pending.append((self._epoch, spectra.step, batch, time.time(), logs, spectra))
+        if time.monotonic() - self._last_flush >= self.flush_every_seconds:
+            self.flush()
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.flush()
+        if self._writer is not None:
+            epoch_logs = {k: _float(v) for k, v in (logs or {}).items()}
+            self._writer.append_epoch(epoch + (self._epoch_offset or 0), epoch_logs)
+
+    def on_train_end(self, logs=None):
+        self.flush()
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+        if self._tensorboard is not None:
+            self._tensorboard.flush()
+
+    # -------------------------------------------------------------- writing
+
+    def _open_writer(self, log_keys):
+        if self._resuming:
+            self._writer = store.RunWriter(self.path, None, {}, resume=True)
+            self._writer.layout = _layout(self.model, list(self._writer.file["records/logs"]))
+            last_step = self._writer.last("step")
+            last_epoch = self._writer.last("epoch")
+        else:
+            attributes = {
+                "tf_autospec_version": _version(),
+                "tensorflow_version": tf.__version__,
+                "keras_version": keras.__version__,
+                "options": {
+                    "layers": None if self.model.autospec_layers is None else list(self.model.autospec_layers),
+                    "kinds": list(self.model.autospec_kinds),
+                    "top_k": self.model.autospec_top_k,
+                    "every_n_steps": self.model.autospec_every_n_steps,
+                },
+                "model_config": _model_config(self.model),
+                "metadata": self.metadata,
+                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            }
+            self._writer = store.RunWriter(
+                self.path, _layout(self.model, log_keys), attributes, resume=False
+            )
+            last_step = last_epoch = None
+        first_epoch, first_step = self._pending[0][0], self._pending[0][1]
+        self._step_offset = 0 if last_step is None else max(0, last_step + 1 - first_step)
+        self._epoch_offset = 0 if last_epoch is None else max(0, last_epoch + 1 - first_epoch)
+
+    def flush(self):
+        """Writes the buffered steps to the file and flushes it to disk."""
+        self._last_flush = time.monotonic()
+        if not self._pending:
+            return
+        if self._writer is None:
+            self._open_writer(sorted(self._pending[0][4]))
+        pending, self._pending = self._pending, []
+        layout = self._writer.layout
+        records = {
+            "epoch": np.array([p[0] for p in pending], dtype=np.int64) + self._epoch_offset,
+            "step": np.array([p[1] for p in pending], dtype=np.int64) + self._step_offset,
+            "batch": np.array([p[2] for p in pending], dtype=np.int64),
+            "wall_time": np.array([p[3] for p in pending], dtype=np.float64),
+        }
+        for key in layout["log_keys"]:
+            records[key] = np.array([p[4].get(key, np.nan) for p in pending], dtype=np.float64)
+        spectra = {key: np.stack([p[5].spectra[key] for p in pending]) for key in pending[0][5].spectra}
+        counts = np.stack([p[5].counts for p in pending])
+        self._writer.append(records, spectra, counts)
+        if self._tensorboard is not None:
+            self._write_tensorboard(records["step"], spectra)
+
+    def _write_tensorboard(self, steps, spectra):
+        groups = self.model.groups
+        with self._tensorboard.as_default():
+            for (kernel, kind), values in spectra.items():
+                if kind != "grad":
+                    continue
+                scalars = {
+                    "top": summaries.top(values),
+                    "effective_rank": summaries.effective_rank(values),
+                    "nuclear_norm": summaries.nuclear_norm(values),
+                }
+                for name, per_step in scalars.items():
+                    for g, group in enumerate(groups):
+                        for step, value in zip(steps, per_step[:, g]):
+                            if np.isfinite(value):
+                                tf.summary.scalar(f"{kernel}/{group}/{name}", value, step=int(step))
+
+
+def _version():
+    from tf_autospec import __version__
+
+    return __version__

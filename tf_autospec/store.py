@@ -1,0 +1,359 @@
+"""The HDF5 file of a run: writing records as training goes, and `load` to read them.
+
+The layout is documented in ``docs/hdf5-format.md``. The writer uses h5py's single-writer
+/ multiple-reader (SWMR) mode: every flush leaves the file consistent on disk, so readers
+(`load`) can open it while training runs and after the writing process was killed.
+"""
+
+import json
+import os
+import warnings
+
+import h5py
+import numpy as np
+
+FORMAT = "tf_autospec"
+FORMAT_VERSION = 1
+RECORD_COLUMNS = ("epoch", "step", "batch", "wall_time")
+_INTEGER_COLUMNS = ("epoch", "step", "batch")
+
+
+class StoreError(Exception):
+    """A run file cannot be written or read; the message names the path and the fix."""
+
+
+def _extendable(parent, name, tail_shape, dtype, chunk_rows=64):
+    kind = np.dtype(dtype).kind
+    fill = {"f": {"fillvalue": np.nan}, "i": {"fillvalue": 0}}.get(kind, {})
+    return parent.create_dataset(
+        name,
+        shape=(0, *tail_shape),
+        maxshape=(None, *tail_shape),
+        chunks=(chunk_rows, *tail_shape),
+        dtype=dtype,
+        compression="gzip",
+        compression_opts=4,
+        shuffle=True,
+        **fill,
+    )
+
+
+def _append(dataset, rows):
+    start = dataset.shape[0]
+    dataset.resize(start + len(rows), axis=0)
+    dataset[start:] = rows
+
+
+def _open(path, mode, **kwargs):
+    try:
+        return h5py.File(path, mode, **kwargs)
+    except FileNotFoundError:
+        raise StoreError(f"No run file at '{path}'.") from None
+    except OSError as error:
+        text = str(error)
+        if "file signature not found" in text or "truncated" in text or "bad" in text.lower():
+            raise StoreError(
+                f"'{path}' is not a readable HDF5 file (corrupted or truncated: {text})."
+            ) from None
+        if "already open for write" in text:
+            raise StoreError(
+                f"'{path}' is still marked open by a writer (a run that is running or was "
+                f"killed). Read it with tf_autospec.load, which opens it in SWMR mode. ({text})"
+            ) from None
+        raise StoreError(f"Cannot open '{path}' ({text}).") from None
+
+
+def open_for_reading(path):
+    """Opens a run file read-only; in SWMR mode when a writer holds it (or was killed).
+
+    A file closed normally is opened plainly, so that a truncated file fails at once
+    instead of making a SWMR reader retry its reads.
+    """
+    try:
+        return h5py.File(path, "r")
+    except OSError as error:
+        if "already open for write" not in str(error):
+            return _open(path, "r")  # raises the clear error
+    return _open(path, "r", swmr=True)
+
+
+def check_ours(file, path):
+    """Raises `StoreError` unless ``file`` was written by tf_autospec in a known version."""
+    if file.attrs.get("format") != FORMAT:
+        raise StoreError(
+            f"'{path}' is an HDF5 file but not a tf_autospec run (no format='{FORMAT}' "
+            "attribute). Choose another path, or pass overwrite=True to replace it."
+        )
+    version = int(file.attrs.get("format_version", -1))
+    if version > FORMAT_VERSION:
+        raise StoreError(
+            f"'{path}' has format version {version}; this tf_autospec reads up to "
+            f"{FORMAT_VERSION}. Upgrade tf_autospec."
+        )
+
+
+class RunWriter:
+    """Appends recorded steps to a run file in SWMR mode.
+
+    Args:
+        path: the ``.h5`` file.
+        layout: dict with ``groups``, ``kinds``, ``kernels`` (list of dicts with ``path``,
+            ``layer``, ``layer_class``, ``fan_in``, ``fan_out``, ``widths``), ``log_keys``.
+        attributes: file attributes (versions, options, model config, metadata) as
+            JSON-serialisable values; written when the file is created.
+        resume: append to an existing file with the same layout.
+    """
+
+    def __init__(self, path, layout, attributes, resume):
+        self.path = path
+        self.layout = layout
+        try:
+            if resume:
+                recover(path)
+                self.file = h5py.File(path, "a", libver="latest")
+            else:
+                self.file = h5py.File(path, "w", libver="latest")
+                self._create(attributes)
+            self.file.swmr_mode = True
+        except OSError as error:
+            raise StoreError(f"Cannot write the run file '{path}': {error}.") from None
+
+    def _create(self, attributes):
+        f, layout = self.file, self.layout
+        f.attrs["format"] = FORMAT
+        f.attrs["format_version"] = FORMAT_VERSION
+        f.attrs["groups"] = json.dumps(list(layout["groups"]))
+        f.attrs["kinds"] = json.dumps(list(layout["kinds"]))
+        f.attrs["kernels"] = json.dumps([k["path"] for k in layout["kernels"]])
+        for key, value in attributes.items():
+            f.attrs[key] = value if isinstance(value, str) else json.dumps(value)
+        records = f.create_group("records")
+        for column in RECORD_COLUMNS:
+            _extendable(records, column, (), "i8" if column in _INTEGER_COLUMNS else "f8", 1024)
+        logs = records.create_group("logs")
+        for key in layout["log_keys"]:
+            _extendable(logs, key, (), "f8", 1024)
+        _extendable(f, "counts", (len(layout["groups"]),), "i4", 1024)
+        epochs = f.create_group("epochs")
+        _extendable(epochs, "epoch", (), "i8", 64)
+        _extendable(epochs, "logs", (), h5py.string_dtype(), 64)
+        for kernel in layout["kernels"]:
+            group = f.require_group(f"kernels/{kernel['path']}")
+            for key in ("path", "layer", "layer_class", "fan_in", "fan_out"):
+                group.attrs[key] = kernel[key]
+            group.attrs["rank_bound"] = min(kernel["fan_in"], kernel["fan_out"])
+            for kind, width in kernel["widths"].items():
+                _extendable(group, kind, (len(layout["groups"]), width), "f4")
+        f.flush()
+
+    @property
+    def num_records(self):
+        return self.file["records/step"].shape[0]
+
+    def last(self, column):
+        """The last stored value of a records column (``None`` for an empty file)."""
+        data = self.file[f"records/{column}"]
+        return int(data[-1]) if data.shape[0] else None
+
+    def append(self, records, spectra, counts):
+        """Appends rows and flushes, so that every row written is on disk.
+
+        Args:
+            records: dict column -> 1-D array (``RECORD_COLUMNS`` and log keys).
+            spectra: dict (kernel path, kind) -> ``[n, G, width]``.
+            counts: int ``[n, G]``.
+        """
+        f = self.file
+        try:
+            for kernel in self.layout["kernels"]:
+                for kind in kernel["widths"]:
+                    _append(f[f"kernels/{kernel['path']}/{kind}"], spectra[(kernel["path"], kind)])
+            _append(f["counts"], counts)
+            for key in self.layout["log_keys"]:
+                _append(f[f"records/logs/{key}"], records[key])
+            # The step column goes last: a reader trusts rows up to its length.
+            for column in RECORD_COLUMNS:
+                _append(f[f"records/{column}"], records[column])
+            f.flush()
+        except OSError as error:
+            raise StoreError(
+                f"Writing to '{self.path}' failed ({error}); is the disk full? The file "
+                f"holds every step flushed before this one ({self.num_records} rows)."
+            ) from None
+
+    def append_epoch(self, epoch, logs):
+        epochs = self.file["epochs"]
+        try:
+            _append(epochs["epoch"], np.array([epoch]))
+            _append(epochs["logs"], np.array([json.dumps(logs)], dtype=object))
+            self.file.flush()
+        except OSError as error:
+            raise StoreError(f"Writing to '{self.path}' failed ({error}); is the disk full?") from None
+
+    def close(self):
+        if self.file.id.valid:
+            self.file.close()
+
+
+def recover(path):
+    """Makes a run file left open by a killed writer openable for appending again.
+
+    HDF5 marks a file open for SWMR writing until it is closed; a killed writer leaves
+    that mark. The file's content up to the last flush is intact and is copied into a
+    fresh file that replaces it. A closed file is left as it is.
+    """
+    with open_for_reading(path) as f:
+        check_ours(f, path)
+        if f.mode == "r" and not f.swmr_mode:
+            return
+    temporary = f"{path}.recovering"
+    with _open(path, "r", swmr=True) as source, h5py.File(temporary, "w", libver="latest") as target:
+        check_ours(source, path)
+        rows = source["records/step"].shape[0]
+        for key, value in source.attrs.items():
+            target.attrs[key] = value
+        source.visititems(lambda name, obj: _copy(name, obj, target, rows))
+    os.replace(temporary, path)
+
+
+def _copy(name, obj, target, rows):
+    if isinstance(obj, h5py.Group):
+        group = target.require_group(name)
+        for key, value in obj.attrs.items():
+            group.attrs[key] = value
+        return
+    keep = obj.shape[0] if name.startswith("epochs/") else min(rows, obj.shape[0])
+    data = target.create_dataset(
+        name, data=obj[:keep], maxshape=obj.maxshape, chunks=obj.chunks,
+        compression=obj.compression, compression_opts=obj.compression_opts, shuffle=obj.shuffle,
+    )
+    for key, value in obj.attrs.items():
+        data.attrs[key] = value
+
+
+def _json_attr(attrs, key, default):
+    value = attrs.get(key)
+    if value is None:
+        return default
+    try:
+        return json.loads(value)
+    except (TypeError, ValueError):
+        return value
+
+
+class Run:
+    """A recorded run, read from its HDF5 file by `load`.
+
+    Attributes:
+        path: the file.
+        groups: group names, in label order.
+        layers: the tracked kernels' Keras variable paths, in model order.
+        kinds: the recorded kinds (subset of ``("grad", "act", "delta")``).
+        records: dict column -> array, one entry per recorded step: ``"epoch"``,
+            ``"step"`` (strictly increasing), ``"batch"``, ``"wall_time"`` and the
+            step's loss and metric values.
+        epochs: dict with ``"epoch"`` and ``"logs"`` (one dict per finished epoch,
+            including validation metrics).
+        metadata: the user metadata given to `AutoSpecCallback`.
+        attributes: every file attribute (versions, options, model config, ...).
+
+    Example:
+
+    ```python
+    run = tf_autospec.load("run.h5")
+    sz = run.spectrum("dense/kernel", "grad", "SZ")        # [n_records, k]
+    epochs, per_epoch = run.epoch_spectrum("dense/kernel", "grad", "SZ", "median")
+    ```
+    """
+
+    def __init__(self, path):
+        self.path = path
+        with open_for_reading(path) as f:
+            check_ours(f, path)
+            self.attributes = {key: _json_attr(f.attrs, key, None) for key in f.attrs}
+            self.groups = tuple(self.attributes["groups"])
+            self.kinds = tuple(self.attributes["kinds"])
+            self.layers = list(self.attributes["kernels"])
+            self.metadata = self.attributes.get("metadata") or {}
+            # Columns are written in a fixed order with "step" last: its length counts
+            # the complete rows, even while a writer is appending.
+            self._rows = f["records/step"].shape[0]
+            self.records = {c: f[f"records/{c}"][: self._rows] for c in RECORD_COLUMNS}
+            for key in f["records/logs"]:
+                self.records[key] = f[f"records/logs/{key}"][: self._rows]
+            self._counts = f["counts"][: self._rows]
+            self.kernel_info = {
+                layer: {k: _plain(v) for k, v in f[f"kernels/{layer}"].attrs.items()}
+                for layer in self.layers
+            }
+            self.epochs = {
+                "epoch": f["epochs/epoch"][:],
+                "logs": [json.loads(v) for v in f["epochs/logs"].asstr()[:]],
+            }
+
+    def __len__(self):
+        return self._rows
+
+    def _group_index(self, group):
+        if isinstance(group, (int, np.integer)) and 0 <= group < len(self.groups):
+            return int(group)
+        if group in self.groups:
+            return self.groups.index(group)
+        raise KeyError(f"Unknown group {group!r}; this run has groups {list(self.groups)}.")
+
+    def _check(self, layer, kind):
+        if layer not in self.layers:
+            raise KeyError(f"Unknown layer {layer!r}; this run has {self.layers}.")
+        if kind not in self.kinds:
+            raise KeyError(f"Kind {kind!r} was not recorded; this run has {list(self.kinds)}.")
+
+    def spectrum(self, layer, kind, group):
+        """Singular values ``[n_records, k]`` (float32), NaN where nothing was recorded."""
+        self._check(layer, kind)
+        index = self._group_index(group)
+        with open_for_reading(self.path) as f:
+            return f[f"kernels/{layer}/{kind}"][: self._rows, index, :]
+
+    def counts(self, group):
+        """Samples of ``group`` in each recorded step's batch, ``[n_records]``."""
+        return self._counts[:, self._group_index(group)]
+
+    def epoch_spectrum(self, layer, kind, group, reduce="mean"):
+        """Per-epoch aggregate of a spectrum over the epoch's recorded steps.
+
+        Args:
+            reduce: ``"mean"`` or ``"median"``, NaN-aware (absent steps are skipped).
+
+        Returns:
+            ``(epochs, values)``: the epoch numbers ``[E]`` and ``[E, k]`` aggregates.
+        """
+        reducers = {"mean": np.nanmean, "median": np.nanmedian}
+        if reduce not in reducers:
+            raise ValueError(f"reduce must be one of {sorted(reducers)}; received {reduce!r}.")
+        values = self.spectrum(layer, kind, group)
+        epochs = np.unique(self.records["epoch"])
+        out = np.full((len(epochs), values.shape[1]), np.nan, dtype=np.float64)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns stay NaN
+            for i, epoch in enumerate(epochs):
+                out[i] = reducers[reduce](values[self.records["epoch"] == epoch], axis=0)
+        return epochs, out
+
+
+def _plain(value):
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def load(path):
+    """Reads a run file written by `AutoSpecCallback`, also while it is being written.
+
+    Args:
+        path: the ``.h5`` file.
+
+    Returns:
+        A `Run`.
+
+    Raises:
+        StoreError: the file is missing, not a tf_autospec run, corrupted or truncated.
+    """
+    return Run(os.fspath(path))
