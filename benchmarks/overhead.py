@@ -1,8 +1,9 @@
 """Overhead of AutoSpecModel.fit against plain keras.Model.fit, side by side in one process.
 
 For each architecture the same data is trained by: plain `keras.Model.fit`;
-`AutoSpecModel.fit` with all kinds at every step; the same every 10 steps; and the
-paper's route (a full SVD of every group gradient and factor matrix). Runs alternate,
+`AutoSpecModel.fit` with all kinds at every step; the same writing every step to HDF5
+with `AutoSpecCallback`; the same every 10 steps; and the paper's route (a full SVD of
+every group gradient and factor matrix). Runs alternate,
 the first epoch of each (tracing) is excluded, and the median seconds per epoch and
 its ratio to plain are reported.
 
@@ -14,7 +15,10 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import statistics
+import sys
+import tempfile
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -23,28 +27,16 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
 import tf_autospec as ts  # noqa: E402
-from tf_autospec import spectra  # noqa: E402
+from models import reference  # noqa: E402
 
 
-def mlp(inputs):
-    h = keras.layers.Flatten()(inputs)
-    h = keras.layers.Dense(512, activation="relu")(h)
-    h = keras.layers.Dense(256, activation="relu")(h)
-    return keras.layers.Dense(10)(h)
-
-
-def cnn(inputs):
-    h = keras.layers.Conv2D(32, 3, activation="relu")(inputs)
-    h = keras.layers.MaxPooling2D()(h)
-    h = keras.layers.Conv2D(64, 3, activation="relu")(h)
-    h = keras.layers.MaxPooling2D()(h)
-    h = keras.layers.Flatten()(h)
-    h = keras.layers.Dense(128, activation="relu")(h)
-    return keras.layers.Dense(10)(h)
-
-
-ARCHITECTURES = {"mlp": (mlp, (28, 28, 1)), "cnn": (cnn, (28, 28, 1))}
+ARCHITECTURES = {
+    "mlp": (reference.mlp_outputs, (28, 28, 1)),
+    "cnn": (reference.mnist_cnn_outputs, (28, 28, 1)),
+}
 
 
 class PaperRouteModel(ts.AutoSpecModel):
@@ -66,6 +58,27 @@ class PaperRouteModel(ts.AutoSpecModel):
         return {kind: tf.stack(v) for kind, v in out.items()}
 
 
+class TimedCallback(ts.AutoSpecCallback):
+    """AutoSpecCallback that adds up its own time: the hook in the training thread and
+    the writes in its background thread (the writer's cost, free of epoch-timing noise)."""
+
+    def __init__(self, path):
+        super().__init__(path)
+        self.seconds = 0.0
+        self.steps = 0
+
+    def on_train_batch_end(self, batch, logs=None):
+        start = time.perf_counter()
+        super().on_train_batch_end(batch, logs)
+        self.seconds += time.perf_counter() - start
+        self.steps += 1
+
+    def _write(self, *args):
+        start = time.perf_counter()
+        super()._write(*args)
+        self.seconds += time.perf_counter() - start
+
+
 def build(kind, architecture, groups, every):
     make, shape = ARCHITECTURES[architecture]
     inputs = keras.Input(shape)
@@ -83,10 +96,10 @@ def build(kind, architecture, groups, every):
     return model
 
 
-def epoch_seconds(model, x, y, labels, batch):
+def epoch_seconds(model, x, y, labels, batch, callbacks=()):
     extra = {} if not isinstance(model, ts.AutoSpecModel) else {"groups": labels}
     start = time.perf_counter()
-    model.fit(x, y, batch_size=batch, epochs=1, shuffle=False, verbose=0, **extra)
+    model.fit(x, y, batch_size=batch, epochs=1, shuffle=False, verbose=0, callbacks=list(callbacks), **extra)
     return time.perf_counter() - start
 
 
@@ -100,23 +113,36 @@ def run(architecture, batch, groups, steps, repeats, variants):
         name: build(kind, architecture, groups, every)
         for name, (kind, every) in variants.items()
     }
-    for model in models.values():  # tracing epoch, excluded
-        epoch_seconds(model, x, y, labels, batch)
+    scratch = tempfile.mkdtemp()
+    callbacks = {
+        name: [TimedCallback(os.path.join(scratch, f"{name}.h5"))]
+        if name.endswith("_writer") else []
+        for name in models
+    }
+    for name, model in models.items():  # tracing epoch, excluded
+        epoch_seconds(model, x, y, labels, batch, callbacks[name])
     times = {name: [] for name in models}
     for _ in range(repeats):
         for name, model in models.items():
-            times[name].append(epoch_seconds(model, x, y, labels, batch))
+            times[name].append(epoch_seconds(model, x, y, labels, batch, callbacks[name]))
+    shutil.rmtree(scratch)
     median = {name: statistics.median(t) for name, t in times.items()}
-    return {
+    results = {
         name: {"s_per_epoch": median[name], "ms_per_step": 1e3 * median[name] / steps,
                "ratio": median[name] / median["plain"]}
         for name in models
     }
+    for name, (callback,) in ((n, c) for n, c in callbacks.items() if c):
+        writer_ms = 1e3 * callback.seconds / callback.steps
+        results[name]["writer_ms_per_step"] = writer_ms
+        results[name]["writer_share_of_step"] = writer_ms / results[name]["ms_per_step"]
+    return results
 
 
 VARIANTS = {
     "plain": ("plain", 1),
     "autospec": ("autospec", 1),
+    "autospec_writer": ("autospec", 1),
     "autospec_every10": ("autospec", 10),
     "paper_svd": ("paper", 1),
 }
@@ -139,7 +165,9 @@ def main():
     for architecture in args.models:
         results[architecture] = run(architecture, args.batch, args.groups, args.steps, args.repeats, variants)
         for name, r in results[architecture].items():
-            print(f"{architecture:5s} {name:18s} {r['ms_per_step']:8.2f} ms/step  {r['ratio']:6.2f}x plain")
+            writer = (f"  (writer {r['writer_ms_per_step']:.2f} ms/step = "
+                      f"{100 * r['writer_share_of_step']:.1f}% of the step)" if "writer_ms_per_step" in r else "")
+            print(f"{architecture:5s} {name:18s} {r['ms_per_step']:8.2f} ms/step  {r['ratio']:6.2f}x plain{writer}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"machine": machine, "args": vars(args), "results": results}, f, indent=2)

@@ -174,6 +174,27 @@ def test_jit_compile_on_cpu_falls_back_without_hanging():
     assert model.last_spectra is not None
 
 
+def test_xla_compiled_step_masks_groups_and_matches_the_eager_route(monkeypatch):
+    from tf_autospec import model as model_module
+
+    monkeypatch.setattr(model_module, "XLA_ON_CPU", True)  # tiny matrices: fast enough on CPU
+    x, y, labels = _data(n=12)
+    labels = np.array([0, 1, 1, -1, 0, 1, 1, 1, -1, 0, 1, 1])
+    results = []
+    for jit in (True, False):
+        keras.utils.set_random_seed(5)
+        model = _functional()
+        model.compile(optimizer="sgd", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                      jit_compile=jit)
+        model.fit(x, y, groups=labels, batch_size=12, epochs=2, shuffle=False, verbose=0)
+        assert model.jit_compile is jit
+        results.append(model.last_spectra)
+    compiled, eager = results
+    np.testing.assert_array_equal(compiled.counts, eager.counts)
+    for key, values in eager.spectra.items():
+        np.testing.assert_allclose(compiled.spectra[key], values, rtol=1e-4, atol=1e-6, err_msg=str(key))
+
+
 @pytest.mark.parametrize(
     "labels,match",
     [

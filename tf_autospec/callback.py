@@ -1,5 +1,6 @@
 """`AutoSpecCallback`: saves every recorded step of an `AutoSpecModel` to HDF5."""
 
+import concurrent.futures
 import json
 import os
 import time
@@ -48,7 +49,8 @@ class AutoSpecCallback(keras.callbacks.Callback):
     """Writes the group spectra of every recorded step to an HDF5 file.
 
     Steps are buffered in memory and written (and flushed to disk) at the end of every
-    epoch, at the end of training, and at least every ``flush_every_seconds``. The file
+    epoch, at the end of training, and at least every ``flush_every_seconds``, by a
+    background thread so that training does not wait for compression and I/O. The file
     stays readable while training runs (`tf_autospec.load`) and after the process is
     killed: it then holds every flushed step. Calling ``fit`` again with the same path
     and the same model appends to the file (steps and epochs keep increasing).
@@ -97,6 +99,8 @@ class AutoSpecCallback(keras.callbacks.Callback):
         self._writer = None
         self._pending = []
         self._tensorboard = None
+        self._io = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="autospec-writer")
+        self._in_flight = None
 
     # ------------------------------------------------------------ lifecycle
 
@@ -167,19 +171,21 @@ class AutoSpecCallback(keras.callbacks.Callback):
         logs = {k: _float(v) for k, v in (logs or {}).items()}
         self._pending.append((self._epoch, spectra.step, batch, time.time(), logs, spectra))
         if time.monotonic() - self._last_flush >= self.flush_every_seconds:
-            self.flush()
+            self._submit_pending()
 
     def on_epoch_end(self, epoch, logs=None):
-        self.flush()
+        self._submit_pending()
         if self._writer is not None:
             epoch_logs = {k: _float(v) for k, v in (logs or {}).items()}
-            self._writer.append_epoch(epoch + (self._epoch_offset or 0), epoch_logs)
+            self._submit(self._writer.append_epoch, epoch + self._epoch_offset, epoch_logs)
 
     def on_train_end(self, logs=None):
-        self.flush()
-        if self._writer is not None:
-            self._writer.close()
-            self._writer = None
+        try:
+            self.flush()
+        finally:
+            if self._writer is not None:
+                self._writer.close()
+                self._writer = None
         if self._tensorboard is not None:
             self._tensorboard.flush()
 
@@ -215,11 +221,33 @@ class AutoSpecCallback(keras.callbacks.Callback):
         self._epoch_offset = 0 if last_epoch is None else max(0, last_epoch + 1 - first_epoch)
 
     def flush(self):
-        """Writes the buffered steps to the file and flushes it to disk."""
+        """Writes the buffered steps to the file, flushes it to disk, and waits for it."""
+        self._submit_pending()
+        self._wait()
+
+    def _wait(self):
+        """Waits for the write in flight; re-raises its error here, in the training thread."""
+        if self._in_flight is not None:
+            in_flight, self._in_flight = self._in_flight, None
+            try:
+                in_flight.result()
+            except Exception:
+                # Training stops on this error: leave the flushed rows in a closed file.
+                if self._writer is not None:
+                    self._writer.close()
+                    self._writer = None
+                raise
+
+    def _submit(self, function, *args):
+        self._wait()
+        self._in_flight = self._io.submit(function, *args)
+
+    def _submit_pending(self):
         self._last_flush = time.monotonic()
         if not self._pending:
             return
         if self._writer is None:
+            self._wait()
             self._open_writer(sorted(self._pending[0][4]))
         pending, self._pending = self._pending, []
         layout = self._writer.layout
@@ -233,6 +261,9 @@ class AutoSpecCallback(keras.callbacks.Callback):
             records[key] = np.array([p[4].get(key, np.nan) for p in pending], dtype=np.float64)
         spectra = {key: np.stack([p[5].spectra[key] for p in pending]) for key in pending[0][5].spectra}
         counts = np.stack([p[5].counts for p in pending])
+        self._submit(self._write, records, spectra, counts)
+
+    def _write(self, records, spectra, counts):
         self._writer.append(records, spectra, counts)
         if self._tensorboard is not None:
             self._write_tensorboard(records["step"], spectra)

@@ -4,6 +4,7 @@ import contextlib
 import warnings
 
 import keras
+import numpy as np
 import tensorflow as tf
 from keras.src import tree
 from keras.src.losses import loss as loss_module
@@ -17,21 +18,56 @@ from tf_autospec.results import StepSpectra
 
 
 class _SpectraState:
-    """Variables holding the last recorded step; created when training starts."""
+    """One float64 variable holding the last step, so that a callback reads it in one copy.
+
+    Layout: ``[recorded, step, counts (G), spectra...]`` where each (kernel, kind)
+    spectrum ``[G, width]`` follows the previous one, flattened. float64 holds the step
+    and the counts exactly.
+    """
 
     def __init__(self, kernels, num_groups):
         self.kernels = kernels
-        nan = float("nan")
-        self.values = {
-            (k.path, kind): tf.Variable(
-                tf.fill([num_groups, width], nan), trainable=False, name="autospec_spectrum"
-            )
-            for k in kernels
-            for kind, width in k.widths.items()
-        }
-        self.counts = tf.Variable(tf.zeros([num_groups], tf.int32), trainable=False)
-        self.step = tf.Variable(tf.constant(-1, tf.int64), trainable=False)
-        self.recorded = tf.Variable(False, trainable=False)
+        self.num_groups = num_groups
+        self.segments = []  # (kernel path, kind, start, width)
+        start = 2 + num_groups
+        for kernel in kernels:
+            for kind, width in kernel.widths.items():
+                self.segments.append((kernel.path, kind, start, width))
+                start += num_groups * width
+        self.header_size = 2 + num_groups
+        self.buffer = tf.Variable(
+            tf.concat([[0.0, -1.0], tf.zeros([num_groups], tf.float64),
+                       tf.fill([start - self.header_size], tf.constant(float("nan"), tf.float64))], 0),
+            trainable=False,
+            name="autospec_last_step",
+        )
+
+    def assign_header(self, recorded, step, counts):
+        header = tf.concat(
+            [tf.cast([recorded], tf.float64), [tf.cast(step, tf.float64)], tf.cast(counts, tf.float64)], 0
+        )
+        self.buffer[: self.header_size].assign(header)
+
+    def assign_values(self, spectra):
+        """``spectra``: dict (kernel path, kind) -> ``[G, width]``."""
+        flat = [tf.reshape(tf.cast(spectra[(path, kind)], tf.float64), [-1]) for path, kind, _, _ in self.segments]
+        self.buffer[self.header_size :].assign(tf.concat(flat, 0))
+
+    def read(self, groups):
+        buffer = self.buffer.value().numpy()
+        if not buffer[0]:
+            return None
+        return StepSpectra(
+            step=int(buffer[1]),
+            groups=groups,
+            counts=buffer[2 : self.header_size].astype(np.int32),
+            spectra={
+                (path, kind): buffer[start : start + self.num_groups * width]
+                .reshape(self.num_groups, width)
+                .astype(np.float32)
+                for path, kind, start, width in self.segments
+            },
+        )
 
 
 def _functional_arguments(args, kwargs):
@@ -40,8 +76,13 @@ def _functional_arguments(args, kwargs):
     )
 
 
-def _has_gpu():
-    return bool(tf.config.list_logical_devices("GPU"))
+# XLA's CPU eigen-solvers take minutes on matrices of realistic size. Tests set this to
+# compile the training step of tiny models with XLA on CPU, to exercise the GPU path.
+XLA_ON_CPU = False
+
+
+def _xla_allowed():
+    return XLA_ON_CPU or bool(tf.config.list_logical_devices("GPU"))
 
 
 class AutoSpecModel(keras.Model):
@@ -204,7 +245,7 @@ class AutoSpecModel(keras.Model):
                 "AutoSpecModel records spectra after every step, which needs "
                 f"steps_per_execution=1 in compile() (got {self.steps_per_execution})."
             )
-        if self.jit_compile and not _has_gpu():
+        if self.jit_compile and not _xla_allowed():
             warnings.warn(
                 "jit_compile=True is turned off for AutoSpecModel's training step on "
                 "CPU: XLA's CPU eigen-solvers take minutes on matrices this size. "
@@ -276,28 +317,23 @@ class AutoSpecModel(keras.Model):
 
     def _record(self, step, calls, deltas, labels):
         state = self._spectra_state
-        state.step.assign(step)
-        if self.autospec_every_n_steps == 1:
-            state.recorded.assign(True)
-            self._assign_spectra(calls, deltas, labels)
-            return
-        due = tf.equal(step % self.autospec_every_n_steps, 0)
-        state.recorded.assign(due)
+        grouping = spectra.SampleGrouping(labels, len(self.groups), self.jit_compile)
 
         def record():
-            self._assign_spectra(calls, deltas, labels)
+            results = {}
+            for kernel, kernel_calls, kernel_deltas in zip(state.kernels, calls, deltas):
+                for kind, values in self._kernel_spectra(kernel, kernel_calls, kernel_deltas, grouping).items():
+                    results[(kernel.path, kind)] = values
+            state.assign_values(results)
             return tf.constant(True)
 
-        tf.cond(due, record, lambda: tf.constant(False))
-
-    def _assign_spectra(self, calls, deltas, labels):
-        state = self._spectra_state
-        grouping = spectra.SampleGrouping(labels, len(self.groups), self.jit_compile)
-        state.counts.assign(grouping.counts)
-        for kernel, kernel_calls, kernel_deltas in zip(state.kernels, calls, deltas):
-            results = self._kernel_spectra(kernel, kernel_calls, kernel_deltas, grouping)
-            for kind, values in results.items():
-                state.values[(kernel.path, kind)].assign(values)
+        if self.autospec_every_n_steps == 1:
+            due = tf.constant(True)
+            record()
+        else:
+            due = tf.equal(step % self.autospec_every_n_steps, 0)
+            tf.cond(due, record, lambda: tf.constant(False))
+        state.assign_header(due, step, grouping.counts)
 
     def _kernel_spectra(self, kernel, kernel_calls, kernel_deltas, grouping):
         groups = len(self.groups)
@@ -326,15 +362,9 @@ class AutoSpecModel(keras.Model):
     @property
     def last_spectra(self):
         """`StepSpectra` of the last training step, or ``None`` if it was not recorded."""
-        state = self._spectra_state
-        if state is None or not bool(state.recorded.numpy()):
+        if self._spectra_state is None:
             return None
-        return StepSpectra(
-            step=int(state.step.numpy()),
-            groups=self.groups,
-            counts=state.counts.numpy(),
-            spectra={key: v.numpy() for key, v in state.values.items()},
-        )
+        return self._spectra_state.read(self.groups)
 
 
 def _unscaled(gradient, product, loss_scale):

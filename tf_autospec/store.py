@@ -22,7 +22,7 @@ class StoreError(Exception):
     """A run file cannot be written or read; the message names the path and the fix."""
 
 
-def _extendable(parent, name, tail_shape, dtype, chunk_rows=64):
+def _extendable(parent, name, tail_shape, dtype, chunk_rows=8):
     kind = np.dtype(dtype).kind
     fill = {"f": {"fillvalue": np.nan}, "i": {"fillvalue": 0}}.get(kind, {})
     return parent.create_dataset(
@@ -31,8 +31,9 @@ def _extendable(parent, name, tail_shape, dtype, chunk_rows=64):
         maxshape=(None, *tail_shape),
         chunks=(chunk_rows, *tail_shape),
         dtype=dtype,
+        # Small chunks and fast gzip: a flush recompresses only the chunk it completes.
         compression="gzip",
-        compression_opts=4,
+        compression_opts=1,
         shuffle=True,
         **fill,
     )
