@@ -73,7 +73,7 @@ class TimedCallback(ts.AutoSpecCallback):
         self.seconds += time.perf_counter() - start
         self.steps += 1
 
-    def _write(self, *args):
+    def _write(self, *args):  # runs in the writer thread
         start = time.perf_counter()
         super()._write(*args)
         self.seconds += time.perf_counter() - start

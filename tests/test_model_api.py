@@ -226,3 +226,49 @@ def test_missing_groups_and_bad_declarations():
     with pytest.raises(ValueError, match="not tracked layers"):
         model = _compile(_functional(layers=["nope"]))
         model.fit(x, y, groups=np.zeros(40, int), epochs=1, verbose=0)
+
+
+def test_custom_layer_with_weights_is_skipped_with_a_warning():
+    class Scale(keras.layers.Layer):
+        def build(self, input_shape):
+            self.scale = self.add_weight(shape=(input_shape[-1],), initializer="ones")
+
+        def call(self, x):
+            return x * self.scale
+
+    inputs = keras.Input((6,))
+    outputs = keras.layers.Dense(2, name="last")(Scale(name="scale")(inputs))
+    model = _compile(ts.AutoSpecModel(inputs=inputs, outputs=outputs, groups=GROUPS))
+    x, y, labels = _data()
+    with pytest.warns(ts.AutoSpecWarning, match="'scale' \\(Scale\\)"):
+        model.fit(x, y, groups=labels, epochs=1, verbose=0)
+    assert [k.path for k in model.tracked_kernels] == ["last/kernel"]
+
+
+def test_layer_shared_by_two_sub_models_is_tracked_once():
+    shared = keras.layers.Dense(4, name="shared")
+    first = keras.Sequential([keras.Input((6,)), shared], name="first")
+    second = keras.Sequential([keras.Input((6,)), shared], name="second")
+    inputs = keras.Input((6,))
+    outputs = keras.layers.Dense(2, name="last")(keras.layers.Concatenate()([first(inputs), second(inputs)]))
+    model = _compile(ts.AutoSpecModel(inputs=inputs, outputs=outputs, groups=GROUPS))
+    x, y, labels = _data()
+    model.fit(x, y, groups=labels, batch_size=40, epochs=1, verbose=0)
+    assert [k.path for k in model.tracked_kernels] == [shared.kernel.path, "last/kernel"]
+    assert model.last_spectra.counts.sum() == 40
+
+
+def test_mixed_precision_spectra_have_the_loss_scale_divided_out():
+    x, y, labels = _data()
+    results = []
+    for policy in ("float32", "mixed_float16"):
+        keras.mixed_precision.set_global_policy(policy)
+        keras.utils.set_random_seed(3)
+        model = _compile(_functional())
+        model.fit(x, y, groups=labels, batch_size=40, epochs=1, shuffle=False, verbose=0)
+        results.append(model.last_spectra)
+    keras.mixed_precision.set_global_policy("float32")
+    for key, values in results[0].spectra.items():
+        # float16 forward/backward: agreement to float16 accuracy, not to float32's.
+        np.testing.assert_allclose(results[1].spectra[key], values, rtol=2e-2, atol=2e-3 * np.nanmax(values),
+                                   err_msg=str(key))

@@ -3,6 +3,7 @@
 import errno
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -261,3 +262,20 @@ def test_killed_run_leaves_a_readable_file_and_resumes(tmp_path):
     assert run.records["epoch"][-1] == killed.records["epoch"][-1] + 1
     with h5py.File(path, "r") as f:  # closed normally again: plain HDF5 readers work
         assert f["records/step"].shape[0] == len(run)
+
+
+def test_resume_refuses_another_top_k(tmp_path):
+    path = tmp_path / "run.h5"
+    x, y, labels = _data()
+    _model().fit(x, y, groups=labels, epochs=1, verbose=0, callbacks=[ts.AutoSpecCallback(path)])
+    with pytest.raises(ts.StoreError, match="widths"):
+        _model(top_k=2).fit(x, y, groups=labels, epochs=1, verbose=0, callbacks=[ts.AutoSpecCallback(path)])
+
+
+@pytest.mark.skipif(not shutil.which("h5dump"), reason="h5dump (Debian hdf5-tools) is not installed")
+def test_h5dump_reads_the_file(tmp_path):
+    path = tmp_path / "run.h5"
+    x, y, labels = _data()
+    _model().fit(x, y, groups=labels, batch_size=16, epochs=1, verbose=0, callbacks=[ts.AutoSpecCallback(path)])
+    dumped = subprocess.run(["h5dump", "-d", "/records/step", str(path)], capture_output=True, text=True)
+    assert dumped.returncode == 0 and "(0): 0, 1, 2" in dumped.stdout

@@ -4,6 +4,7 @@ import concurrent.futures
 import json
 import os
 import time
+import warnings
 
 import keras
 import numpy as np
@@ -124,16 +125,27 @@ class AutoSpecCallback(keras.callbacks.Callback):
                 f"Cannot write the run file '{self.path}': permission denied. Choose a "
                 "writable path."
             )
-        self._pending = []
-        self._writer = None
+        self._abandon_previous_fit()
         self._resuming = os.path.exists(self.path) and not self.overwrite
         if self._resuming:
             self._check_resumable()
-        self._step_offset = None
-        self._epoch_offset = None
+        self._first_step = int(self.model.optimizer.iterations.numpy())
+        self._first_epoch = None
+        self._step_offset = self._epoch_offset = 0
         self._last_flush = time.monotonic()
         if self.tensorboard_dir and self._tensorboard is None:
             self._tensorboard = tf.summary.create_file_writer(self.tensorboard_dir)
+
+    def _abandon_previous_fit(self):
+        """Closes what an interrupted earlier ``fit`` left (its steps are in the file)."""
+        try:
+            self._wait()
+        except Exception as error:
+            warnings.warn(f"AutoSpecCallback: the last write of an interrupted fit failed: {error}")
+        if self._writer is not None:
+            self._writer.close()
+        self._writer = None
+        self._pending = []
 
     def _check_resumable(self):
         run = store.load(self.path)
@@ -142,11 +154,13 @@ class AutoSpecCallback(keras.callbacks.Callback):
             "groups": list(run.groups),
             "kinds": list(run.kinds),
             "kernels": [(k, run.kernel_info[k]["fan_in"], run.kernel_info[k]["fan_out"]) for k in run.layers],
+            "widths": run.widths,
         }
         current = {
             "groups": expected["groups"],
             "kinds": expected["kinds"],
             "kernels": [(k["path"], k["fan_in"], k["fan_out"]) for k in expected["kernels"]],
+            "widths": {k["path"]: k["widths"] for k in expected["kernels"]},
         }
         differences = [
             f"{key}: file has {stored[key]}, model has {current[key]}"
@@ -163,6 +177,8 @@ class AutoSpecCallback(keras.callbacks.Callback):
 
     def on_epoch_begin(self, epoch, logs=None):
         self._epoch = epoch
+        if self._first_epoch is None:
+            self._first_epoch = epoch
 
     def on_train_batch_end(self, batch, logs=None):
         spectra = self.model.last_spectra
@@ -174,10 +190,11 @@ class AutoSpecCallback(keras.callbacks.Callback):
             self._submit_pending()
 
     def on_epoch_end(self, epoch, logs=None):
+        epoch_logs = {k: _float(v) for k, v in (logs or {}).items()}
         self._submit_pending()
-        if self._writer is not None:
-            epoch_logs = {k: _float(v) for k, v in (logs or {}).items()}
-            self._submit(self._writer.append_epoch, epoch + self._epoch_offset, epoch_logs)
+        if self._writer is None:  # no step recorded yet: the epoch's logs still go in
+            self._open_writer(sorted(k for k in epoch_logs if not k.startswith("val_")))
+        self._submit(self._writer.append_epoch, epoch + self._epoch_offset, epoch_logs)
 
     def on_train_end(self, logs=None):
         try:
@@ -195,30 +212,27 @@ class AutoSpecCallback(keras.callbacks.Callback):
         if self._resuming:
             self._writer = store.RunWriter(self.path, None, {}, resume=True)
             self._writer.layout = _layout(self.model, list(self._writer.file["records/logs"]))
-            last_step = self._writer.last("step")
-            last_epoch = self._writer.last("epoch")
-        else:
-            attributes = {
-                "tf_autospec_version": _version(),
-                "tensorflow_version": tf.__version__,
-                "keras_version": keras.__version__,
-                "options": {
-                    "layers": None if self.model.autospec_layers is None else list(self.model.autospec_layers),
-                    "kinds": list(self.model.autospec_kinds),
-                    "top_k": self.model.autospec_top_k,
-                    "every_n_steps": self.model.autospec_every_n_steps,
-                },
-                "model_config": _model_config(self.model),
-                "metadata": self.metadata,
-                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            }
-            self._writer = store.RunWriter(
-                self.path, _layout(self.model, log_keys), attributes, resume=False
-            )
-            last_step = last_epoch = None
-        first_epoch, first_step = self._pending[0][0], self._pending[0][1]
-        self._step_offset = 0 if last_step is None else max(0, last_step + 1 - first_step)
-        self._epoch_offset = 0 if last_epoch is None else max(0, last_epoch + 1 - first_epoch)
+            last_step, last_epoch = self._writer.last("step"), self._writer.last("epoch")
+            if last_step is not None:
+                self._step_offset = max(0, last_step + 1 - self._first_step)
+            if last_epoch is not None:
+                self._epoch_offset = max(0, last_epoch + 1 - self._first_epoch)
+            return
+        attributes = {
+            "tf_autospec_version": _version(),
+            "tensorflow_version": tf.__version__,
+            "keras_version": keras.__version__,
+            "options": {
+                "layers": None if self.model.autospec_layers is None else list(self.model.autospec_layers),
+                "kinds": list(self.model.autospec_kinds),
+                "top_k": self.model.autospec_top_k,
+                "every_n_steps": self.model.autospec_every_n_steps,
+            },
+            "model_config": _model_config(self.model),
+            "metadata": self.metadata,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
+        self._writer = store.RunWriter(self.path, _layout(self.model, log_keys), attributes, resume=False)
 
     def flush(self):
         """Writes the buffered steps to the file, flushes it to disk, and waits for it."""
@@ -261,10 +275,10 @@ class AutoSpecCallback(keras.callbacks.Callback):
             records[key] = np.array([p[4].get(key, np.nan) for p in pending], dtype=np.float64)
         spectra = {key: np.stack([p[5].spectra[key] for p in pending]) for key in pending[0][5].spectra}
         counts = np.stack([p[5].counts for p in pending])
-        self._submit(self._write, records, spectra, counts)
+        self._submit(self._write, self._writer, records, spectra, counts)
 
-    def _write(self, records, spectra, counts):
-        self._writer.append(records, spectra, counts)
+    def _write(self, writer, records, spectra, counts):
+        writer.append(records, spectra, counts)
         if self._tensorboard is not None:
             self._write_tensorboard(records["step"], spectra)
 

@@ -66,7 +66,7 @@ def labels_to_indices(labels, group_names):
     if array.dtype.kind in "USO":
         lookup = {name: i for i, name in enumerate(group_names)}
         as_text = [v.decode() if isinstance(v, bytes) else v for v in array.tolist()]
-        unknown = sorted({str(v) for v in as_text if v not in lookup and v != UNASSIGNED})
+        unknown = sorted({str(v) for v in as_text if v not in lookup and str(v) != str(UNASSIGNED)})
         if unknown:
             raise ValueError(
                 f"Unknown group labels {unknown[:5]}; declared groups are "
@@ -119,8 +119,11 @@ def labels_to_indices_tensor(labels, group_names, check=True):
             )
         index = tf.cast(tf.argmax(tf.cast(matches, tf.int32), axis=1), tf.int32)
         return tf.where(known, index, UNASSIGNED)
-    if labels.dtype.is_floating:
-        labels = tf.cast(labels, tf.int32)
+    if labels.dtype.is_floating and check:
+        tf.debugging.Assert(
+            tf.reduce_all(tf.equal(labels, tf.round(labels))),
+            ["Group labels must be whole numbers (group indices, -1 = in no group)."],
+        )
     labels = tf.cast(labels, tf.int32)
     if check:
         tf.debugging.assert_greater_equal(

@@ -146,7 +146,7 @@ class AutoSpecModel(keras.Model):
         self.autospec_kinds = tracking.check_kinds(kinds)
         if top_k is not None and (int(top_k) != top_k or top_k < 1):
             raise ValueError(f"top_k must be None or a positive integer; received {top_k!r}.")
-        self.autospec_top_k = top_k
+        self.autospec_top_k = None if top_k is None else int(top_k)
         if int(every_n_steps) != every_n_steps or every_n_steps < 1:
             raise ValueError(
                 f"every_n_steps must be a positive integer; received {every_n_steps!r}."
@@ -345,8 +345,16 @@ class AutoSpecModel(keras.Model):
             # Group whole samples first: far fewer values to move than their rows.
             out = []
             for tensor in tensors:
+                if not self.jit_compile:
+                    tf.debugging.assert_equal(
+                        tf.shape(tensor)[0], tf.shape(grouping.one_hot)[0],
+                        message=f"Layer '{layer.name}' was called on a batch axis other than "
+                        "the samples'; AutoSpec cannot map its rows to groups. Exclude it "
+                        "with layers=[...].",
+                    )
                 laid_out = grouping.apply(tensor, fill)
-                out.append(rows(layer, tf.reshape(laid_out, [-1, *tensor.shape[1:]])))
+                whole_samples = tf.concat([[-1], tf.shape(tensor)[1:]], 0)
+                out.append(rows(layer, tf.reshape(laid_out, whole_samples)))
             return tf.concat(out, axis=1)
 
         input_rows = grouped_rows([i for i, _ in kernel_calls], capture.input_rows, capture.fill_value())
@@ -368,9 +376,10 @@ class AutoSpecModel(keras.Model):
 
 
 def _unscaled(gradient, product, loss_scale):
+    """``Δ`` without the loss scale, in float32 so that float16 values do not underflow."""
     if gradient is None:
-        return tf.zeros_like(product)
-    return gradient / tf.cast(loss_scale, gradient.dtype)
+        return tf.zeros_like(product, dtype=tf.float32)
+    return tf.cast(gradient, tf.float32) / tf.cast(loss_scale, tf.float32)
 
 
 class FunctionalAutoSpecModel(AutoSpecModel, Functional):

@@ -42,7 +42,12 @@ class StepSpectra:
 
     def spectrum(self, kernel, kind, group):
         """Singular values ``[width]`` of one kernel, kind and group (name or index)."""
-        index = group if isinstance(group, (int, np.integer)) else self.groups.index(group)
+        if isinstance(group, (int, np.integer)) and 0 <= group < len(self.groups):
+            index = int(group)
+        elif group in self.groups:
+            index = self.groups.index(group)
+        else:
+            raise KeyError(f"Unknown group {group!r}; the groups are {list(self.groups)}.")
         try:
             return self.spectra[(kernel, kind)][index]
         except KeyError:

@@ -117,10 +117,11 @@ class OneHotRows:
 
     def column_gram_eigenvalues(self):
         # AᵀA is diagonal: the number of rows holding each token.
-        counts = tf.reduce_sum(tf.one_hot(self.ids, self.width, dtype=COMPUTE_DTYPE), axis=1)
-        return tf.sort(counts, axis=-1)
+        ones = tf.ones(tf.concat([tf.shape(self.ids), [1]], 0), COMPUTE_DTYPE)
+        return tf.sort(self.transpose_matmul(ones)[..., 0], axis=-1)
 
     def transpose_matmul(self, other):
+        """``Aᵀ other`` per group: rows of ``other`` summed by token id."""
         groups = tf.shape(self.ids)[0]
         segment = tf.where(
             self.ids >= 0,
@@ -142,7 +143,7 @@ def dim(tensor, axis):
 
 def _select(condition, if_true, if_false):
     """Python branch when ``condition`` is static, ``tf.cond`` otherwise."""
-    if isinstance(condition, (bool,)) or not tf.is_tensor(condition):
+    if not tf.is_tensor(condition):
         return if_true() if condition else if_false()
     return tf.cond(condition, if_true, if_false)
 

@@ -14,7 +14,8 @@ import numpy as np
 
 FORMAT = "tf_autospec"
 FORMAT_VERSION = 1
-RECORD_COLUMNS = ("epoch", "step", "batch", "wall_time")
+# Written in this order: "step" last, so that its length counts the complete rows.
+RECORD_COLUMNS = ("epoch", "batch", "wall_time", "step")
 _INTEGER_COLUMNS = ("epoch", "step", "batch")
 
 
@@ -142,7 +143,7 @@ class RunWriter:
             group = f.require_group(f"kernels/{kernel['path']}")
             for key in ("path", "layer", "layer_class", "fan_in", "fan_out"):
                 group.attrs[key] = kernel[key]
-            group.attrs["rank_bound"] = min(kernel["fan_in"], kernel["fan_out"])
+            group.attrs["rank_bound"] = min(kernel["fan_in"], kernel["fan_out"])  # of G_g
             for kind, width in kernel["widths"].items():
                 _extendable(group, kind, (len(layout["groups"]), width), "f4")
         f.flush()
@@ -172,8 +173,7 @@ class RunWriter:
             _append(f["counts"], counts)
             for key in self.layout["log_keys"]:
                 _append(f[f"records/logs/{key}"], records[key])
-            # The step column goes last: a reader trusts rows up to its length.
-            for column in RECORD_COLUMNS:
+            for column in RECORD_COLUMNS:  # "step" last: readers trust rows up to its length
                 _append(f[f"records/{column}"], records[column])
             f.flush()
         except OSError as error:
@@ -185,8 +185,8 @@ class RunWriter:
     def append_epoch(self, epoch, logs):
         epochs = self.file["epochs"]
         try:
-            _append(epochs["epoch"], np.array([epoch]))
             _append(epochs["logs"], np.array([json.dumps(logs)], dtype=object))
+            _append(epochs["epoch"], np.array([epoch]))  # last: its length counts the rows
             self.file.flush()
         except OSError as error:
             raise StoreError(f"Writing to '{self.path}' failed ({error}); is the disk full?") from None
@@ -205,12 +205,11 @@ def recover(path):
     """
     with open_for_reading(path) as f:
         check_ours(f, path)
-        if f.mode == "r" and not f.swmr_mode:
+        if not f.swmr_mode:
             return
     temporary = f"{path}.recovering"
     with _open(path, "r", swmr=True) as source, h5py.File(temporary, "w", libver="latest") as target:
-        check_ours(source, path)
-        rows = source["records/step"].shape[0]
+        rows = {"records": source["records/step"].shape[0], "epochs": source["epochs/epoch"].shape[0]}
         for key, value in source.attrs.items():
             target.attrs[key] = value
         source.visititems(lambda name, obj: _copy(name, obj, target, rows))
@@ -218,12 +217,13 @@ def recover(path):
 
 
 def _copy(name, obj, target, rows):
+    """Copies one object, cutting per-row datasets to the rows complete in every column."""
     if isinstance(obj, h5py.Group):
         group = target.require_group(name)
         for key, value in obj.attrs.items():
             group.attrs[key] = value
         return
-    keep = obj.shape[0] if name.startswith("epochs/") else min(rows, obj.shape[0])
+    keep = rows["epochs"] if name.startswith("epochs/") else rows["records"]
     data = target.create_dataset(
         name, data=obj[:keep], maxshape=obj.maxshape, chunks=obj.chunks,
         compression=obj.compression, compression_opts=obj.compression_opts, shuffle=obj.shuffle,
@@ -287,9 +287,14 @@ class Run:
                 layer: {k: _plain(v) for k, v in f[f"kernels/{layer}"].attrs.items()}
                 for layer in self.layers
             }
+            self.widths = {
+                layer: {kind: f[f"kernels/{layer}/{kind}"].shape[2] for kind in self.kinds}
+                for layer in self.layers
+            }
+            epochs = f["epochs/epoch"].shape[0]
             self.epochs = {
-                "epoch": f["epochs/epoch"][:],
-                "logs": [json.loads(v) for v in f["epochs/logs"].asstr()[:]],
+                "epoch": f["epochs/epoch"][:epochs],
+                "logs": [json.loads(v) for v in f["epochs/logs"].asstr()[:epochs]],
             }
 
     def __len__(self):

@@ -32,11 +32,6 @@ class TrackedKernel:
     fan_out: int
     widths: dict
 
-    @property
-    def rank_bound(self):
-        """Largest possible rank of a group gradient: ``min(fan_in, fan_out)``."""
-        return min(self.fan_in, self.fan_out)
-
 
 def spectrum_widths(fan_in, fan_out, kinds, top_k):
     """Widths per kind: every singular value up to the matrix's bound, capped at ``top_k``."""
@@ -106,8 +101,11 @@ def find_tracked_kernels(model, layers, kinds, top_k):
         ValueError: when ``layers`` names something the model does not have, or
             nothing is left to track.
     """
-    found = []
+    found, seen = [], set()
     for layer, layer_capture in _candidates(model):
+        if id(layer) in seen:  # a layer shared by several sub-models
+            continue
+        seen.add(id(layer))
         kernel = layer_capture.kernel(layer)
         fan_in, fan_out = layer_capture.matrix_shape(layer)
         found.append(
@@ -119,6 +117,13 @@ def find_tracked_kernels(model, layers, kinds, top_k):
                 fan_out=int(fan_out),
                 widths=spectrum_widths(int(fan_in), int(fan_out), kinds, top_k),
             )
+        )
+    paths = [k.path for k in found]
+    repeated = sorted({p for p in paths if paths.count(p) > 1})
+    if repeated:
+        raise ValueError(
+            f"Several tracked kernels share the paths {repeated}; give their layers "
+            "distinct names so that their spectra can be told apart."
         )
     if layers is not None:
         wanted = set(layers)

@@ -68,11 +68,15 @@ class LayerCapture:
                 product = record(layer, pending_inputs[-1], product)
             return original_activation(product)
 
+        had_own_call = "call" in layer.__dict__
         object.__setattr__(layer, "call", call)
         object.__setattr__(layer, "activation", activation)
 
         def undo():
-            del layer.__dict__["call"]
+            if had_own_call:
+                object.__setattr__(layer, "call", original_call)
+            else:
+                del layer.__dict__["call"]
             object.__setattr__(layer, "activation", original_activation)
 
         return undo

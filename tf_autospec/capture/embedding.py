@@ -22,7 +22,7 @@ class EmbeddingCapture(LayerCapture):
         return None
 
     def input_rows(self, layer, inputs):
-        return tf.reshape(tf.cast(inputs, tf.int32), [tf.shape(inputs)[0], -1])
+        return tf.reshape(inputs, [tf.shape(inputs)[0], -1])
 
     def output_rows(self, layer, product):
         return tf.reshape(product, [tf.shape(product)[0], -1, layer.output_dim])
@@ -39,7 +39,8 @@ class EmbeddingCapture(LayerCapture):
         @functools.wraps(original_call)
         def call(*args, **kwargs):
             inputs = args[0] if args else kwargs["inputs"]
-            return record(layer, inputs, original_call(*args, **kwargs))
+            # int32 ids, so that -1 can mark the empty rows of a group.
+            return record(layer, tf.cast(inputs, tf.int32), original_call(*args, **kwargs))
 
         object.__setattr__(layer, "call", call)
         return lambda: layer.__dict__.pop("call")
