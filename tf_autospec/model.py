@@ -153,6 +153,7 @@ class AutoSpecModel(keras.Model):
             )
         self.autospec_every_n_steps = int(every_n_steps)
         self._spectra_state = None
+        self._batch_size_hint = None
 
     # ----------------------------------------------------------------- inputs
 
@@ -217,6 +218,7 @@ class AutoSpecModel(keras.Model):
             labels = groups_module.labels_to_indices(x[groups_module.GROUP_KEY], self.groups)
             x = {**x, groups_module.GROUP_KEY: labels}
         self._build_from_sample(x)
+        self._batch_size_hint = _batch_size(x, kwargs.get("batch_size", args[0] if args else None))
         return super().fit(x, y, *args, **kwargs)
 
     def _build_from_sample(self, x):
@@ -361,8 +363,13 @@ class AutoSpecModel(keras.Model):
         delta_rows = grouped_rows(kernel_deltas, capture.output_rows, 0)
         a = capture.factor(layer, tf.reshape(input_rows, [groups, -1, *input_rows.shape[2:]]))
         delta = spectra.DenseRows(tf.reshape(delta_rows, [groups, -1, kernel.fan_out]))
+        rows_per_sample = spectra.dim(delta_rows, 1)
+        batch = kernel_calls[0][0].shape[0] or self._batch_size_hint
+        rows_hint = None
+        if batch is not None and not tf.is_tensor(rows_per_sample):
+            rows_hint = batch * rows_per_sample  # rows of the whole batch: a bound of R
         return spectra.group_spectra(
-            a, delta, spectra.dim(delta_rows, 1), grouping.counts, self.autospec_kinds, kernel.widths
+            a, delta, rows_per_sample, grouping.counts, self.autospec_kinds, kernel.widths, rows_hint
         )
 
     # ---------------------------------------------------------------- results
@@ -373,6 +380,16 @@ class AutoSpecModel(keras.Model):
         if self._spectra_state is None:
             return None
         return self._spectra_state.read(self.groups)
+
+
+def _batch_size(x, batch_size):
+    """The batch size ``fit`` will use, when it can be told without reading the data."""
+    if isinstance(x, tf.data.Dataset):
+        first = tree.flatten(x.element_spec)[0]
+        return first.shape[0] if first.shape.rank else None
+    if isinstance(x, keras.utils.PyDataset) or hasattr(x, "__next__"):
+        return None
+    return batch_size or 32  # keras.Model.fit's default for arrays
 
 
 def _unscaled(gradient, product, loss_scale):

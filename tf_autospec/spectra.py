@@ -25,6 +25,10 @@ the condition number, and float64 keeps the small singular values accurate to ~1
 moves each singular value by at most ``‖E‖₂`` (~1e-6 × σ_max here), so only its Gram
 matrix needs float64.
 
+Both routes are exact for any ``R``; the choice only sets the cost. When ``R`` is not
+known while tracing, a hint (rows of a whole batch, an upper bound of ``R``) picks the
+route; without one, ``tf.cond`` picks it at run time.
+
 Groups are laid out side by side, ``[G, R, ...]``, so each step is one batched call
 for all groups of a kernel. Outside XLA the rows of each group are gathered (``R`` =
 largest group); under XLA they are masked (``R`` = batch) so that shapes stay static.
@@ -156,10 +160,10 @@ def _singular_values(eigenvalues, width):
     return tf.ensure_shape(values[:, :width], [None, width])
 
 
-def _smaller_gram_eigenvalues(factor):
+def _smaller_gram_eigenvalues(factor, rows):
     """Eigenvalues of the smaller Gram matrix of a factor (its squared singular values)."""
     return _select(
-        factor.num_rows <= factor.width,
+        rows <= factor.width,
         lambda: tf.linalg.eigvalsh(factor.row_gram()),
         factor.column_gram_eigenvalues,
     )
@@ -186,12 +190,12 @@ def _rows_route(a, delta, kinds, widths):
     return out
 
 
-def _fan_route(a, delta, kinds, widths):
+def _fan_route(a, delta, kinds, widths, rows):
     out = {}
     if "act" in kinds:
-        out["act"] = _singular_values(_smaller_gram_eigenvalues(a), widths["act"])
+        out["act"] = _singular_values(_smaller_gram_eigenvalues(a, rows), widths["act"])
     if "delta" in kinds:
-        out["delta"] = _singular_values(_smaller_gram_eigenvalues(delta), widths["delta"])
+        out["delta"] = _singular_values(_smaller_gram_eigenvalues(delta, rows), widths["delta"])
     if "grad" in kinds:
         gradient = tf.cast(a.transpose_matmul(delta.values), COMPUTE_DTYPE)
         tall = a.width >= delta.width
@@ -200,7 +204,7 @@ def _fan_route(a, delta, kinds, widths):
     return out
 
 
-def group_spectra(a, delta, rows_per_sample, counts, kinds, widths):
+def group_spectra(a, delta, rows_per_sample, counts, kinds, widths, rows_hint=None):
     """Singular values of each group's gradient and factors for one kernel.
 
     Args:
@@ -210,17 +214,20 @@ def group_spectra(a, delta, rows_per_sample, counts, kinds, widths):
         counts: int32 ``[G]`` samples per group.
         kinds: subset of `KINDS` to compute.
         widths: dict kind -> fixed output width.
+        rows_hint: used to pick the routes when ``R`` is only known at run time.
 
     Returns:
         dict kind -> float32 ``[G, width]``: singular values in descending order; NaN
         beyond the group's rank bound ``min(rows_g, ...)`` and for groups with no sample.
     """
     rows = a.num_rows
+    if tf.is_tensor(rows) and rows_hint is not None:
+        rows = rows_hint
     smallest_fan = min(a.width, delta.width)
     spectra = _select(
         rows < smallest_fan,
         lambda: _rows_route(a, delta, kinds, widths),
-        lambda: _fan_route(a, delta, kinds, widths),
+        lambda: _fan_route(a, delta, kinds, widths, rows),
     )
     group_rows = counts * rows_per_sample
     bounds = {
