@@ -55,7 +55,7 @@ class PaperRouteModel(ts.AutoSpecModel):
             for kind in self.autospec_kinds:
                 values = tf.linalg.svd(matrices[kind], compute_uv=False)[: kernel.widths[kind]]
                 out[kind].append(tf.pad(values, [[0, kernel.widths[kind] - tf.shape(values)[0]]]))
-        return {kind: tf.stack(v) for kind, v in out.items()}
+        return {kind: tf.stack(v) for kind, v in out.items()}, tf.constant(True)
 
 
 class TimedCallback(ts.AutoSpecCallback):

@@ -27,10 +27,11 @@ def _run(a, delta, static_shapes, kinds=spectra.KINDS):
     grouped_a = tf.reshape(grouping.apply(tf.constant(a), 0), [GROUPS, -1, a.shape[-1]])
     grouped_d = tf.reshape(grouping.apply(tf.constant(delta), 0), [GROUPS, -1, delta.shape[-1]])
     widths = spectrum_widths(a.shape[-1], delta.shape[-1], kinds, None)
-    out = spectra.group_spectra(
+    out, finite = spectra.group_spectra(
         spectra.DenseRows(grouped_a), spectra.DenseRows(grouped_d), a.shape[1],
         grouping.counts, kinds, widths,
     )
+    assert finite.numpy().all()
     return {k: v.numpy() for k, v in out.items()}, grouping.counts.numpy()
 
 
@@ -93,7 +94,7 @@ def test_dynamic_row_count_picks_route_at_run_time():
         widths = spectrum_widths(40, 30, spectra.KINDS, None)
         return spectra.group_spectra(
             spectra.DenseRows(grouped_a), spectra.DenseRows(grouped_d), 1, grouping.counts, spectra.KINDS, widths
-        ), grouping.counts
+        )[0], grouping.counts
 
     for copies in (1, 4):  # 7 rows (rows route) and 28 rows (fan route) in group 0
         big_a, big_d = np.concatenate([a] * copies), np.concatenate([delta] * copies)
@@ -117,7 +118,7 @@ def test_one_hot_rows_match_explicit_one_hot():
         grouped_ids = tf.reshape(grouping.apply(tf.constant(ids), -1), [GROUPS, -1])
         grouped_d = tf.reshape(grouping.apply(tf.constant(delta), 0), [GROUPS, -1, fan_out])
         widths = spectrum_widths(depth, fan_out, spectra.KINDS, None)
-        out = spectra.group_spectra(
+        out, _ = spectra.group_spectra(
             spectra.OneHotRows(grouped_ids, depth), spectra.DenseRows(grouped_d), 4,
             grouping.counts, spectra.KINDS, widths,
         )

@@ -82,7 +82,7 @@ def labels_to_indices(labels, group_names):
             )
         if not np.all(array == np.round(array)):
             raise ValueError("Group labels must be whole numbers (group indices).")
-    elif array.dtype.kind not in "iub":
+    elif array.dtype.kind not in "iu":
         raise ValueError(f"Group labels must be integers or group names; got dtype {array.dtype}.")
     indices = array.astype(np.int64)
     bad = sorted(set(indices[(indices < UNASSIGNED) | (indices >= len(group_names))].tolist()))

@@ -20,23 +20,24 @@ from tf_autospec.results import StepSpectra
 class _SpectraState:
     """One float64 variable holding the last step, so that a callback reads it in one copy.
 
-    Layout: ``[recorded, step, counts (G), spectra...]`` where each (kernel, kind)
-    spectrum ``[G, width]`` follows the previous one, flattened. float64 holds the step
-    and the counts exactly.
+    Layout: ``[recorded, step, counts (G), finite flags (K), spectra...]`` where each
+    (kernel, kind) spectrum ``[G, width]`` follows the previous one, flattened. float64
+    holds the step and the counts exactly.
     """
 
     def __init__(self, kernels, num_groups):
         self.kernels = kernels
         self.num_groups = num_groups
         self.segments = []  # (kernel path, kind, start, width)
-        start = 2 + num_groups
+        self.header_size = 2 + num_groups + len(kernels)
+        start = self.header_size
         for kernel in kernels:
             for kind, width in kernel.widths.items():
                 self.segments.append((kernel.path, kind, start, width))
                 start += num_groups * width
-        self.header_size = 2 + num_groups
+        self.warned_nonfinite = False
         self.buffer = tf.Variable(
-            tf.concat([[0.0, -1.0], tf.zeros([num_groups], tf.float64),
+            tf.concat([[0.0, -1.0], tf.ones([num_groups + len(kernels)], tf.float64),
                        tf.fill([start - self.header_size], tf.constant(float("nan"), tf.float64))], 0),
             trainable=False,
             name="autospec_last_step",
@@ -46,21 +47,35 @@ class _SpectraState:
         header = tf.concat(
             [tf.cast([recorded], tf.float64), [tf.cast(step, tf.float64)], tf.cast(counts, tf.float64)], 0
         )
-        self.buffer[: self.header_size].assign(header)
+        self.buffer[: 2 + self.num_groups].assign(header)
 
-    def assign_values(self, spectra):
-        """``spectra``: dict (kernel path, kind) -> ``[G, width]``."""
-        flat = [tf.reshape(tf.cast(spectra[(path, kind)], tf.float64), [-1]) for path, kind, _, _ in self.segments]
-        self.buffer[self.header_size :].assign(tf.concat(flat, 0))
+    def assign_values(self, spectra, finite):
+        """``spectra``: dict (kernel path, kind) -> ``[G, width]``; ``finite``: bool per kernel."""
+        flat = [tf.cast(tf.stack(finite), tf.float64)]
+        flat += [tf.reshape(tf.cast(spectra[(path, kind)], tf.float64), [-1]) for path, kind, _, _ in self.segments]
+        self.buffer[2 + self.num_groups :].assign(tf.concat(flat, 0))
 
     def read(self, groups):
         buffer = self.buffer.value().numpy()
         if not buffer[0]:
             return None
+        step = int(buffer[1])
+        finite = buffer[2 + self.num_groups : self.header_size]
+        nonfinite = tuple(k.path for k, ok in zip(self.kernels, finite) if not ok)
+        if nonfinite and not self.warned_nonfinite:
+            self.warned_nonfinite = True
+            warnings.warn(
+                f"Step {step}: NaN or Inf in the inputs or gradients of {list(nonfinite)}; "
+                "their spectra are NaN for the affected groups (StepSpectra.nonfinite lists "
+                "them at each step; this warning is not repeated).",
+                tracking.AutoSpecWarning,
+                stacklevel=3,
+            )
         return StepSpectra(
-            step=int(buffer[1]),
+            step=step,
             groups=groups,
-            counts=buffer[2 : self.header_size].astype(np.int32),
+            counts=buffer[2 : 2 + self.num_groups].astype(np.int32),
+            nonfinite=nonfinite,
             spectra={
                 (path, kind): buffer[start : start + self.num_groups * width]
                 .reshape(self.num_groups, width)
@@ -322,11 +337,15 @@ class AutoSpecModel(keras.Model):
         grouping = spectra.SampleGrouping(labels, len(self.groups), self.jit_compile)
 
         def record():
-            results = {}
+            results, finite = {}, []
             for kernel, kernel_calls, kernel_deltas in zip(state.kernels, calls, deltas):
-                for kind, values in self._kernel_spectra(kernel, kernel_calls, kernel_deltas, grouping).items():
+                kernel_results, kernel_finite = self._kernel_spectra(
+                    kernel, kernel_calls, kernel_deltas, grouping
+                )
+                finite.append(tf.reduce_all(kernel_finite))
+                for kind, values in kernel_results.items():
                     results[(kernel.path, kind)] = values
-            state.assign_values(results)
+            state.assign_values(results, finite)
             return tf.constant(True)
 
         if self.autospec_every_n_steps == 1:
@@ -340,7 +359,8 @@ class AutoSpecModel(keras.Model):
     def _kernel_spectra(self, kernel, kernel_calls, kernel_deltas, grouping):
         groups = len(self.groups)
         if not kernel_calls:
-            return {k: tf.fill([groups, w], float("nan")) for k, w in kernel.widths.items()}
+            nothing = {k: tf.fill([groups, w], float("nan")) for k, w in kernel.widths.items()}
+            return nothing, tf.constant(True)
         layer, capture = kernel.layer, kernel.capture
 
         def grouped_rows(tensors, rows, fill):

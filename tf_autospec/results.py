@@ -17,7 +17,9 @@ class StepSpectra:
         groups: the declared group names; row ``i`` of each array is ``groups[i]``.
         counts: int ``[G]``, samples of each group in the batch.
         spectra: ``{(kernel_path, kind): float32 [G, width]}``, singular values in
-            descending order, NaN beyond the group's rank bound and for absent groups.
+            descending order, NaN beyond the group's rank bound, for absent groups and
+            for groups whose inputs or gradients held NaN or Inf at this step.
+        nonfinite: kernel paths whose inputs or gradients held NaN or Inf at this step.
 
     Example:
 
@@ -34,6 +36,7 @@ class StepSpectra:
     groups: tuple
     counts: np.ndarray
     spectra: dict
+    nonfinite: tuple = ()
 
     @property
     def kernels(self):

@@ -91,6 +91,14 @@ class DenseRows:
     def num_rows(self):
         return dim(self.values, 1)
 
+    def finite_groups(self):
+        """bool ``[G]``: the group's rows hold no NaN or Inf."""
+        return tf.reduce_all(tf.math.is_finite(self.values), axis=[1, 2])
+
+    def zeroed(self, keep):
+        """The same factor with the rows of groups not in ``keep`` set to zero."""
+        return DenseRows(tf.where(keep[:, None, None], self.values, 0.0))
+
     def row_gram(self):
         exact = tf.cast(self.values, COMPUTE_DTYPE)
         return tf.matmul(exact, exact, transpose_b=True)
@@ -113,6 +121,12 @@ class OneHotRows:
     @property
     def num_rows(self):
         return dim(self.ids, 1)
+
+    def finite_groups(self):
+        return tf.ones([tf.shape(self.ids)[0]], tf.bool)
+
+    def zeroed(self, keep):
+        return OneHotRows(tf.where(keep[:, None], self.ids, -1), self.width)
 
     def row_gram(self):
         present = self.ids >= 0
@@ -198,9 +212,13 @@ def _fan_route(a, delta, kinds, widths, rows):
         out["delta"] = _singular_values(_smaller_gram_eigenvalues(delta, rows), widths["delta"])
     if "grad" in kinds:
         gradient = tf.cast(a.transpose_matmul(delta.values), COMPUTE_DTYPE)
+        # float32 overflow of huge (finite) factors: NaN for that group, no failed solver.
+        overflow = ~tf.reduce_all(tf.math.is_finite(gradient), axis=[1, 2])
+        gradient = tf.where(overflow[:, None, None], tf.zeros_like(gradient), gradient)
         tall = a.width >= delta.width
         gram = tf.matmul(gradient, gradient, transpose_a=tall, transpose_b=not tall)
-        out["grad"] = _singular_values(tf.linalg.eigvalsh(gram), widths["grad"])
+        values = _singular_values(tf.linalg.eigvalsh(gram), widths["grad"])
+        out["grad"] = tf.where(overflow[:, None], tf.constant(float("nan"), values.dtype), values)
     return out
 
 
@@ -217,9 +235,13 @@ def group_spectra(a, delta, rows_per_sample, counts, kinds, widths, rows_hint=No
         rows_hint: used to pick the routes when ``R`` is only known at run time.
 
     Returns:
-        dict kind -> float32 ``[G, width]``: singular values in descending order; NaN
-        beyond the group's rank bound ``min(rows_g, ...)`` and for groups with no sample.
+        ``(spectra, finite)``: dict kind -> float32 ``[G, width]``, singular values in
+        descending order, NaN beyond the group's rank bound ``min(rows_g, ...)``, for
+        groups with no sample and for groups whose factors hold NaN or Inf; and bool
+        ``[G]``, False for the latter. Non-finite rows never reach an eigen-solver.
     """
+    finite = a.finite_groups() & delta.finite_groups()
+    a, delta = a.zeroed(finite), delta.zeroed(finite)
     rows = a.num_rows
     if tf.is_tensor(rows) and rows_hint is not None:
         rows = rows_hint
@@ -238,8 +260,8 @@ def group_spectra(a, delta, rows_per_sample, counts, kinds, widths, rows_hint=No
     out = {}
     for kind in kinds:
         index = tf.range(widths[kind])[None, :]
-        defined = index < bounds[kind][:, None]
+        defined = (index < bounds[kind][:, None]) & finite[:, None]
         out[kind] = tf.cast(
             tf.where(defined, spectra[kind], float("nan")), tf.float32
         )
-    return out
+    return out, finite

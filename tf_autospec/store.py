@@ -5,6 +5,7 @@ The layout is documented in ``docs/hdf5-format.md``. The writer uses h5py's sing
 (`load`) can open it while training runs and after the writing process was killed.
 """
 
+import contextlib
 import json
 import os
 import warnings
@@ -25,7 +26,9 @@ class StoreError(Exception):
 
 def _extendable(parent, name, tail_shape, dtype, chunk_rows=8):
     kind = np.dtype(dtype).kind
-    fill = {"f": {"fillvalue": np.nan}, "i": {"fillvalue": 0}}.get(kind, {})
+    # Numbers get a checksum: a corrupted chunk raises on read instead of returning garbage.
+    checked = {"f": {"fillvalue": np.nan, "fletcher32": True}, "i": {"fillvalue": 0, "fletcher32": True}}
+    options = checked.get(kind, {})
     return parent.create_dataset(
         name,
         shape=(0, *tail_shape),
@@ -36,7 +39,7 @@ def _extendable(parent, name, tail_shape, dtype, chunk_rows=8):
         compression="gzip",
         compression_opts=1,
         shuffle=True,
-        **fill,
+        **options,
     )
 
 
@@ -79,12 +82,28 @@ def open_for_reading(path):
     return _open(path, "r", swmr=True)
 
 
+@contextlib.contextmanager
+def reading(path):
+    """An open run file whose read errors (bad checksums, missing objects) name the path."""
+    with open_for_reading(path) as f:
+        try:
+            yield f
+        except StoreError:
+            raise
+        except (OSError, KeyError, ValueError, TypeError) as error:
+            raise StoreError(
+                f"'{path}' is corrupted or incomplete and cannot be read "
+                f"({type(error).__name__}: {error})."
+            ) from None
+
+
 def check_ours(file, path):
     """Raises `StoreError` unless ``file`` was written by tf_autospec in a known version."""
     if file.attrs.get("format") != FORMAT:
         raise StoreError(
             f"'{path}' is an HDF5 file but not a tf_autospec run (no format='{FORMAT}' "
-            "attribute). Choose another path, or pass overwrite=True to replace it."
+            "attribute, or its attributes are corrupted). Choose another path, or pass "
+            "overwrite=True to replace it."
         )
     version = int(file.attrs.get("format_version", -1))
     if version > FORMAT_VERSION:
@@ -227,6 +246,7 @@ def _copy(name, obj, target, rows):
     data = target.create_dataset(
         name, data=obj[:keep], maxshape=obj.maxshape, chunks=obj.chunks,
         compression=obj.compression, compression_opts=obj.compression_opts, shuffle=obj.shuffle,
+        fletcher32=obj.fletcher32,
     )
     for key, value in obj.attrs.items():
         data.attrs[key] = value
@@ -269,7 +289,7 @@ class Run:
 
     def __init__(self, path):
         self.path = path
-        with open_for_reading(path) as f:
+        with reading(path) as f:
             check_ours(f, path)
             self.attributes = {key: _json_attr(f.attrs, key, None) for key in f.attrs}
             self.groups = tuple(self.attributes["groups"])
@@ -317,7 +337,7 @@ class Run:
         """Singular values ``[n_records, k]`` (float32), NaN where nothing was recorded."""
         self._check(layer, kind)
         index = self._group_index(group)
-        with open_for_reading(self.path) as f:
+        with reading(self.path) as f:
             return f[f"kernels/{layer}/{kind}"][: self._rows, index, :]
 
     def counts(self, group):
