@@ -227,3 +227,39 @@ def test_load_on_truncated_and_corrupted_files_errors_clearly_without_crash_or_h
     assert result.stdout.startswith(("read", "clear error:")), result.stdout + result.stderr[-2000:]
     if result.stdout.startswith("clear error:"):
         assert str(path) in result.stdout
+
+
+@pytest.mark.parametrize("scale", [1e-30, 1e-6, 1e6, 1e15], ids=lambda s: f"{s:g}")
+def test_extreme_finite_scales_never_fail_a_solver(scale):
+    # What could make an eigen-solver fail to converge is non-finite input, which never
+    # reaches it; finite factors across 45 orders of magnitude decompose exactly.
+    rng = np.random.default_rng(1)
+    labels = np.array([0, 1, 0, 1, 0, 1], dtype=np.int32)
+    a = (rng.normal(size=(6, 3, 8)) * scale * np.logspace(0, -6, 8)).astype("float32")
+    d = (rng.normal(size=(6, 3, 5)) / scale).astype("float32")
+    grouping = spectra.SampleGrouping(tf.constant(labels), 2, static_shapes=False)
+    out, finite = spectra.group_spectra(
+        spectra.DenseRows(tf.reshape(grouping.apply(tf.constant(a), 0), [2, -1, 8])),
+        spectra.DenseRows(tf.reshape(grouping.apply(tf.constant(d), 0), [2, -1, 5])),
+        3, grouping.counts, spectra.KINDS, spectrum_widths(8, 5, spectra.KINDS, None),
+    )
+    assert finite.numpy().all()
+    for g in range(2):
+        a_g = a[labels == g].reshape(-1, 8).astype(np.float64)
+        d_g = d[labels == g].reshape(-1, 5).astype(np.float64)
+        assert_spectrum_matches(out["grad"].numpy()[g], singular_values(a_g.T @ d_g), 5, "grad")
+        assert_spectrum_matches(out["act"].numpy()[g], singular_values(a_g), 8, "act")
+        assert_spectrum_matches(out["delta"].numpy()[g], singular_values(d_g), 5, "delta")
+
+
+def test_a_refused_fit_leaves_the_recorded_run_whole(tmp_path):
+    path = tmp_path / "run.h5"
+    x, y = _data()
+    model = _model()
+    model.fit(x, y, groups=np.arange(8) % 2, batch_size=4, epochs=1, verbose=0, callbacks=[ts.AutoSpecCallback(path)])
+    for bad in (np.full(8, 7), np.full(8, np.nan), np.array(["zz"] * 8)):
+        with pytest.raises(ValueError):
+            model.fit(x, y, groups=bad, epochs=1, verbose=0, callbacks=[ts.AutoSpecCallback(path)])
+    run = ts.load(path)
+    np.testing.assert_array_equal(run.records["step"], [0, 1])
+    assert np.all(np.isfinite(run.spectrum("out/kernel", "grad", "a")[:, 0]))
