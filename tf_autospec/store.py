@@ -353,12 +353,27 @@ class Run:
         Returns:
             ``(epochs, values)``: the epoch numbers ``[E]`` and ``[E, k]`` aggregates.
         """
+        return self._per_epoch(self.spectrum(layer, kind, group).astype(np.float64), reduce)
+
+    def summary(self, layer, kind, group, name, reduce=None):
+        """A summary (see `tf_autospec.summaries`) of each recorded step's spectrum.
+
+        Args:
+            name: e.g. ``"spectral_norm"``, ``"effective_rank"``, ``"sigma_2"``.
+            reduce: ``None`` for one value per record; ``"mean"`` or ``"median"`` for
+                one per epoch, returned as ``(epochs, values)``.
+        """
+        from tf_autospec import summaries  # store.py stays importable with h5py and NumPy only
+
+        values = summaries.summarize(self.spectrum(layer, kind, group), name)
+        return values if reduce is None else self._per_epoch(values, reduce)
+
+    def _per_epoch(self, values, reduce):
         reducers = {"mean": np.nanmean, "median": np.nanmedian}
         if reduce not in reducers:
             raise ValueError(f"reduce must be one of {sorted(reducers)}; received {reduce!r}.")
-        values = self.spectrum(layer, kind, group)
         epochs = np.unique(self.records["epoch"])
-        out = np.full((len(epochs), values.shape[1]), np.nan, dtype=np.float64)
+        out = np.full((len(epochs), *values.shape[1:]), np.nan, dtype=np.float64)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns stay NaN
             for i, epoch in enumerate(epochs):

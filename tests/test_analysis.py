@@ -1,0 +1,136 @@
+"""Summaries against NumPy, group statistics against SciPy and their calibration."""
+
+import json
+
+import numpy as np
+import pytest
+from scipy import stats as scipy_stats
+
+import tf_autospec as ts
+from tf_autospec import stats, store, summaries
+
+
+def test_summaries_match_numpy_on_matrices():
+    rng = np.random.default_rng(0)
+    matrices = [rng.normal(size=(7, 5)) @ np.diag([5, 3, 1, 0.1, 0]) for _ in range(4)]
+    sigma = np.array([np.linalg.svd(m, compute_uv=False) for m in matrices])
+    padded = np.concatenate([sigma, np.full((4, 2), np.nan)], axis=1)  # NaN past the rank bound
+    np.testing.assert_allclose(summaries.spectral_norm(padded), [np.linalg.norm(m, 2) for m in matrices])
+    np.testing.assert_allclose(summaries.nuclear_norm(padded), [np.linalg.norm(m, "nuc") for m in matrices])
+    np.testing.assert_allclose(summaries.frobenius_norm(padded), [np.linalg.norm(m, "fro") for m in matrices])
+    np.testing.assert_allclose(summaries.stable_rank(padded),
+                               [np.linalg.norm(m, "fro") ** 2 / np.linalg.norm(m, 2) ** 2 for m in matrices])
+    p = sigma / sigma.sum(axis=1, keepdims=True)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        entropy = -np.nansum(np.where(p > 0, p * np.log(p), 0), axis=1)
+    np.testing.assert_allclose(summaries.effective_rank(padded), np.exp(entropy))
+    np.testing.assert_allclose(summaries.summarize(padded, "top_energy_2"),
+                               (sigma[:, :2] ** 2).sum(1) / (sigma**2).sum(1))
+    np.testing.assert_allclose(summaries.summarize(padded, "sigma_2"), sigma[:, 1])
+    assert summaries.effective_rank(np.array([[2.0, 2.0, 2.0, 2.0]]))[0] == pytest.approx(4.0)
+    nothing = np.full((1, 5), np.nan)
+    for name in summaries.NAMES:
+        assert np.isnan(summaries.summarize(nothing, name)[0]), name
+    with pytest.raises(ValueError, match="Unknown summary"):
+        summaries.summarize(padded, "largest")
+
+
+def test_bh_and_hedges_match_references():
+    p = np.array([0.01, 0.04, 0.03, 0.2, np.nan])
+    np.testing.assert_allclose(stats.benjamini_hochberg(p)[:4], scipy_stats.false_discovery_control(p[:4]))
+    assert np.isnan(stats.benjamini_hochberg(p)[4])
+    a, b = np.array([1.0, 2.0, 3.0, 4.0]), np.array([2.0, 3.5, 4.0, 5.5, 6.0])
+    g, low, high = stats.hedges_g(a, b)
+    pooled = np.sqrt((3 * np.var(a, ddof=1) + 4 * np.var(b, ddof=1)) / 7)
+    assert g == pytest.approx((1 - 3 / (4 * 9 - 9)) * (a.mean() - b.mean()) / pooled)
+    assert low < g < high
+
+
+def _synthetic_run(path, rng, shift=0.0, shift_layer=None, epochs=3, steps=8, groups=("HC", "SZ")):
+    """A run file written with the store's own writer: spectra of known distribution."""
+    kernels = [{"path": f"layer{i}/kernel", "layer": f"layer{i}", "layer_class": "Dense",
+                "fan_in": 6, "fan_out": 4, "widths": {"grad": 4}} for i in range(3)]
+    layout = {"groups": list(groups), "kinds": ["grad"], "kernels": kernels, "log_keys": ["loss"]}
+    writer = store.RunWriter(str(path), layout, {"metadata": {}}, resume=False)
+    n = epochs * steps
+    spectra = {}
+    for kernel in kernels:
+        values = np.sort(rng.gamma(4.0, 0.25, size=(n, len(groups), 4)), axis=-1)[..., ::-1]
+        if kernel["path"] == shift_layer:
+            values[:, 1] *= 1 + shift
+        spectra[(kernel["path"], "grad")] = values.astype("float32")
+    records = {"epoch": np.repeat(np.arange(epochs), steps), "batch": np.tile(np.arange(steps), epochs),
+               "wall_time": np.arange(n, dtype=float), "step": np.arange(n), "loss": np.ones(n)}
+    writer.append(records, spectra, np.full((n, len(groups)), 8))
+    writer.close()
+    return ts.load(path)
+
+
+def test_across_runs_finds_a_planted_difference_and_only_there(tmp_path):
+    rng = np.random.default_rng(1)
+    runs = [_synthetic_run(tmp_path / f"r{i}.h5", rng, shift=0.5, shift_layer="layer1/kernel") for i in range(8)]
+    rows = stats.across_runs(runs, "HC", "SZ", summaries=("spectral_norm", "nuclear_norm"), permutations=500)
+    assert len(rows) == 3 * 2 * 3
+    found = {row["layer"] for row in rows if row["significant"]}
+    assert found == {"layer1/kernel"}
+    row = next(r for r in rows if r["layer"] == "layer1/kernel")
+    assert row["hedges_g"] < 0 and row["g_ci_high"] < 0  # SZ larger
+
+
+def test_across_runs_matches_scipy_welch(tmp_path):
+    rng = np.random.default_rng(2)
+    runs = [_synthetic_run(tmp_path / f"r{i}.h5", rng) for i in range(5)]
+    rows = stats.across_runs(runs, "HC", "SZ", layers=["layer0/kernel"], normalize=False)
+    row = rows[0]
+    a = [np.nanmean(summaries.spectral_norm(r.spectrum("layer0/kernel", "grad", "HC"))[:8]) for r in runs]
+    b = [np.nanmean(summaries.spectral_norm(r.spectrum("layer0/kernel", "grad", "SZ"))[:8]) for r in runs]
+    expected = scipy_stats.ttest_ind(a, b, equal_var=False)
+    assert row["epoch"] == 0 and row["p_welch"] == pytest.approx(expected.pvalue)
+    assert row["t"] == pytest.approx(expected.statistic)
+
+
+def test_null_calibration_fdr_false_positive_rate(tmp_path):
+    # Random groups, no true difference: with BH at 0.05 the chance of any rejection in
+    # the family (= FDR under the complete null) stays near or below 0.05.
+    rng = np.random.default_rng(3)
+    repetitions, rejected = 20, 0
+    for repetition in range(repetitions):
+        runs = [_synthetic_run(tmp_path / f"n{repetition}_{i}.h5", rng) for i in range(6)]
+        rows = stats.across_runs(runs, "HC", "SZ", permutations=200, seed=repetition)
+        rejected += any(row["significant"] for row in rows)
+    assert rejected / repetitions <= 0.15  # 20 repetitions: ≤ 3 (benchmark: 200 repetitions)
+
+
+def test_within_run_block_test_detects_a_shift_and_not_noise(tmp_path):
+    rng = np.random.default_rng(4)
+    shifted = _synthetic_run(tmp_path / "s.h5", rng, shift=0.6, shift_layer="layer2/kernel", epochs=4, steps=20)
+    rows = stats.within_run(shifted, "HC", "SZ", block=5)
+    assert {r["layer"] for r in rows if r["significant"]} == {"layer2/kernel"}
+    window = stats.within_run(shifted, "HC", "SZ", steps=(10, 29), block=5)
+    assert all(r["n_steps"] == 20 and r["first_step"] == 10 for r in window)
+
+
+def test_clear_messages_for_bad_selections(tmp_path):
+    rng = np.random.default_rng(5)
+    one = _synthetic_run(tmp_path / "a.h5", rng)
+    with pytest.raises(ValueError, match="at least 2 runs"):
+        stats.across_runs([one], "HC", "SZ")
+    other = _synthetic_run(tmp_path / "b.h5", rng, groups=("HC", "BP"))
+    with pytest.raises(ValueError, match="groups"):
+        stats.across_runs([one, other], "HC", "SZ")
+    with pytest.raises(ValueError, match="not in"):
+        stats.within_run(one, "HC", "XX")
+    empty = _synthetic_run(tmp_path / "e.h5", rng, epochs=0)
+    with pytest.raises(ValueError, match="no recorded step"):
+        stats.within_run(empty, "HC", "SZ")
+    with pytest.raises(ValueError, match="empty table"):
+        stats.write_csv([], tmp_path / "x.csv")
+
+
+def test_run_summary_per_step_and_per_epoch(tmp_path):
+    run = _synthetic_run(tmp_path / "r.h5", np.random.default_rng(6))
+    per_step = run.summary("layer0/kernel", "grad", "SZ", "nuclear_norm")
+    np.testing.assert_allclose(per_step, np.nansum(run.spectrum("layer0/kernel", "grad", "SZ"), axis=1), rtol=1e-6)
+    epochs, per_epoch = run.summary("layer0/kernel", "grad", "SZ", "nuclear_norm", reduce="median")
+    np.testing.assert_allclose(per_epoch[1], np.median(per_step[8:16]))
+    assert json.loads(json.dumps(list(map(int, epochs)))) == [0, 1, 2]

@@ -1,0 +1,285 @@
+"""Statistics between groups: within one run, and across runs (seeds, CV folds).
+
+Every test compares one summary (see `tf_autospec.summaries`) of two groups' spectra and
+returns a tidy table: a list of dicts, one row per test, that `write_csv` saves.
+
+* `within_run`: the steps of one run are repeated measures, correlated in time. The
+  per-step difference ``d_t = s_a(t) − s_b(t)`` is tested with a block sign-flip
+  permutation test: under the null hypothesis that the two groups are exchangeable,
+  each block of ``block`` consecutive differences is as likely to change sign, and
+  flipping whole blocks keeps the dependence within them.
+* `across_runs`: per layer × kind × summary × epoch, each run contributes one value per
+  group (the epoch's mean over its recorded steps). Welch's t test and a permutation
+  test of the difference in means (group labels permuted across the pooled values),
+  Hedges' g with a 95 % confidence interval (normal approximation,
+  se² = (n_a + n_b)/(n_a n_b) + g²/(2(n_a + n_b))), and Benjamini–Hochberg FDR over the
+  whole table.
+
+By default spectra are made per sample before summarizing (``normalize=True``): ``grad``
+divided by the group's sample count and ``act``/``delta`` by its square root, so that a
+group is not "larger" only because it has more samples in the batch.
+"""
+
+import csv
+import itertools
+import math
+import warnings
+
+import numpy as np
+from scipy import stats as scipy_stats
+
+from tf_autospec import summaries as summaries_module
+
+
+def benjamini_hochberg(p_values):
+    """BH-adjusted q-values (NaN p-values stay NaN and do not count in the family)."""
+    p = np.asarray(p_values, dtype=np.float64)
+    q = np.full(p.shape, np.nan)
+    valid = np.flatnonzero(np.isfinite(p))
+    if valid.size:
+        order = valid[np.argsort(p[valid])]
+        ranked = p[order] * valid.size / np.arange(1, valid.size + 1)
+        q[order] = np.minimum(1.0, np.minimum.accumulate(ranked[::-1])[::-1])
+    return q
+
+
+def hedges_g(a, b):
+    """Hedges' g of ``a`` minus ``b`` with its 95 % confidence interval."""
+    n_a, n_b = len(a), len(b)
+    if n_a < 2 or n_b < 2:
+        return np.nan, np.nan, np.nan
+    pooled = math.sqrt(((n_a - 1) * np.var(a, ddof=1) + (n_b - 1) * np.var(b, ddof=1)) / (n_a + n_b - 2))
+    if pooled == 0:
+        return np.nan, np.nan, np.nan
+    g = (1 - 3 / (4 * (n_a + n_b) - 9)) * (np.mean(a) - np.mean(b)) / pooled
+    se = math.sqrt((n_a + n_b) / (n_a * n_b) + g**2 / (2 * (n_a + n_b)))
+    return g, g - 1.959964 * se, g + 1.959964 * se
+
+
+def permutation_p(a, b, permutations, rng):
+    """Two-sided permutation p-value of the difference in means (exact when small)."""
+    pooled = np.concatenate([a, b])
+    observed = abs(np.mean(a) - np.mean(b))
+    n_a = len(a)
+    if math.comb(len(pooled), n_a) <= permutations:
+        splits = itertools.combinations(range(len(pooled)), n_a)
+        stats = []
+        for chosen in splits:
+            mask = np.zeros(len(pooled), bool)
+            mask[list(chosen)] = True
+            stats.append(abs(pooled[mask].mean() - pooled[~mask].mean()))
+        return float(np.mean(np.asarray(stats) >= observed - 1e-12))
+    hits = 0
+    for _ in range(permutations):
+        shuffled = rng.permutation(pooled)
+        hits += abs(shuffled[:n_a].mean() - shuffled[n_a:].mean()) >= observed - 1e-12
+    return (hits + 1) / (permutations + 1)
+
+
+def _normalized(run, layer, kind, group, normalize):
+    values = run.spectrum(layer, kind, group).astype(np.float64)
+    if normalize:
+        counts = run.counts(group).astype(np.float64)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            scale = counts if kind == "grad" else np.sqrt(counts)
+            values = values / np.where(scale > 0, scale, np.nan)[:, None]
+    return values
+
+
+def _series(run, layer, kind, group, summary, normalize):
+    return summaries_module.summarize(_normalized(run, layer, kind, group, normalize), summary)
+
+
+def _check_groups(run, group_a, group_b):
+    for group in (group_a, group_b):
+        if group not in run.groups:
+            raise ValueError(f"Group {group!r} is not in {run.path} (groups {list(run.groups)}).")
+    if group_a == group_b:
+        raise ValueError("Compare two different groups.")
+
+
+def _selection(run, layers, kinds):
+    layers = list(run.layers if layers is None else layers)
+    kinds = list(run.kinds if kinds is None else kinds)
+    for layer in layers:
+        if layer not in run.layers:
+            raise ValueError(f"Layer {layer!r} is not in {run.path} (layers {run.layers}).")
+    for kind in kinds:
+        if kind not in run.kinds:
+            raise ValueError(f"Kind {kind!r} was not recorded in {run.path} (kinds {list(run.kinds)}).")
+    return layers, kinds
+
+
+def _check_not_empty(run):
+    if len(run) == 0:
+        raise ValueError(f"{run.path} holds no recorded step; train with AutoSpecCallback first.")
+
+
+def within_run(run, group_a, group_b, layers=None, kinds=None, summaries=("spectral_norm",),
+               steps=None, block=10, permutations=2000, normalize=True, seed=0):
+    """Groups compared over a window of steps of one run (block sign-flip permutation test).
+
+    Args:
+        run: a `tf_autospec.Run`.
+        group_a, group_b: the two group names.
+        layers, kinds: subsets to test (default: all in the run).
+        summaries: summary names (`tf_autospec.summaries.summarize`).
+        steps: ``(first, last)`` step window, inclusive; default all steps.
+        block: consecutive steps per sign-flip block (set it above the autocorrelation length).
+        permutations: random sign-flips (exact enumeration when ``2**blocks`` is smaller).
+        normalize: per-sample spectra (see the module docstring).
+        seed: random seed.
+
+    Returns:
+        A list of row dicts, with BH q-values over the returned family.
+    """
+    _check_not_empty(run)
+    _check_groups(run, group_a, group_b)
+    layers, kinds = _selection(run, layers, kinds)
+    step_numbers = run.records["step"]
+    window = np.ones(len(run), bool)
+    if steps is not None:
+        window = (step_numbers >= steps[0]) & (step_numbers <= steps[1])
+    rng = np.random.default_rng(seed)
+    rows = []
+    for layer, kind, summary in itertools.product(layers, kinds, summaries):
+        a = _series(run, layer, kind, group_a, summary, normalize)[window]
+        b = _series(run, layer, kind, group_b, summary, normalize)[window]
+        both = np.isfinite(a) & np.isfinite(b)
+        difference = (a - b)[both]
+        row = {
+            "test": "within_run_block_sign_flip", "run": run.path, "layer": layer, "kind": kind,
+            "summary": summary, "group_a": group_a, "group_b": group_b,
+            "first_step": int(step_numbers[window][both][0]) if both.any() else None,
+            "last_step": int(step_numbers[window][both][-1]) if both.any() else None,
+            "n_steps": int(both.sum()), "block": block,
+            "mean_a": float(np.mean(a[both])) if both.any() else np.nan,
+            "mean_b": float(np.mean(b[both])) if both.any() else np.nan,
+            "difference": float(np.mean(difference)) if both.any() else np.nan,
+            "p_value": _block_sign_flip_p(difference, block, permutations, rng),
+        }
+        rows.append(row)
+    _add_fdr(rows, ["p_value"])
+    return rows
+
+
+def _block_sign_flip_p(difference, block, permutations, rng):
+    if len(difference) < 2:
+        return np.nan
+    blocks = np.array([difference[i : i + block].sum() for i in range(0, len(difference), block)])
+    observed = abs(blocks.sum())
+    if 2 ** len(blocks) <= permutations:
+        signs = np.array(list(itertools.product((1.0, -1.0), repeat=len(blocks))))
+        return float(np.mean(np.abs(signs @ blocks) >= observed - 1e-12))
+    signs = rng.choice((1.0, -1.0), size=(permutations, len(blocks)))
+    return float((np.sum(np.abs(signs @ blocks) >= observed - 1e-12) + 1) / (permutations + 1))
+
+
+def _check_comparable(runs):
+    if len(runs) < 2:
+        raise ValueError(
+            f"Tests across runs need at least 2 runs (seeds or CV folds); got {len(runs)}. "
+            "For one run, use tf_autospec.stats.within_run (CLI: autospec compare --within)."
+        )
+    first = runs[0]
+    for run in runs:
+        _check_not_empty(run)
+        for attribute in ("groups", "layers", "kinds"):
+            if list(getattr(run, attribute)) != list(getattr(first, attribute)):
+                raise ValueError(
+                    f"{run.path} has {attribute} {list(getattr(run, attribute))} but {first.path} has "
+                    f"{list(getattr(first, attribute))}; compare runs of the same model and groups."
+                )
+
+
+def _epoch_means(run, layer, kind, group, summary, normalize):
+    series = _series(run, layer, kind, group, summary, normalize)
+    epochs = run.records["epoch"]
+    out = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # an epoch without the group: NaN
+        for epoch in np.unique(epochs):
+            out[int(epoch)] = float(np.nanmean(series[epochs == epoch]))
+    return out
+
+
+def across_runs(runs, group_a, group_b, layers=None, kinds=None, summaries=("spectral_norm",),
+                epochs=None, permutations=2000, normalize=True, alpha=0.05, seed=0, progress=None):
+    """Groups compared across runs, per layer × kind × summary × epoch.
+
+    Args:
+        runs: `tf_autospec.Run`s of the same model and groups (seeds, folds).
+        group_a, group_b: the two group names.
+        layers, kinds: subsets to test (default: all).
+        summaries: summary names, e.g. ``"spectral_norm"`` or ``"sigma_3"`` for a
+            singular-value index.
+        epochs: epochs to test (default: every epoch present in all runs).
+        permutations: random permutations (exact enumeration when fewer splits exist).
+        normalize: per-sample spectra (see the module docstring).
+        alpha: FDR level for the ``significant`` column.
+        seed: random seed.
+        progress: optional callable ``progress(done, total)``.
+
+    Returns:
+        A list of row dicts with Welch's t, permutation p, Hedges' g and its 95 % CI,
+        and BH q-values over the whole table (``q_welch``, ``q_permutation``).
+    """
+    runs = list(runs)
+    _check_comparable(runs)
+    _check_groups(runs[0], group_a, group_b)
+    layers, kinds = _selection(runs[0], layers, kinds)
+    rng = np.random.default_rng(seed)
+    combinations = list(itertools.product(layers, kinds, summaries))
+    rows = []
+    for done, (layer, kind, summary) in enumerate(combinations):
+        per_run = [
+            (_epoch_means(run, layer, kind, group_a, summary, normalize),
+             _epoch_means(run, layer, kind, group_b, summary, normalize))
+            for run in runs
+        ]
+        common = set.intersection(*[set(a) & set(b) for a, b in per_run])
+        for epoch in sorted(common if epochs is None else set(epochs) & common):
+            a = np.array([values[0][epoch] for values in per_run])
+            b = np.array([values[1][epoch] for values in per_run])
+            a, b = a[np.isfinite(a)], b[np.isfinite(b)]
+            row = {
+                "test": "across_runs", "layer": layer, "kind": kind, "summary": summary,
+                "epoch": epoch, "group_a": group_a, "group_b": group_b,
+                "n_a": len(a), "n_b": len(b),
+                "mean_a": float(np.mean(a)) if len(a) else np.nan,
+                "mean_b": float(np.mean(b)) if len(b) else np.nan,
+            }
+            if len(a) >= 2 and len(b) >= 2 and np.ptp(np.concatenate([a, b])) > 0:
+                welch = scipy_stats.ttest_ind(a, b, equal_var=False)
+                row.update(t=float(welch.statistic), df=float(welch.df), p_welch=float(welch.pvalue),
+                           p_permutation=permutation_p(a, b, permutations, rng))
+            else:
+                row.update(t=np.nan, df=np.nan, p_welch=np.nan, p_permutation=np.nan)
+            g, low, high = hedges_g(a, b)
+            row.update(hedges_g=g, g_ci_low=low, g_ci_high=high)
+            rows.append(row)
+        if progress is not None:
+            progress(done + 1, len(combinations))
+    _add_fdr(rows, ["p_welch", "p_permutation"], alpha)
+    return rows
+
+
+def _add_fdr(rows, columns, alpha=0.05):
+    for column in columns:
+        q = benjamini_hochberg([row[column] for row in rows])
+        name = "q_" + column.removeprefix("p_") if column != "p_value" else "q_value"
+        for row, value in zip(rows, q):
+            row[name] = float(value)
+    for row in rows:
+        q_columns = [row["q_" + c.removeprefix("p_") if c != "p_value" else "q_value"] for c in columns]
+        row["significant"] = bool(all(np.isfinite(q) and q <= alpha for q in q_columns))
+
+
+def write_csv(rows, path):
+    """Writes a table of rows (dicts with the same keys) as CSV."""
+    if not rows:
+        raise ValueError("No test to write: the selection produced an empty table.")
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
