@@ -7,7 +7,8 @@ import pytest
 from scipy import stats as scipy_stats
 
 import tf_autospec as ts
-from tf_autospec import stats, store, summaries
+from tf_autospec import stats, summaries
+from tf_autospec.calibration import simulated_run
 
 
 def test_summaries_match_numpy_on_matrices():
@@ -46,29 +47,9 @@ def test_bh_and_hedges_match_references():
     assert low < g < high
 
 
-def _synthetic_run(path, rng, shift=0.0, shift_layer=None, epochs=3, steps=8, groups=("HC", "SZ")):
-    """A run file written with the store's own writer: spectra of known distribution."""
-    kernels = [{"path": f"layer{i}/kernel", "layer": f"layer{i}", "layer_class": "Dense",
-                "fan_in": 6, "fan_out": 4, "widths": {"grad": 4}} for i in range(3)]
-    layout = {"groups": list(groups), "kinds": ["grad"], "kernels": kernels, "log_keys": ["loss"]}
-    writer = store.RunWriter(str(path), layout, {"metadata": {}}, resume=False)
-    n = epochs * steps
-    spectra = {}
-    for kernel in kernels:
-        values = np.sort(rng.gamma(4.0, 0.25, size=(n, len(groups), 4)), axis=-1)[..., ::-1]
-        if kernel["path"] == shift_layer:
-            values[:, 1] *= 1 + shift
-        spectra[(kernel["path"], "grad")] = values.astype("float32")
-    records = {"epoch": np.repeat(np.arange(epochs), steps), "batch": np.tile(np.arange(steps), epochs),
-               "wall_time": np.arange(n, dtype=float), "step": np.arange(n), "loss": np.ones(n)}
-    writer.append(records, spectra, np.full((n, len(groups)), 8))
-    writer.close()
-    return ts.load(path)
-
-
 def test_across_runs_finds_a_planted_difference_and_only_there(tmp_path):
     rng = np.random.default_rng(1)
-    runs = [_synthetic_run(tmp_path / f"r{i}.h5", rng, shift=0.5, shift_layer="layer1/kernel") for i in range(8)]
+    runs = [simulated_run(tmp_path / f"r{i}.h5", rng, shift=0.5, shift_layer="layer1/kernel") for i in range(8)]
     rows = stats.across_runs(runs, "HC", "SZ", summaries=("spectral_norm", "nuclear_norm"), permutations=500)
     assert len(rows) == 3 * 2 * 3
     found = {row["layer"] for row in rows if row["significant"]}
@@ -79,7 +60,7 @@ def test_across_runs_finds_a_planted_difference_and_only_there(tmp_path):
 
 def test_across_runs_matches_scipy_welch(tmp_path):
     rng = np.random.default_rng(2)
-    runs = [_synthetic_run(tmp_path / f"r{i}.h5", rng) for i in range(5)]
+    runs = [simulated_run(tmp_path / f"r{i}.h5", rng) for i in range(5)]
     rows = stats.across_runs(runs, "HC", "SZ", layers=["layer0/kernel"], normalize=False)
     row = rows[0]
     a = [np.nanmean(summaries.spectral_norm(r.spectrum("layer0/kernel", "grad", "HC"))[:8]) for r in runs]
@@ -95,7 +76,7 @@ def test_null_calibration_fdr_false_positive_rate(tmp_path):
     rng = np.random.default_rng(3)
     repetitions, rejected = 20, 0
     for repetition in range(repetitions):
-        runs = [_synthetic_run(tmp_path / f"n{repetition}_{i}.h5", rng) for i in range(6)]
+        runs = [simulated_run(tmp_path / f"n{repetition}_{i}.h5", rng) for i in range(6)]
         rows = stats.across_runs(runs, "HC", "SZ", permutations=200, seed=repetition)
         rejected += any(row["significant"] for row in rows)
     assert rejected / repetitions <= 0.15  # 20 repetitions: ≤ 3 (benchmark: 200 repetitions)
@@ -103,7 +84,7 @@ def test_null_calibration_fdr_false_positive_rate(tmp_path):
 
 def test_within_run_block_test_detects_a_shift_and_not_noise(tmp_path):
     rng = np.random.default_rng(4)
-    shifted = _synthetic_run(tmp_path / "s.h5", rng, shift=0.6, shift_layer="layer2/kernel", epochs=4, steps=20)
+    shifted = simulated_run(tmp_path / "s.h5", rng, shift=0.6, shift_layer="layer2/kernel", epochs=4, steps=20)
     rows = stats.within_run(shifted, "HC", "SZ", block=5)
     assert {r["layer"] for r in rows if r["significant"]} == {"layer2/kernel"}
     window = stats.within_run(shifted, "HC", "SZ", steps=(10, 29), block=5)
@@ -112,15 +93,15 @@ def test_within_run_block_test_detects_a_shift_and_not_noise(tmp_path):
 
 def test_clear_messages_for_bad_selections(tmp_path):
     rng = np.random.default_rng(5)
-    one = _synthetic_run(tmp_path / "a.h5", rng)
+    one = simulated_run(tmp_path / "a.h5", rng)
     with pytest.raises(ValueError, match="at least 2 runs"):
         stats.across_runs([one], "HC", "SZ")
-    other = _synthetic_run(tmp_path / "b.h5", rng, groups=("HC", "BP"))
+    other = simulated_run(tmp_path / "b.h5", rng, groups=("HC", "BP"))
     with pytest.raises(ValueError, match="groups"):
         stats.across_runs([one, other], "HC", "SZ")
     with pytest.raises(ValueError, match="not in"):
         stats.within_run(one, "HC", "XX")
-    empty = _synthetic_run(tmp_path / "e.h5", rng, epochs=0)
+    empty = simulated_run(tmp_path / "e.h5", rng, epochs=0)
     with pytest.raises(ValueError, match="no recorded step"):
         stats.within_run(empty, "HC", "SZ")
     with pytest.raises(ValueError, match="empty table"):
@@ -128,7 +109,7 @@ def test_clear_messages_for_bad_selections(tmp_path):
 
 
 def test_run_summary_per_step_and_per_epoch(tmp_path):
-    run = _synthetic_run(tmp_path / "r.h5", np.random.default_rng(6))
+    run = simulated_run(tmp_path / "r.h5", np.random.default_rng(6))
     per_step = run.summary("layer0/kernel", "grad", "SZ", "nuclear_norm")
     np.testing.assert_allclose(per_step, np.nansum(run.spectrum("layer0/kernel", "grad", "SZ"), axis=1), rtol=1e-6)
     epochs, per_epoch = run.summary("layer0/kernel", "grad", "SZ", "nuclear_norm", reduce="median")

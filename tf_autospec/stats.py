@@ -76,7 +76,8 @@ def permutation_p(a, b, permutations, rng):
     return (hits + 1) / (permutations + 1)
 
 
-def _normalized(run, layer, kind, group, normalize):
+def normalized_spectrum(run, layer, kind, group, normalize=True):
+    """A run's spectrum, per sample when ``normalize`` (see the module docstring)."""
     values = run.spectrum(layer, kind, group).astype(np.float64)
     if normalize:
         counts = run.counts(group).astype(np.float64)
@@ -87,7 +88,7 @@ def _normalized(run, layer, kind, group, normalize):
 
 
 def _series(run, layer, kind, group, summary, normalize):
-    return summaries_module.summarize(_normalized(run, layer, kind, group, normalize), summary)
+    return summaries_module.summarize(normalized_spectrum(run, layer, kind, group, normalize), summary)
 
 
 def _check_groups(run, group_a, group_b):
@@ -222,14 +223,21 @@ def across_runs(runs, group_a, group_b, layers=None, kinds=None, summaries=("spe
 
     Returns:
         A list of row dicts with Welch's t, permutation p, Hedges' g and its 95 % CI,
-        and BH q-values over the whole table (``q_welch``, ``q_permutation``).
+        and BH q-values over the whole table (``q_welch``, ``q_permutation``);
+        ``significant`` when both q-values are ≤ ``alpha``. With few runs the exact
+        permutation p cannot go below ``2 / C(n_a + n_b, n_a)`` (2/70 for 4 + 4 runs).
     """
     runs = list(runs)
     _check_comparable(runs)
     _check_groups(runs[0], group_a, group_b)
     layers, kinds = _selection(runs[0], layers, kinds)
     rng = np.random.default_rng(seed)
-    combinations = list(itertools.product(layers, kinds, summaries))
+    # Singular-value indices past a spectrum's width do not exist for that layer and kind.
+    combinations = [
+        (layer, kind, summary)
+        for layer, kind, summary in itertools.product(layers, kinds, summaries)
+        if summaries_module.index(summary) is None or summaries_module.index(summary) < runs[0].widths[layer][kind]
+    ]
     rows = []
     for done, (layer, kind, summary) in enumerate(combinations):
         per_run = [

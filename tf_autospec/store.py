@@ -353,7 +353,7 @@ class Run:
         Returns:
             ``(epochs, values)``: the epoch numbers ``[E]`` and ``[E, k]`` aggregates.
         """
-        return self._per_epoch(self.spectrum(layer, kind, group).astype(np.float64), reduce)
+        return self.per_epoch(self.spectrum(layer, kind, group).astype(np.float64), reduce)
 
     def summary(self, layer, kind, group, name, reduce=None):
         """A summary (see `tf_autospec.summaries`) of each recorded step's spectrum.
@@ -366,9 +366,10 @@ class Run:
         from tf_autospec import summaries  # store.py stays importable with h5py and NumPy only
 
         values = summaries.summarize(self.spectrum(layer, kind, group), name)
-        return values if reduce is None else self._per_epoch(values, reduce)
+        return values if reduce is None else self.per_epoch(values, reduce)
 
-    def _per_epoch(self, values, reduce):
+    def per_epoch(self, values, reduce):
+        """Aggregates per-record ``values`` (first axis) by epoch: ``(epochs, [E, ...])``."""
         reducers = {"mean": np.nanmean, "median": np.nanmedian}
         if reduce not in reducers:
             raise ValueError(f"reduce must be one of {sorted(reducers)}; received {reduce!r}.")

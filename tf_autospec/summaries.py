@@ -81,19 +81,24 @@ def top_energy(values, k=1):
     return _ratio(energy[..., :k].sum(axis=-1), energy.sum(axis=-1), recorded)
 
 
+def index(name):
+    """The 0-based singular-value index of a ``"sigma_<i>"`` name, else ``None``."""
+    match = re.fullmatch(r"sigma_(\d+)", name)
+    return int(match.group(1)) - 1 if match else None
+
+
 def summarize(values, name):
     """Applies the summary called ``name`` (see the module docstring) along the last axis.
 
     Raises:
         ValueError: for an unknown name, listing the known ones.
     """
-    match = re.fullmatch(r"sigma_(\d+)", name)
-    if match:
-        index = int(match.group(1)) - 1
+    position = index(name)
+    if position is not None:
         values = np.asarray(values, dtype=np.float64)
-        if index < 0 or index >= values.shape[-1]:
+        if position < 0 or position >= values.shape[-1]:
             raise ValueError(f"{name} is outside the spectrum's {values.shape[-1]} values.")
-        return values[..., index]
+        return values[..., position]
     match = re.fullmatch(r"top_energy_(\d+)", name)
     if match:
         return top_energy(values, int(match.group(1)))

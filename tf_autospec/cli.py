@@ -1,0 +1,254 @@
+"""The ``autospec`` command: inspect, plot, compare and report recorded runs.
+
+    autospec info RUN.h5
+    autospec plot RUN.h5 [-o DIR]
+    autospec compare RUN.h5 [RUN.h5 ...] [--by group] [--groups A B] [-o DIR]
+    autospec report RUN.h5 [RUN.h5 ...] -o report.html
+"""
+
+import argparse
+import base64
+import html
+import io
+import json
+import os
+import sys
+
+import numpy as np
+
+KINDS = ("grad", "act", "delta")
+
+
+def _load(paths):
+    from tf_autospec import store
+
+    runs = []
+    for path in paths:
+        try:
+            runs.append(store.load(path))
+        except store.StoreError as error:
+            raise SystemExit(f"autospec: {error}") from None
+    return runs
+
+
+def _progress(total, label):
+    """A Keras progress bar advanced by ``update(done, total)``."""
+    import keras
+
+    bar = keras.utils.Progbar(total, unit_name=label)
+
+    def update(done, _total):
+        bar.update(done, finalize=done >= total)
+
+    return update
+
+
+def _table(rows, header):
+    widths = [max(len(str(x)) for x in column) for column in zip(header, *rows)]
+    lines = ["  ".join(str(x).ljust(w) for x, w in zip(header, widths))]
+    lines.append("  ".join("-" * w for w in widths))
+    lines += ["  ".join(str(x).ljust(w) for x, w in zip(row, widths)) for row in rows]
+    return "\n".join(lines)
+
+
+def info(args):
+    for run in _load(args.runs):
+        steps = run.records["step"]
+        print(f"{run.path}")
+        print(f"  groups   {', '.join(run.groups)}")
+        print(f"  kinds    {', '.join(run.kinds)}")
+        span = f"steps {steps[0]}..{steps[-1]}, epochs {len(np.unique(run.records['epoch']))}" if len(run) else "empty"
+        print(f"  records  {len(run)} ({span})")
+        print(f"  versions tf_autospec {run.attributes.get('tf_autospec_version')}, TensorFlow "
+              f"{run.attributes.get('tensorflow_version')}, Keras {run.attributes.get('keras_version')}")
+        print(f"  metadata {json.dumps(run.metadata)}")
+        rows = []
+        for layer in run.layers:
+            k = run.kernel_info[layer]
+            rows.append((layer, k.get("layer_class", ""), f"{k['fan_in']} x {k['fan_out']}",
+                         ", ".join(f"{kind} {w}" for kind, w in run.widths[layer].items())))
+        print(_table(rows, ("layer", "class", "matrix", "stored values")))
+        if len(run):
+            counts = ", ".join(f"{g} {int(np.mean(run.counts(g)))}" for g in run.groups)
+            print(f"  mean samples per step: {counts}")
+
+
+def _figures(runs, summary, per_epoch, groups=None):
+    from tf_autospec import plot
+
+    yield "overview", plot.overview(runs, summary=summary, per_epoch=per_epoch, groups=groups)
+    for layer in runs[0].layers:
+        yield f"layer_{layer.replace('/', '_')}", plot.layer_panels(runs, layer, summary=summary,
+                                                                     per_epoch=per_epoch, groups=groups)
+
+
+def plot_command(args):
+    from tf_autospec import plot
+
+    runs = _load(args.runs)
+    os.makedirs(args.output, exist_ok=True)
+    figures = list(_figures(runs, args.summary, args.per_epoch))
+    for name, figure in figures:
+        path = plot.save(figure, os.path.join(args.output, f"{name}.{args.format}"))
+        print(path)
+
+
+def _groups(run, requested):
+    if requested:
+        return requested
+    if len(run.groups) < 2:
+        raise SystemExit(f"autospec: {run.path} has one group ({run.groups[0]}); nothing to compare.")
+    return run.groups[:2]
+
+
+def _compare(runs, args):
+    from tf_autospec import stats
+
+    group_a, group_b = _groups(runs[0], args.groups)
+    if len(runs) == 1:
+        print(f"1 run: testing {group_a} vs {group_b} within it (steps as repeated measures, "
+              f"block sign-flip test, blocks of {args.block} steps). Pass several runs to test across runs.")
+        rows = stats.within_run(runs[0], group_a, group_b, summaries=args.summaries, block=args.block,
+                                permutations=args.permutations)
+    else:
+        summaries = list(args.summaries) + [f"sigma_{i + 1}" for i in range(args.indices)]
+        combinations = len(runs[0].layers) * len(runs[0].kinds) * len(summaries)
+        rows = stats.across_runs(runs, group_a, group_b, summaries=summaries, permutations=args.permutations,
+                                 progress=_progress(combinations, "tests"))
+    return group_a, group_b, rows
+
+
+def compare(args):
+    from tf_autospec import plot, stats
+
+    runs = _load(args.runs)
+    if args.by != "group":
+        raise SystemExit("autospec: only --by group is supported.")
+    os.makedirs(args.output, exist_ok=True)
+    group_a, group_b, rows = _compare(runs, args)
+    csv_path = os.path.join(args.output, "tests.csv")
+    stats.write_csv(rows, csv_path)
+    print(csv_path)
+    significant = [r for r in rows if r["significant"]]
+    print(f"{len(rows)} tests, {len(significant)} significant at FDR 0.05.")
+    if len(runs) > 1 and args.indices:
+        for layer in runs[0].layers:
+            for kind in runs[0].kinds:
+                figure = plot.difference_heatmap(runs, layer, group_a, group_b, kind=kind,
+                                                 max_index=args.indices, rows=rows)
+                print(plot.save(figure, os.path.join(args.output, f"heatmap_{layer.replace('/', '_')}_{kind}.png")))
+
+
+def _embedded(figure):
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=110)
+    import matplotlib.pyplot as plt
+
+    plt.close(figure)
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+def report(args):
+    from tf_autospec import plot
+
+    runs = _load(args.runs)
+    args.indices = args.indices if len(runs) > 1 else 0
+    group_a, group_b, rows = _compare(runs, args)
+    sections = []
+    for name, figure in _figures(runs, args.summary, args.per_epoch):
+        sections.append((name.replace("_", " "), _embedded(figure)))
+    if len(runs) > 1 and args.indices:
+        for layer in runs[0].layers:
+            figure = plot.difference_heatmap(runs, layer, group_a, group_b, kind=runs[0].kinds[0],
+                                             max_index=args.indices, rows=rows)
+            sections.append((f"difference {layer}", _embedded(figure)))
+    significant = sorted((r for r in rows if r["significant"]),
+                         key=lambda r: r.get("q_value", r.get("q_welch", 1.0)))
+    columns = [c for c in ("layer", "kind", "summary", "epoch", "first_step", "last_step", "mean_a", "mean_b",
+                           "hedges_g", "p_welch", "p_permutation", "p_value", "q_welch", "q_permutation", "q_value")
+               if rows and c in rows[0]]
+    table = "".join(
+        "<tr>" + "".join(f"<td>{_cell(r[c])}</td>" for c in columns) + "</tr>" for r in significant
+    ) or f"<tr><td colspan='{len(columns)}'>No significant difference at FDR 0.05.</td></tr>"
+    page = _PAGE.format(
+        title=html.escape(f"AutoSpec report: {group_a} vs {group_b}"),
+        runs="".join(f"<li>{html.escape(r.path)} — {len(r)} steps, metadata {html.escape(json.dumps(r.metadata))}</li>" for r in runs),
+        design=html.escape(f"{len(runs)} run(s); {'tests across runs (Welch, permutation, Hedges g, BH FDR)' if len(runs) > 1 else 'within-run block sign-flip test, BH FDR'}; "
+                           f"{len(rows)} tests, {len(significant)} significant."),
+        header="".join(f"<th>{html.escape(c)}</th>" for c in columns),
+        table=table,
+        figures="".join(f"<h3>{html.escape(t)}</h3><img alt='{html.escape(t)}' src='data:image/png;base64,{b}'>" for t, b in sections),
+    )
+    with open(args.output, "w") as f:
+        f.write(page)
+    print(args.output)
+
+
+def _cell(value):
+    if isinstance(value, float):
+        return "" if np.isnan(value) else f"{value:.3g}"
+    return html.escape(str(value))
+
+
+_PAGE = """<!doctype html>
+<html><head><meta charset="utf-8"><title>{title}</title>
+<style>body{{font-family:sans-serif;margin:2em;max-width:1200px}}table{{border-collapse:collapse;font-size:13px}}
+td,th{{border:1px solid #ccc;padding:3px 6px}}th{{background:#eee}}img{{max-width:100%}}</style></head>
+<body><h1>{title}</h1><h2>Runs</h2><ul>{runs}</ul><p>{design}</p>
+<h2>Significant findings</h2><table><tr>{header}</tr>{table}</table>
+<h2>Figures</h2>{figures}</body></html>
+"""
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(prog="autospec", description="Inspect, plot, compare and report AutoSpec runs.")
+    verbs = parser.add_subparsers(dest="verb", required=True)
+
+    p = verbs.add_parser("info", help="groups, layers, records and metadata of runs")
+    p.add_argument("runs", nargs="+", metavar="RUN.h5")
+    p.set_defaults(function=info)
+
+    def figures_options(p):
+        p.add_argument("--summary", default="spectral_norm", help="summary to draw (default spectral_norm)")
+        p.add_argument("--per-epoch", action="store_true", help="x axis in epochs instead of steps")
+
+    def test_options(p):
+        p.add_argument("--groups", nargs=2, metavar=("A", "B"), help="the two groups (default: the first two)")
+        p.add_argument("--summaries", nargs="+", default=["spectral_norm", "nuclear_norm", "effective_rank"])
+        p.add_argument("--indices", type=int, default=5, help="also test singular values 1..N across runs")
+        p.add_argument("--block", type=int, default=10, help="steps per block, within-run test")
+        p.add_argument("--permutations", type=int, default=2000)
+
+    p = verbs.add_parser("plot", help="overview and per-layer figures")
+    p.add_argument("runs", nargs="+", metavar="RUN.h5")
+    p.add_argument("-o", "--output", default="autospec_figures", help="folder for the figures")
+    p.add_argument("--format", default="png", choices=["png", "pdf", "svg"])
+    figures_options(p)
+    p.set_defaults(function=plot_command)
+
+    p = verbs.add_parser("compare", help="test groups against each other; CSV and heat maps")
+    p.add_argument("runs", nargs="+", metavar="RUN.h5")
+    p.add_argument("--by", default="group", help="what to compare (group)")
+    p.add_argument("-o", "--output", default="autospec_compare", help="folder for tests.csv and figures")
+    test_options(p)
+    p.set_defaults(function=compare)
+
+    p = verbs.add_parser("report", help="one self-contained HTML page with figures and findings")
+    p.add_argument("runs", nargs="+", metavar="RUN.h5")
+    p.add_argument("-o", "--output", required=True, help="the .html file")
+    figures_options(p)
+    test_options(p)
+    p.set_defaults(function=report)
+    return parser
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    try:
+        args.function(args)
+    except ValueError as error:
+        raise SystemExit(f"autospec: {error}") from None
+
+
+if __name__ == "__main__":
+    sys.exit(main())
