@@ -115,3 +115,22 @@ def test_run_summary_per_step_and_per_epoch(tmp_path):
     epochs, per_epoch = run.summary("layer0/kernel", "grad", "SZ", "nuclear_norm", reduce="median")
     np.testing.assert_allclose(per_epoch[1], np.median(per_step[8:16]))
     assert json.loads(json.dumps(list(map(int, epochs)))) == [0, 1, 2]
+
+
+def test_figures_have_labels_legends_and_save_in_three_formats(tmp_path):
+    from tf_autospec import plot
+
+    rng = np.random.default_rng(7)
+    runs = [simulated_run(tmp_path / f"f{i}.h5", rng, shift=0.8, shift_layer="layer0/kernel") for i in range(6)]
+    figure = plot.trajectories(runs, "layer0/kernel", summary="sigma_1", per_epoch=True)
+    ax = figure.axes[0]
+    assert ax.get_xlabel() == "epoch" and "sigma 1 per sample" in ax.get_ylabel()
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["HC", "SZ"]
+    heat = plot.difference_heatmap(runs, "layer0/kernel", "HC", "SZ", max_index=3)
+    assert heat.axes[0].get_ylabel() == "singular value index" and len(heat.axes[0].lines) >= 1  # dots
+    for extension in ("png", "pdf", "svg"):
+        path = tmp_path / f"o.{extension}"
+        plot.save(plot.overview(runs), path)
+        assert path.stat().st_size > 5000
+    with pytest.raises(ValueError, match="no recorded step"):
+        plot.overview([simulated_run(tmp_path / "empty.h5", rng, epochs=0)])
