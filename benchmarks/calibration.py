@@ -29,18 +29,22 @@ SUMMARIES = ("spectral_norm", "nuclear_norm", "effective_rank", "sigma_2")
 
 
 def simulated(repetitions, runs, shift, folder, rng):
-    any_significant, found, elsewhere = 0, 0, 0
+    any_significant, found, elsewhere, proportions = 0, 0, 0, []
     for repetition in range(repetitions):
         files = [simulated_run(os.path.join(folder, f"s{repetition}_{i}.h5"), rng, shift=shift,
                                shift_layer="layer1/kernel" if shift else None) for i in range(runs)]
         rows = stats.across_runs(files, "HC", "SZ", summaries=SUMMARIES, permutations=500, seed=repetition)
         significant = {r["layer"] for r in rows if r["significant"]}
+        discoveries = [r for r in rows if r["significant"]]
+        if discoveries:  # false discovery proportion of this repetition
+            proportions.append(np.mean([r["layer"] != "layer1/kernel" or not shift for r in discoveries]))
         any_significant += bool(significant)
         found += "layer1/kernel" in significant
         elsewhere += bool(significant - {"layer1/kernel"})
         for path in files:
             os.remove(path.path)
-    return any_significant / repetitions, found / repetitions, elsewhere / repetitions
+    fdr = float(np.sum(proportions) / repetitions)  # E[FDP], FDP = 0 without discoveries
+    return any_significant / repetitions, found / repetitions, elsewhere / repetitions, fdr
 
 
 def real_null(seeds, folder):
@@ -72,12 +76,12 @@ def main():
     args = parser.parse_args()
     folder = tempfile.mkdtemp()
     rng = np.random.default_rng(0)
-    rate, _, _ = simulated(args.repetitions, args.runs, 0.0, folder, rng)
+    rate, _, _, _ = simulated(args.repetitions, args.runs, 0.0, folder, rng)
     print(f"simulated null: {args.repetitions} repetitions x {args.runs} runs; "
           f"FDR-corrected false-positive rate (any significant test) = {rate:.3f}")
-    _, power, wrong = simulated(args.repetitions // 4, args.runs, args.shift, folder, rng)
-    print(f"simulated planted difference (x{1 + args.shift} in layer1): found in {power:.2f} of repetitions, "
-          f"another layer flagged in {wrong:.2f}")
+    _, power, wrong, fdr = simulated(args.repetitions // 4, args.runs, args.shift, folder, rng)
+    print(f"simulated planted difference (x{1 + args.shift} in layer1): found in {power:.2f} of repetitions; "
+          f"another layer flagged in {wrong:.2f} of them; false discovery rate {fdr:.3f}")
     tests, significant, smallest_q = real_null(args.real_seeds, folder)
     print(f"real trainings, random groups: {args.real_seeds} seeds, {tests} tests, {significant} significant "
           f"(smallest Welch q {smallest_q:.3f})")

@@ -69,6 +69,7 @@ def test_compare_one_run_says_it_tests_within_the_run(runs, tmp_path, capsys):
     assert "testing HC vs SZ within it" in capsys.readouterr().out
     with open(tmp_path / "tests.csv") as f:
         assert {r["test"] for r in csv.DictReader(f)} == {"within_run_block_sign_flip"}
+    assert (tmp_path / "overview.png").stat().st_size > 5000
 
 
 def test_report_is_one_self_contained_page(runs, tmp_path):

@@ -182,10 +182,9 @@ class AutoSpecCallback(keras.callbacks.Callback):
 
     def on_train_batch_end(self, batch, logs=None):
         spectra = self.model.last_spectra
-        if spectra is None:
-            return
-        logs = {k: _float(v) for k, v in (logs or {}).items()}
-        self._pending.append((self._epoch, spectra.step, batch, time.time(), logs, spectra))
+        if spectra is not None:
+            logs = {k: _float(v) for k, v in (logs or {}).items()}
+            self._pending.append((self._epoch, spectra.step, batch, time.time(), logs, spectra))
         if time.monotonic() - self._last_flush >= self.flush_every_seconds:
             self._submit_pending()
 

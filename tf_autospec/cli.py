@@ -131,6 +131,8 @@ def compare(args):
     print(csv_path)
     significant = [r for r in rows if r["significant"]]
     print(f"{len(rows)} tests, {len(significant)} significant at FDR 0.05.")
+    overview = plot.overview(runs, summary=args.summaries[0], groups=[group_a, group_b])
+    print(plot.save(overview, os.path.join(args.output, "overview.png")))
     if len(runs) > 1 and args.indices:
         for layer in runs[0].layers:
             for kind in runs[0].kinds:
