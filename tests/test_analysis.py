@@ -134,3 +134,30 @@ def test_figures_have_labels_legends_and_save_in_three_formats(tmp_path):
         assert path.stat().st_size > 5000
     with pytest.raises(ValueError, match="no recorded step"):
         plot.overview([simulated_run(tmp_path / "empty.h5", rng, epochs=0)])
+
+
+def test_sign_flip_p_is_exact_and_paired(tmp_path):
+    values = np.array([0.5, 1.0, 1.5, -0.2])
+    statistics = [abs(np.dot(s, values)) for s in __import__("itertools").product((1, -1), repeat=4)]
+    expected = np.mean(np.array(statistics) >= abs(values.sum()) - 1e-12)
+    assert stats.sign_flip_p(values, 1000, np.random.default_rng(0)) == pytest.approx(expected)
+    assert stats.sign_flip_p(np.ones(3), 1000, np.random.default_rng(0)) == pytest.approx(2 / 8)
+
+
+def test_truncated_spectra_refuse_full_spectrum_summaries(tmp_path):
+    rng = np.random.default_rng(8)
+    runs = [simulated_run(tmp_path / f"t{i}.h5", rng) for i in range(3)]
+    for run in runs:
+        run.attributes["options"] = {"top_k": 2}
+    with pytest.raises(ValueError, match="truncated spectrum"):
+        stats.across_runs(runs, "HC", "SZ", summaries=("nuclear_norm",))
+    assert stats.across_runs(runs, "HC", "SZ", summaries=("spectral_norm", "sigma_2"))
+
+
+def test_unbalanced_groups_and_too_few_blocks_are_said(tmp_path):
+    rng = np.random.default_rng(9)
+    run = simulated_run(tmp_path / "u.h5", rng, epochs=1, steps=6)
+    run._counts[:, 1] = 2  # SZ much smaller than HC (8)
+    with pytest.warns(UserWarning, match="differ in size"), pytest.warns(UserWarning, match="no p-value can go below"):
+        rows = stats.within_run(run, "HC", "SZ", block=3)
+    assert rows[0]["n_blocks"] == 2 and rows[0]["smallest_p"] == 0.5

@@ -16,9 +16,6 @@ import sys
 
 import numpy as np
 
-KINDS = ("grad", "act", "delta")
-
-
 def _load(paths):
     from tf_autospec import store
 
@@ -37,8 +34,9 @@ def _progress(total, label):
 
     bar = keras.utils.Progbar(total, unit_name=label)
 
-    def update(done, _total):
-        bar.update(done, finalize=done >= total)
+    def update(done, total_now):
+        bar.target = total_now  # the tests skip singular-value indices a layer does not have
+        bar.update(done, finalize=done >= total_now)
 
     return update
 
@@ -111,7 +109,8 @@ def _compare(runs, args):
         rows = stats.within_run(runs[0], group_a, group_b, summaries=args.summaries, block=args.block,
                                 permutations=args.permutations)
     else:
-        summaries = list(args.summaries) + [f"sigma_{i + 1}" for i in range(args.indices)]
+        # sigma_1 is spectral_norm: the indices start at 2.
+        summaries = list(args.summaries) + [f"sigma_{i}" for i in range(2, args.indices + 1)]
         combinations = len(runs[0].layers) * len(runs[0].kinds) * len(summaries)
         rows = stats.across_runs(runs, group_a, group_b, summaries=summaries, permutations=args.permutations,
                                  progress=_progress(combinations, "tests"))
@@ -161,13 +160,15 @@ def report(args):
         sections.append((name.replace("_", " "), _embedded(figure)))
     if len(runs) > 1 and args.indices:
         for layer in runs[0].layers:
-            figure = plot.difference_heatmap(runs, layer, group_a, group_b, kind=runs[0].kinds[0],
-                                             max_index=args.indices, rows=rows)
-            sections.append((f"difference {layer}", _embedded(figure)))
+            for kind in runs[0].kinds:
+                figure = plot.difference_heatmap(runs, layer, group_a, group_b, kind=kind,
+                                                 max_index=args.indices, rows=rows)
+                sections.append((f"difference {layer} {kind}", _embedded(figure)))
     significant = sorted((r for r in rows if r["significant"]),
                          key=lambda r: r.get("q_value", r.get("q_welch", 1.0)))
     columns = [c for c in ("layer", "kind", "summary", "epoch", "first_step", "last_step", "mean_a", "mean_b",
-                           "hedges_g", "p_welch", "p_permutation", "p_value", "q_welch", "q_permutation", "q_value")
+                           "hedges_g", "p_welch", "p_permutation", "p_value", "q_welch", "q_permutation", "q_value",
+                           "count_a", "count_b")
                if rows and c in rows[0]]
     table = "".join(
         "<tr>" + "".join(f"<td>{_cell(r[c])}</td>" for c in columns) + "</tr>" for r in significant
@@ -181,7 +182,7 @@ def report(args):
         table=table,
         figures="".join(f"<h3>{html.escape(t)}</h3><img alt='{html.escape(t)}' src='data:image/png;base64,{b}'>" for t, b in sections),
     )
-    with open(args.output, "w") as f:
+    with open(args.output, "w", encoding="utf-8") as f:
         f.write(page)
     print(args.output)
 
@@ -217,7 +218,9 @@ def build_parser():
     def test_options(p):
         p.add_argument("--groups", nargs=2, metavar=("A", "B"), help="the two groups (default: the first two)")
         p.add_argument("--summaries", nargs="+", default=["spectral_norm", "nuclear_norm", "effective_rank"])
-        p.add_argument("--indices", type=int, default=5, help="also test singular values 1..N across runs")
+        p.add_argument("--indices", type=int, default=5,
+                       help="across runs, also test singular values 2..N (σ_1 is spectral_norm); "
+                       "not used within one run")
         p.add_argument("--block", type=int, default=10, help="steps per block, within-run test")
         p.add_argument("--permutations", type=int, default=2000)
 

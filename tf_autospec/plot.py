@@ -47,6 +47,10 @@ def _aligned(runs, layer, kind, group, summary, per_epoch, normalize):
             x = run.records["step"]
         series.append(dict(zip(x.tolist(), values)))
     common = sorted(set.intersection(*[set(s) for s in series]))
+    if not common:
+        raise ValueError(
+            f"The runs share no {'epoch' if per_epoch else 'step'}; plot them separately or per epoch."
+        )
     return np.array(common), np.array([[s[x] for x in common] for s in series], dtype=np.float64)
 
 
@@ -121,13 +125,13 @@ def difference_heatmap(runs, layer, group_a, group_b, kind="grad", max_index=10,
     """Hedges' g of ``group_a`` − ``group_b`` per singular-value index × epoch.
 
     With several runs the cells come from `stats.across_runs` (summaries ``sigma_1`` …
-    ``sigma_<max_index>``); FDR-significant cells (both q-values ≤ ``alpha``) carry a dot.
+    ``sigma_<max_index>``); FDR-significant cells (Welch q ≤ ``alpha``) carry a dot.
 
     Args:
         rows: precomputed `stats.across_runs` rows to draw instead of testing again.
     """
     runs = _runs(runs)
-    width = min(max_index, runs[0].spectrum(layer, kind, 0).shape[1])
+    width = min(max_index, runs[0].widths[layer][kind])
     names = [f"sigma_{i + 1}" for i in range(width)]
     if rows is None:
         rows = stats.across_runs(runs, group_a, group_b, layers=[layer], kinds=[kind], summaries=names,
@@ -152,7 +156,7 @@ def difference_heatmap(runs, layer, group_a, group_b, kind="grad", max_index=10,
     ax.set_yticks(range(1, width + 1))
     ax.set_xlabel("epoch")
     ax.set_ylabel("singular value index")
-    ax.set_title(f"{layer} {kind}\nHedges' g, {group_a} − {group_b} (• FDR q ≤ {alpha})", fontsize=9)
+    ax.set_title(f"{layer} {kind}\nHedges' g, {group_a} − {group_b} (• Welch FDR q ≤ {alpha})", fontsize=9)
     figure.colorbar(image, ax=ax, label="Hedges' g")
     return figure
 

@@ -9,15 +9,20 @@ returns a tidy table: a list of dicts, one row per test, that `write_csv` saves.
   each block of ``block`` consecutive differences is as likely to change sign, and
   flipping whole blocks keeps the dependence within them.
 * `across_runs`: per layer × kind × summary × epoch, each run contributes one value per
-  group (the epoch's mean over its recorded steps). Welch's t test and a permutation
-  test of the difference in means (group labels permuted across the pooled values),
-  Hedges' g with a 95 % confidence interval (normal approximation,
-  se² = (n_a + n_b)/(n_a n_b) + g²/(2(n_a + n_b))), and Benjamini–Hochberg FDR over the
+  group (the epoch's mean over its recorded steps). Welch's t test (the primary test:
+  ``significant`` is its BH q-value ≤ alpha; with the positive correlation of the two
+  values of one run it is conservative), a paired sign-flip permutation test of the
+  per-run differences (exact when ``2**runs`` is small), Hedges' g with a 95 %
+  confidence interval (normal approximation, se² = (n_a + n_b)/(n_a n_b) + g²/(2(n_a +
+  n_b)), which under-covers for very few runs), and Benjamini–Hochberg FDR over the
   whole table.
 
 By default spectra are made per sample before summarizing (``normalize=True``): ``grad``
-divided by the group's sample count and ``act``/``delta`` by its square root, so that a
-group is not "larger" only because it has more samples in the batch.
+divided by the group's sample count and ``act``/``delta`` by its square root. This does
+not make groups of different sizes comparable in every summary (the rank of a group's
+matrices grows with its rows, and a norm of a sum of noisy terms does not scale exactly
+with their number): every row reports the mean sample counts, and a warning is raised
+when they differ by more than 20 %. Compare groups of similar size, or subsample.
 """
 
 import csv
@@ -56,24 +61,23 @@ def hedges_g(a, b):
     return g, g - 1.959964 * se, g + 1.959964 * se
 
 
-def permutation_p(a, b, permutations, rng):
-    """Two-sided permutation p-value of the difference in means (exact when small)."""
-    pooled = np.concatenate([a, b])
-    observed = abs(np.mean(a) - np.mean(b))
-    n_a = len(a)
-    if math.comb(len(pooled), n_a) <= permutations:
-        splits = itertools.combinations(range(len(pooled)), n_a)
-        stats = []
-        for chosen in splits:
-            mask = np.zeros(len(pooled), bool)
-            mask[list(chosen)] = True
-            stats.append(abs(pooled[mask].mean() - pooled[~mask].mean()))
-        return float(np.mean(np.asarray(stats) >= observed - 1e-12))
-    hits = 0
-    for _ in range(permutations):
-        shuffled = rng.permutation(pooled)
-        hits += abs(shuffled[:n_a].mean() - shuffled[n_a:].mean()) >= observed - 1e-12
-    return (hits + 1) / (permutations + 1)
+def sign_flip_p(values, permutations, rng):
+    """Two-sided sign-flip permutation p-value of ``sum(values)`` (exact when small).
+
+    Valid when, under the null hypothesis, each value is as likely to change sign (paired
+    differences, or blocks of them). With ``n`` values it cannot go below ``2 / 2**n``.
+    """
+    values = np.asarray(values, dtype=np.float64)
+    if len(values) == 0:
+        return np.nan
+    if 2 ** len(values) <= permutations:
+        signs = np.array(list(itertools.product((1.0, -1.0), repeat=len(values))))
+    else:
+        signs = np.concatenate([np.ones((1, len(values))), rng.choice((1.0, -1.0), size=(permutations, len(values)))])
+    statistics = np.abs(signs @ values)
+    observed = statistics[0]  # the all-plus row: computed like the others
+    tolerance = 1e-9 * max(observed, np.abs(values).sum(), 1e-300)
+    return float(np.mean(statistics >= observed - tolerance))
 
 
 def normalized_spectrum(run, layer, kind, group, normalize=True):
@@ -87,7 +91,16 @@ def normalized_spectrum(run, layer, kind, group, normalize=True):
     return values
 
 
+FULL_SPECTRUM_SUMMARIES = ("nuclear_norm", "frobenius_norm", "effective_rank", "stable_rank", "top_energy")
+
+
 def _series(run, layer, kind, group, summary, normalize):
+    top_k = (run.attributes.get("options") or {}).get("top_k")
+    if top_k is not None and summary.startswith(FULL_SPECTRUM_SUMMARIES):
+        raise ValueError(
+            f"{run.path} kept only the top {top_k} singular values, so '{summary}' would be computed "
+            "from a truncated spectrum. Use spectral_norm or sigma_<i>, or record without top_k."
+        )
     return summaries_module.summarize(normalized_spectrum(run, layer, kind, group, normalize), summary)
 
 
@@ -117,7 +130,7 @@ def _check_not_empty(run):
 
 
 def within_run(run, group_a, group_b, layers=None, kinds=None, summaries=("spectral_norm",),
-               steps=None, block=10, permutations=2000, normalize=True, seed=0):
+               steps=None, block=10, permutations=2000, normalize=True, alpha=0.05, seed=0):
     """Groups compared over a window of steps of one run (block sign-flip permutation test).
 
     Args:
@@ -129,10 +142,13 @@ def within_run(run, group_a, group_b, layers=None, kinds=None, summaries=("spect
         block: consecutive steps per sign-flip block (set it above the autocorrelation length).
         permutations: random sign-flips (exact enumeration when ``2**blocks`` is smaller).
         normalize: per-sample spectra (see the module docstring).
+        alpha: FDR level for the ``significant`` column.
         seed: random seed.
 
     Returns:
-        A list of row dicts, with BH q-values over the returned family.
+        A list of row dicts, with BH q-values over the returned family and
+        ``smallest_p``, the smallest p-value the number of blocks allows (2 / 2**blocks):
+        a warning says when it is above ``alpha``, i.e. when nothing can be significant.
     """
     _check_not_empty(run)
     _check_groups(run, group_a, group_b)
@@ -141,6 +157,7 @@ def within_run(run, group_a, group_b, layers=None, kinds=None, summaries=("spect
     window = np.ones(len(run), bool)
     if steps is not None:
         window = (step_numbers >= steps[0]) & (step_numbers <= steps[1])
+    _warn_if_unbalanced([run], group_a, group_b)
     rng = np.random.default_rng(seed)
     rows = []
     for layer, kind, summary in itertools.product(layers, kinds, summaries):
@@ -157,23 +174,19 @@ def within_run(run, group_a, group_b, layers=None, kinds=None, summaries=("spect
             "mean_a": float(np.mean(a[both])) if both.any() else np.nan,
             "mean_b": float(np.mean(b[both])) if both.any() else np.nan,
             "difference": float(np.mean(difference)) if both.any() else np.nan,
-            "p_value": _block_sign_flip_p(difference, block, permutations, rng),
         }
+        blocks = [difference[i : i + block].sum() for i in range(0, len(difference), block)]
+        row["n_blocks"] = len(blocks)
+        row["smallest_p"] = 2.0 / 2 ** len(blocks) if blocks else np.nan
+        row["p_value"] = sign_flip_p(blocks, permutations, rng) if len(blocks) >= 2 else np.nan
         rows.append(row)
-    _add_fdr(rows, ["p_value"])
+    if rows and min(r["smallest_p"] for r in rows) > alpha:
+        warnings.warn(
+            f"Only {max(r['n_blocks'] for r in rows)} blocks of {block} steps: no p-value can go below "
+            f"{min(r['smallest_p'] for r in rows):.3g} > alpha={alpha}. Use a smaller block or more steps."
+        )
+    _add_fdr(rows, "p_value", ["p_value"], alpha)
     return rows
-
-
-def _block_sign_flip_p(difference, block, permutations, rng):
-    if len(difference) < 2:
-        return np.nan
-    blocks = np.array([difference[i : i + block].sum() for i in range(0, len(difference), block)])
-    observed = abs(blocks.sum())
-    if 2 ** len(blocks) <= permutations:
-        signs = np.array(list(itertools.product((1.0, -1.0), repeat=len(blocks))))
-        return float(np.mean(np.abs(signs @ blocks) >= observed - 1e-12))
-    signs = rng.choice((1.0, -1.0), size=(permutations, len(blocks)))
-    return float((np.sum(np.abs(signs @ blocks) >= observed - 1e-12) + 1) / (permutations + 1))
 
 
 def _check_comparable(runs):
@@ -191,6 +204,18 @@ def _check_comparable(runs):
                     f"{run.path} has {attribute} {list(getattr(run, attribute))} but {first.path} has "
                     f"{list(getattr(first, attribute))}; compare runs of the same model and groups."
                 )
+
+
+def _warn_if_unbalanced(runs, group_a, group_b):
+    mean_a = np.mean([np.mean(run.counts(group_a)) for run in runs])
+    mean_b = np.mean([np.mean(run.counts(group_b)) for run in runs])
+    if max(mean_a, mean_b) > 1.2 * min(mean_a, mean_b):
+        warnings.warn(
+            f"Groups differ in size ({group_a}: {mean_a:.1f}, {group_b}: {mean_b:.1f} samples per step on "
+            "average); rank-based summaries and norms depend on group size even per sample. Compare "
+            "groups of similar size, or subsample."
+        )
+    return mean_a, mean_b
 
 
 def _epoch_means(run, layer, kind, group, summary, normalize):
@@ -222,15 +247,16 @@ def across_runs(runs, group_a, group_b, layers=None, kinds=None, summaries=("spe
         progress: optional callable ``progress(done, total)``.
 
     Returns:
-        A list of row dicts with Welch's t, permutation p, Hedges' g and its 95 % CI,
-        and BH q-values over the whole table (``q_welch``, ``q_permutation``);
-        ``significant`` when both q-values are ≤ ``alpha``. With few runs the exact
-        permutation p cannot go below ``2 / C(n_a + n_b, n_a)`` (2/70 for 4 + 4 runs).
+        A list of row dicts with Welch's t, the paired permutation p, Hedges' g and its
+        95 % CI, the mean sample counts of the groups, and BH q-values over the whole
+        table (``q_welch``, ``q_permutation``); ``significant`` when ``q_welch`` ≤
+        ``alpha``. The exact paired permutation p cannot go below ``2 / 2**runs``.
     """
     runs = list(runs)
     _check_comparable(runs)
     _check_groups(runs[0], group_a, group_b)
     layers, kinds = _selection(runs[0], layers, kinds)
+    count_a, count_b = _warn_if_unbalanced(runs, group_a, group_b)
     rng = np.random.default_rng(seed)
     # Singular-value indices past a spectrum's width do not exist for that layer and kind.
     combinations = [
@@ -246,48 +272,59 @@ def across_runs(runs, group_a, group_b, layers=None, kinds=None, summaries=("spe
             for run in runs
         ]
         common = set.intersection(*[set(a) & set(b) for a, b in per_run])
-        for epoch in sorted(common if epochs is None else set(epochs) & common):
-            a = np.array([values[0][epoch] for values in per_run])
-            b = np.array([values[1][epoch] for values in per_run])
-            a, b = a[np.isfinite(a)], b[np.isfinite(b)]
+        if epochs is not None and set(epochs) - common:
+            raise ValueError(
+                f"Epochs {sorted(set(epochs) - common)} are not recorded for both groups in every run "
+                f"(common epochs: {sorted(common)})."
+            )
+        for epoch in sorted(common if epochs is None else epochs):
+            paired_a = np.array([values[0][epoch] for values in per_run])
+            paired_b = np.array([values[1][epoch] for values in per_run])
+            both = np.isfinite(paired_a) & np.isfinite(paired_b)
+            a, b = paired_a[np.isfinite(paired_a)], paired_b[np.isfinite(paired_b)]
             row = {
                 "test": "across_runs", "layer": layer, "kind": kind, "summary": summary,
                 "epoch": epoch, "group_a": group_a, "group_b": group_b,
-                "n_a": len(a), "n_b": len(b),
+                "n_a": len(a), "n_b": len(b), "n_pairs": int(both.sum()),
+                "count_a": count_a, "count_b": count_b,
                 "mean_a": float(np.mean(a)) if len(a) else np.nan,
                 "mean_b": float(np.mean(b)) if len(b) else np.nan,
             }
             if len(a) >= 2 and len(b) >= 2 and np.ptp(np.concatenate([a, b])) > 0:
                 welch = scipy_stats.ttest_ind(a, b, equal_var=False)
-                row.update(t=float(welch.statistic), df=float(welch.df), p_welch=float(welch.pvalue),
-                           p_permutation=permutation_p(a, b, permutations, rng))
+                row.update(t=float(welch.statistic), df=float(welch.df), p_welch=float(welch.pvalue))
             else:
-                row.update(t=np.nan, df=np.nan, p_welch=np.nan, p_permutation=np.nan)
+                row.update(t=np.nan, df=np.nan, p_welch=np.nan)
+            differences = (paired_a - paired_b)[both]
+            row["p_permutation"] = sign_flip_p(differences, permutations, rng) if both.sum() >= 2 else np.nan
             g, low, high = hedges_g(a, b)
             row.update(hedges_g=g, g_ci_low=low, g_ci_high=high)
             rows.append(row)
         if progress is not None:
             progress(done + 1, len(combinations))
-    _add_fdr(rows, ["p_welch", "p_permutation"], alpha)
+    _add_fdr(rows, "p_welch", ["p_welch", "p_permutation"], alpha)
     return rows
 
 
-def _add_fdr(rows, columns, alpha=0.05):
+def _q_name(column):
+    return "q_value" if column == "p_value" else "q_" + column.removeprefix("p_")
+
+
+def _add_fdr(rows, primary, columns, alpha):
+    """BH q-values for each p column; ``significant`` from the primary column's."""
     for column in columns:
-        q = benjamini_hochberg([row[column] for row in rows])
-        name = "q_" + column.removeprefix("p_") if column != "p_value" else "q_value"
-        for row, value in zip(rows, q):
-            row[name] = float(value)
+        for row, value in zip(rows, benjamini_hochberg([row[column] for row in rows])):
+            row[_q_name(column)] = float(value)
     for row in rows:
-        q_columns = [row["q_" + c.removeprefix("p_") if c != "p_value" else "q_value"] for c in columns]
-        row["significant"] = bool(all(np.isfinite(q) and q <= alpha for q in q_columns))
+        q = row[_q_name(primary)]
+        row["significant"] = bool(np.isfinite(q) and q <= alpha)
 
 
 def write_csv(rows, path):
     """Writes a table of rows (dicts with the same keys) as CSV."""
     if not rows:
         raise ValueError("No test to write: the selection produced an empty table.")
-    with open(path, "w", newline="") as f:
+    with open(path, "w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)

@@ -356,7 +356,9 @@ class Run:
         return self.per_epoch(self.spectrum(layer, kind, group).astype(np.float64), reduce)
 
     def summary(self, layer, kind, group, name, reduce=None):
-        """A summary (see `tf_autospec.summaries`) of each recorded step's spectrum.
+        """A summary (see `tf_autospec.summaries`) of each recorded step's spectrum, as
+        recorded (`tf_autospec.stats` and `tf_autospec.plot` use per-sample spectra by
+        default; see `tf_autospec.stats.normalized_spectrum`).
 
         Args:
             name: e.g. ``"spectral_norm"``, ``"effective_rank"``, ``"sigma_2"``.

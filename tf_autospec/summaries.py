@@ -9,7 +9,7 @@ For the singular values σ_1 ≥ σ_2 ≥ … of one spectrum:
 | ``frobenius_norm`` | (Σ σ_i²)^½ |
 | ``effective_rank`` | exp(−Σ p_i log p_i), p_i = σ_i / Σ σ_j (Roy & Vetterli, 2007): 1 for rank one, n for n equal values |
 | ``stable_rank`` | Σ σ_i² / σ_1² |
-| ``top_energy`` | Σ_{i<k} σ_i² / Σ σ_i², the fraction of energy in the top ``k`` (default 1) |
+| ``top_energy`` | Σ_{i≤k} σ_i² / Σ σ_i², the fraction of energy in the top ``k`` (default 1) |
 | ``sigma_<i>`` | σ_i, the i-th singular value (1-based), e.g. ``sigma_1`` |
 
 A spectrum with nothing recorded (all NaN) or only zeros gives NaN for ratios and NaN for
