@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 from scipy import stats as scipy_stats
 
-import tf_autospec as ts
 from tf_autospec import stats, summaries
 from tf_autospec.calibration import simulated_run
 
@@ -87,7 +86,8 @@ def test_within_run_block_test_detects_a_shift_and_not_noise(tmp_path):
     shifted = simulated_run(tmp_path / "s.h5", rng, shift=0.6, shift_layer="layer2/kernel", epochs=4, steps=20)
     rows = stats.within_run(shifted, "HC", "SZ", block=5)
     assert {r["layer"] for r in rows if r["significant"]} == {"layer2/kernel"}
-    window = stats.within_run(shifted, "HC", "SZ", steps=(10, 29), block=5)
+    with pytest.warns(UserWarning, match="4 blocks of 5 steps"):
+        window = stats.within_run(shifted, "HC", "SZ", steps=(10, 29), block=5)
     assert all(r["n_steps"] == 20 and r["first_step"] == 10 for r in window)
 
 
