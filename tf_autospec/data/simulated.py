@@ -1,0 +1,148 @@
+"""Simulated datasets with a documented, controllable group difference (no download).
+
+* `simulated_fmri`: SimTB-style ICA time courses. Per subject, ``n_components`` latent
+  neural signals are drawn as AR(1) processes (coefficient 0.7) whose cross-component
+  correlation is the group's functional network connectivity (FNC): components are split
+  into ``n_domains`` domains, correlation ``within`` inside a domain and 0 between domains.
+  In the second group the correlation between the first two domains is raised by
+  ``effect_size`` (0 gives a null dataset). Each signal is convolved with a canonical
+  double-gamma HRF (TR = 2 s), scaled by a subject-specific amplitude (lognormal, σ 0.2)
+  and given Gaussian noise (``noise`` × its standard deviation). Target: the group.
+* `sinusoids`: sequences ``a·sin(2π f t + φ) + noise`` whose frequency, phase or
+  amplitude differs between groups; targets for next-step regression or classification.
+* `random_groups`: group labels assigned at random, a null control for any dataset.
+"""
+
+import dataclasses
+import math
+
+import numpy as np
+
+
+@dataclasses.dataclass(frozen=True)
+class GroupedData:
+    """A dataset ready for ``model.fit(x, y, groups=labels)``.
+
+    Attributes:
+        x: inputs, ``[samples, ...]`` float32.
+        y: targets.
+        labels: int32 group index per sample (``-1`` for none).
+        group_names: names of the groups, in label order.
+        info: how the data were made (parameters, seed).
+    """
+
+    x: np.ndarray
+    y: np.ndarray
+    labels: np.ndarray
+    group_names: tuple
+    info: dict
+
+
+def _hrf(tr=2.0, length=32.0):
+    """Canonical double-gamma haemodynamic response (peak 6 s, undershoot 16 s), sampled every TR."""
+    t = np.arange(0.0, length, tr)
+    peak = t**5 * np.exp(-t) / math.gamma(6)
+    undershoot = t**15 * np.exp(-t) / math.gamma(16)
+    response = peak - undershoot / 6.0
+    return response / response.sum()
+
+
+def _fnc(n_components, n_domains, within, extra):
+    domain = np.arange(n_components) * n_domains // n_components
+    correlation = np.where(domain[:, None] == domain[None, :], within, 0.0)
+    between_first_two = ((domain[:, None] == 0) & (domain[None, :] == 1)) | (
+        (domain[:, None] == 1) & (domain[None, :] == 0)
+    )
+    correlation = correlation + extra * between_first_two
+    np.fill_diagonal(correlation, 1.0)
+    if np.linalg.eigvalsh(correlation)[0] <= 0:
+        raise ValueError(
+            f"effect_size={extra} with within={within} makes the connectivity matrix not positive "
+            "definite; use a smaller effect size."
+        )
+    return correlation
+
+
+def simulated_fmri(n_subjects=200, n_components=53, n_timepoints=150, group_names=("HC", "SZ"),
+                   effect_size=0.3, n_domains=7, within=0.4, noise=0.5, seed=0):
+    """SimTB-style ICA time courses of two groups whose FNC differs by ``effect_size``.
+
+    Args:
+        n_subjects: subjects, split evenly between the two groups (the rest to the first).
+        n_components: ICA components (53, as in common fMRI ICA templates).
+        n_timepoints: volumes per subject (TR = 2 s).
+        group_names: names of the two groups; the second carries the effect.
+        effect_size: added correlation between the first two domains in the second group.
+        n_domains: functional domains the components fall into.
+        within: correlation between components of one domain.
+        noise: Gaussian noise standard deviation relative to the signal's.
+        seed: random seed; the same seed gives the same data.
+
+    Returns:
+        `GroupedData` with ``x`` float32 ``[subjects, timepoints, components]`` (each time
+        course z-scored), ``y`` = ``labels`` = the group index.
+    """
+    if len(group_names) != 2:
+        raise ValueError(f"simulated_fmri makes two groups; received {group_names}.")
+    rng = np.random.default_rng(seed)
+    labels = (np.arange(n_subjects) >= (n_subjects + 1) // 2).astype(np.int32)
+    rng.shuffle(labels)
+    factors = [np.linalg.cholesky(_fnc(n_components, n_domains, within, extra)) for extra in (0.0, effect_size)]
+    hrf = _hrf()
+    burn_in = 20
+    x = np.empty((n_subjects, n_timepoints, n_components), dtype=np.float32)
+    for subject, group in enumerate(labels):
+        innovations = rng.normal(size=(n_timepoints + burn_in, n_components)) @ factors[group].T
+        neural = np.empty_like(innovations)
+        neural[0] = innovations[0]
+        for t in range(1, len(innovations)):
+            neural[t] = 0.7 * neural[t - 1] + math.sqrt(1 - 0.49) * innovations[t]
+        bold = np.stack([np.convolve(neural[:, c], hrf)[: len(neural)] for c in range(n_components)], axis=1)
+        bold = bold[burn_in:] * rng.lognormal(0.0, 0.2, size=n_components)
+        bold = bold + noise * bold.std(axis=0) * rng.normal(size=bold.shape)
+        x[subject] = (bold - bold.mean(axis=0)) / bold.std(axis=0)
+    info = dict(dataset="simulated_fmri", n_components=n_components, n_timepoints=n_timepoints,
+                effect_size=effect_size, n_domains=n_domains, within=within, noise=noise, seed=seed, tr=2.0)
+    return GroupedData(x, labels.copy(), labels, tuple(group_names), info)
+
+
+def sinusoids(n_sequences=512, length=50, group_names=("low", "high"), differ="frequency", task="next_step",
+              noise=0.1, seed=0):
+    """Noisy sinusoids whose frequency, phase or amplitude depends on the group.
+
+    Args:
+        n_sequences: sequences, alternating between the two groups (shuffled).
+        length: time steps per sequence.
+        group_names: the two groups.
+        differ: ``"frequency"`` (0.05 vs 0.10 cycles per step), ``"phase"`` (0 vs π/2) or
+            ``"amplitude"`` (1 vs 2); the other two are drawn alike for both groups.
+        task: ``"next_step"`` (``y`` = the sequence shifted by one step, ``x`` the first
+            ``length - 1`` steps) or ``"classification"`` (``y`` = the group).
+        noise: Gaussian noise standard deviation.
+        seed: random seed.
+
+    Returns:
+        `GroupedData` with ``x`` float32 ``[sequences, steps, 1]``.
+    """
+    choices = {"frequency": ((0.05, 0.10), None), "phase": (None, (0.0, math.pi / 2)), "amplitude": (None, None)}
+    if differ not in choices:
+        raise ValueError(f"differ must be one of {sorted(choices)}; received {differ!r}.")
+    if task not in ("next_step", "classification"):
+        raise ValueError(f"task must be 'next_step' or 'classification'; received {task!r}.")
+    rng = np.random.default_rng(seed)
+    labels = rng.permutation(np.arange(n_sequences) % 2).astype(np.int32)
+    t = np.arange(length)
+    frequency = np.where(labels == 1, 0.10, 0.05) if differ == "frequency" else rng.uniform(0.05, 0.10, n_sequences)
+    phase = np.where(labels == 1, math.pi / 2, 0.0) if differ == "phase" else rng.uniform(0, 2 * math.pi, n_sequences)
+    amplitude = np.where(labels == 1, 2.0, 1.0) if differ == "amplitude" else np.ones(n_sequences)
+    waves = amplitude[:, None] * np.sin(2 * math.pi * frequency[:, None] * t[None] + phase[:, None])
+    waves = (waves + noise * rng.normal(size=waves.shape)).astype(np.float32)[..., None]
+    info = dict(dataset="sinusoids", differ=differ, task=task, length=length, noise=noise, seed=seed)
+    if task == "next_step":
+        return GroupedData(waves[:, :-1], waves[:, 1:], labels, tuple(group_names), info)
+    return GroupedData(waves, labels.copy(), labels, tuple(group_names), info)
+
+
+def random_groups(n_samples, group_names=("A", "B"), seed=0):
+    """Group labels drawn uniformly at random: a null control (no true group difference)."""
+    return np.random.default_rng(seed).integers(0, len(group_names), size=n_samples).astype(np.int32)
