@@ -94,14 +94,32 @@ def normalized_spectrum(run, layer, kind, group, normalize=True):
 FULL_SPECTRUM_SUMMARIES = ("nuclear_norm", "frobenius_norm", "effective_rank", "stable_rank", "top_energy")
 
 
-def _series(run, layer, kind, group, summary, normalize):
-    top_k = (run.attributes.get("options") or {}).get("top_k")
-    if top_k is not None and summary.startswith(FULL_SPECTRUM_SUMMARIES):
-        raise ValueError(
-            f"{run.path} kept only the top {top_k} singular values, so '{summary}' would be computed "
-            "from a truncated spectrum. Use spectral_norm or sigma_<i>, or record without top_k."
-        )
-    return summaries_module.summarize(normalized_spectrum(run, layer, kind, group, normalize), summary)
+class _Series:
+    """Summaries of normalized spectra, reading each spectrum from its file once.
+
+    The tests run summary after summary on the same layer and kind; only that layer and
+    kind's spectra are kept.
+    """
+
+    def __init__(self, normalize):
+        self.normalize = normalize
+        self.layer_kind = None
+        self.spectra = {}
+
+    def __call__(self, run, layer, kind, group, summary):
+        top_k = (run.attributes.get("options") or {}).get("top_k")
+        if top_k is not None and summary.startswith(FULL_SPECTRUM_SUMMARIES):
+            raise ValueError(
+                f"{run.path} kept only the top {top_k} singular values, so '{summary}' would be "
+                "computed from a truncated spectrum. Use spectral_norm or sigma_<i>, or record "
+                "without top_k."
+            )
+        if self.layer_kind != (layer, kind):
+            self.layer_kind, self.spectra = (layer, kind), {}
+        key = (id(run), group)
+        if key not in self.spectra:
+            self.spectra[key] = normalized_spectrum(run, layer, kind, group, self.normalize)
+        return summaries_module.summarize(self.spectra[key], summary)
 
 
 def _check_groups(run, group_a, group_b):
@@ -159,10 +177,11 @@ def within_run(run, group_a, group_b, layers=None, kinds=None, summaries=("spect
         window = (step_numbers >= steps[0]) & (step_numbers <= steps[1])
     _warn_if_unbalanced([run], group_a, group_b)
     rng = np.random.default_rng(seed)
+    series = _Series(normalize)
     rows = []
     for layer, kind, summary in itertools.product(layers, kinds, summaries):
-        a = _series(run, layer, kind, group_a, summary, normalize)[window]
-        b = _series(run, layer, kind, group_b, summary, normalize)[window]
+        a = series(run, layer, kind, group_a, summary)[window]
+        b = series(run, layer, kind, group_b, summary)[window]
         both = np.isfinite(a) & np.isfinite(b)
         difference = (a - b)[both]
         row = {
@@ -218,14 +237,13 @@ def _warn_if_unbalanced(runs, group_a, group_b):
     return mean_a, mean_b
 
 
-def _epoch_means(run, layer, kind, group, summary, normalize):
-    series = _series(run, layer, kind, group, summary, normalize)
+def _epoch_means(values, run):
     epochs = run.records["epoch"]
     out = {}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # an epoch without the group: NaN
         for epoch in np.unique(epochs):
-            out[int(epoch)] = float(np.nanmean(series[epochs == epoch]))
+            out[int(epoch)] = float(np.nanmean(values[epochs == epoch]))
     return out
 
 
@@ -264,11 +282,11 @@ def across_runs(runs, group_a, group_b, layers=None, kinds=None, summaries=("spe
         for layer, kind, summary in itertools.product(layers, kinds, summaries)
         if summaries_module.index(summary) is None or summaries_module.index(summary) < runs[0].widths[layer][kind]
     ]
+    series = _Series(normalize)
     rows = []
     for done, (layer, kind, summary) in enumerate(combinations):
         per_run = [
-            (_epoch_means(run, layer, kind, group_a, summary, normalize),
-             _epoch_means(run, layer, kind, group_b, summary, normalize))
+            tuple(_epoch_means(series(run, layer, kind, group, summary), run) for group in (group_a, group_b))
             for run in runs
         ]
         common = set.intersection(*[set(a) & set(b) for a, b in per_run])
