@@ -30,12 +30,12 @@ import tensorflow as tf  # noqa: E402
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import tf_autospec as ts  # noqa: E402
-from models import reference  # noqa: E402
+import models  # noqa: E402
 
 
 ARCHITECTURES = {
-    "mlp": (reference.mlp_outputs, (28, 28, 1)),
-    "cnn": (reference.mnist_cnn_outputs, (28, 28, 1)),
+    "mlp": (models.mlp_outputs, (28, 28, 1)),
+    "cnn": (models.cnn2d_outputs, (28, 28, 1)),
 }
 
 
@@ -109,7 +109,7 @@ def run(architecture, batch, groups, steps, repeats, variants):
     x = rng.normal(size=(batch * steps, *shape)).astype("float32")
     y = rng.integers(0, 10, size=len(x))
     labels = rng.integers(0, groups, size=len(x))
-    models = {
+    trained = {
         name: build(kind, architecture, groups, every)
         for name, (kind, every) in variants.items()
     }
@@ -117,20 +117,20 @@ def run(architecture, batch, groups, steps, repeats, variants):
     callbacks = {
         name: [TimedCallback(os.path.join(scratch, f"{name}.h5"))]
         if name.endswith("_writer") else []
-        for name in models
+        for name in trained
     }
-    for name, model in models.items():  # tracing epoch, excluded
+    for name, model in trained.items():  # tracing epoch, excluded
         epoch_seconds(model, x, y, labels, batch, callbacks[name])
-    times = {name: [] for name in models}
+    times = {name: [] for name in trained}
     for _ in range(repeats):
-        for name, model in models.items():
+        for name, model in trained.items():
             times[name].append(epoch_seconds(model, x, y, labels, batch, callbacks[name]))
     shutil.rmtree(scratch)
     median = {name: statistics.median(t) for name, t in times.items()}
     results = {
         name: {"s_per_epoch": median[name], "ms_per_step": 1e3 * median[name] / steps,
                "ratio": median[name] / median["plain"]}
-        for name in models
+        for name in trained
     }
     for name, (callback,) in ((n, c) for n, c in callbacks.items() if c):
         writer_ms = 1e3 * callback.seconds / callback.steps

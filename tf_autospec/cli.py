@@ -1,5 +1,6 @@
-"""The ``autospec`` command: inspect, plot, compare and report recorded runs.
+"""The ``autospec`` command: run experiments; inspect, plot, compare and report recorded runs.
 
+    autospec run [--dataset simulated_fmri] [--model mlp] [--folds 5] [--seeds 2] [-o DIR]
     autospec info RUN.h5
     autospec plot RUN.h5 [-o DIR]
     autospec compare RUN.h5 [RUN.h5 ...] [--by group] [--groups A B] [-o DIR]
@@ -117,14 +118,22 @@ def _compare(runs, args):
     return group_a, group_b, rows
 
 
-def compare(args):
+def _heatmaps(runs, args, group_a, group_b, rows):
+    from tf_autospec import plot
+
+    if len(runs) < 2 or not args.indices:
+        return
+    for layer in runs[0].layers:
+        for kind in runs[0].kinds:
+            figure = plot.difference_heatmap(runs, layer, group_a, group_b, kind=kind,
+                                             max_index=args.indices, rows=rows)
+            yield f"difference {layer} {kind}", f"heatmap_{layer.replace('/', '_')}_{kind}", figure
+
+
+def _write_comparison(runs, args, group_a, group_b, rows):
     from tf_autospec import plot, stats
 
-    runs = _load(args.runs)
-    if args.by != "group":
-        raise SystemExit("autospec: only --by group is supported.")
     os.makedirs(args.output, exist_ok=True)
-    group_a, group_b, rows = _compare(runs, args)
     csv_path = os.path.join(args.output, "tests.csv")
     stats.write_csv(rows, csv_path)
     print(csv_path)
@@ -132,12 +141,15 @@ def compare(args):
     print(f"{len(rows)} tests, {len(significant)} significant at FDR 0.05.")
     overview = plot.overview(runs, summary=args.summaries[0], groups=[group_a, group_b])
     print(plot.save(overview, os.path.join(args.output, "overview.png")))
-    if len(runs) > 1 and args.indices:
-        for layer in runs[0].layers:
-            for kind in runs[0].kinds:
-                figure = plot.difference_heatmap(runs, layer, group_a, group_b, kind=kind,
-                                                 max_index=args.indices, rows=rows)
-                print(plot.save(figure, os.path.join(args.output, f"heatmap_{layer.replace('/', '_')}_{kind}.png")))
+    for _, name, figure in _heatmaps(runs, args, group_a, group_b, rows):
+        print(plot.save(figure, os.path.join(args.output, f"{name}.png")))
+
+
+def compare(args):
+    runs = _load(args.runs)
+    if args.by != "group":
+        raise SystemExit("autospec: only --by group is supported.")
+    _write_comparison(runs, args, *_compare(runs, args))
 
 
 def _embedded(figure):
@@ -150,20 +162,15 @@ def _embedded(figure):
 
 
 def report(args):
-    from tf_autospec import plot
-
     runs = _load(args.runs)
     args.indices = args.indices if len(runs) > 1 else 0
-    group_a, group_b, rows = _compare(runs, args)
-    sections = []
-    for name, figure in _figures(runs, args.summary, args.per_epoch):
-        sections.append((name.replace("_", " "), _embedded(figure)))
-    if len(runs) > 1 and args.indices:
-        for layer in runs[0].layers:
-            for kind in runs[0].kinds:
-                figure = plot.difference_heatmap(runs, layer, group_a, group_b, kind=kind,
-                                                 max_index=args.indices, rows=rows)
-                sections.append((f"difference {layer} {kind}", _embedded(figure)))
+    _write_report(runs, args, *_compare(runs, args))
+
+
+def _write_report(runs, args, group_a, group_b, rows):
+    sections = [(name.replace("_", " "), _embedded(figure))
+                for name, figure in _figures(runs, args.summary, args.per_epoch)]
+    sections += [(title, _embedded(figure)) for title, _, figure in _heatmaps(runs, args, group_a, group_b, rows)]
     significant = sorted((r for r in rows if r["significant"]),
                          key=lambda r: r.get("q_value", r.get("q_welch", 1.0)))
     columns = [c for c in ("layer", "kind", "summary", "epoch", "first_step", "last_step", "mean_a", "mean_b",
@@ -185,6 +192,73 @@ def report(args):
     with open(args.output, "w", encoding="utf-8") as f:
         f.write(page)
     print(args.output)
+
+
+_DATASET_FLAGS = {
+    "simulated_fmri": {"n": "n_subjects", "effect_size": "effect_size"},
+    "sinusoids": {"n": "n_sequences", "differ": "differ"},
+    "mnist": {"n": "n_samples", "classes": "groups", "data_dir": "data_dir"},
+    "digits": {"n": "n_samples", "classes": "groups"},
+    "files": {"data": "data", "phenotype": "phenotype", "group_column": "group_column",
+              "subject_column": "subject_column", "variable": "variable", "target": "target", "bins": "bins"},
+}
+_MODEL_FLAGS = {"hidden": "hidden", "units": "units", "filters": "filters"}
+
+
+def _given(args, flags):
+    """Options of the flags given on the command line, under their Python names."""
+    return {python: getattr(args, flag) for flag, python in flags.items() if getattr(args, flag) is not None}
+
+
+def _experiment(args):
+    from tf_autospec import experiment
+
+    dataset_flags = set().union(*(_DATASET_FLAGS[d] for d in _DATASET_FLAGS))
+    foreign = [f for f in dataset_flags - set(_DATASET_FLAGS[args.dataset]) if getattr(args, f) is not None]
+    if foreign:
+        raise SystemExit(f"autospec: --{foreign[0].replace('_', '-')} does not apply to --dataset {args.dataset}; "
+                         f"its options are {', '.join('--' + f.replace('_', '-') for f in _DATASET_FLAGS[args.dataset])}.")
+    dataset_options = _given(args, _DATASET_FLAGS[args.dataset])
+    if args.dataset == "files":
+        missing = [f for f in ("data", "phenotype", "group_column") if getattr(args, f) is None]
+        if missing:
+            raise SystemExit(f"autospec: --dataset files needs {', '.join('--' + m.replace('_', '-') for m in missing)}.")
+    if "groups" in dataset_options:
+        classes = dataset_options["groups"]
+        dataset_options["groups"] = classes[0] if len(classes) == 1 else classes
+    autospec_options = {k: v for k, v in (("kinds", args.kinds), ("top_k", args.top_k),
+                                          ("every_n_steps", args.every_n_steps)) if v is not None}
+    return experiment.Experiment(
+        dataset=args.dataset, model=args.model, task=args.task, grouping=args.grouping, folds=args.folds,
+        seeds=args.seeds, epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate,
+        dataset_options=dataset_options, model_options=_given(args, _MODEL_FLAGS),
+        autospec_options=autospec_options)
+
+
+def run_command(args):
+    from tf_autospec import experiment, plot
+
+    plan = _experiment(args)
+    runs_total = plan.folds * plan.seeds
+    print(f"autospec run: {plan.model} on {plan.dataset} ({plan.grouping} groups), {plan.folds} fold(s) × "
+          f"{plan.seeds} seed(s) = {runs_total} runs, {plan.epochs} epochs each -> {args.output}")
+    overall = _progress(runs_total, "runs done")
+    try:
+        paths = experiment.run_experiment(plan, args.output, overwrite=args.overwrite, verbose=args.verbose,
+                                          progress=overall)
+    except (FileExistsError, RuntimeError) as error:
+        raise SystemExit(f"autospec: {error}") from None
+    runs = _load(paths)
+    args.indices = args.indices if len(runs) > 1 else 0
+    group_a, group_b, rows = _compare(runs, args)
+    _write_comparison(runs, argparse.Namespace(**{**vars(args), "output": os.path.join(args.output, "analysis")}),
+                      group_a, group_b, rows)
+    figures = os.path.join(args.output, "figures")
+    os.makedirs(figures, exist_ok=True)
+    for name, figure in _figures(runs, args.summary, args.per_epoch):
+        print(plot.save(figure, os.path.join(figures, f"{name}.png")))
+    _write_report(runs, argparse.Namespace(**{**vars(args), "output": os.path.join(args.output, "report.html")}),
+                  group_a, group_b, rows)
 
 
 def _cell(value):
@@ -244,6 +318,51 @@ def build_parser():
     figures_options(p)
     test_options(p)
     p.set_defaults(function=report)
+    p = verbs.add_parser("run", help="train a reference model over folds and seeds, then analyse the runs",
+                         description="Train a reference model on a dataset over k folds and several seeds (one "
+                         "HDF5 file per run in OUTPUT/runs), then write the analysis: OUTPUT/analysis/tests.csv "
+                         "and heat maps, OUTPUT/figures, OUTPUT/report.html. With no arguments: simulated fMRI "
+                         "(two groups whose connectivity differs), the MLP on FNC features, 5 folds × 2 seeds.")
+    p.add_argument("--dataset", default="simulated_fmri", choices=list(_DATASET_FLAGS))
+    p.add_argument("--model", default="mlp", help="mlp, cnn2d, cnn1d, cnn3d, simple_rnn, lstm, gru or bilstm")
+    p.add_argument("--task", choices=["classification", "regression", "autoencoding"],
+                   help="default: classification (next-step regression for sinusoids)")
+    p.add_argument("--grouping", default="dataset", choices=["dataset", "random"],
+                   help="the dataset's groups, or random labels (a null control)")
+    p.add_argument("--folds", type=int, default=5, help="k-fold cross-validation, stratified by group (1: no CV)")
+    p.add_argument("--seeds", type=int, default=2, help="seeds per fold")
+    p.add_argument("--epochs", type=int, default=20)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--learning-rate", type=float, default=1e-3)
+    p.add_argument("-o", "--output", default="autospec_run", help="folder for runs, analysis and report")
+    p.add_argument("--overwrite", action="store_true", help="replace the runs of an earlier experiment there")
+    p.add_argument("--verbose", type=int, default=1, choices=[0, 1, 2], help="Keras progress output per run")
+    data = p.add_argument_group("dataset options")
+    data.add_argument("--n", type=int, help="subjects / sequences / samples to use")
+    data.add_argument("--effect-size", type=float, help="simulated_fmri: FNC difference between groups (0: null)")
+    data.add_argument("--differ", choices=["frequency", "phase", "amplitude"], help="sinusoids: what differs")
+    data.add_argument("--classes", type=int, nargs="+",
+                      help="mnist, digits: N (the first N classes are the groups) or the list of classes")
+    data.add_argument("--data-dir", help="mnist: TensorFlow Datasets folder holding a prepared copy")
+    data.add_argument("--data", help="files: .npz/.h5/.mat file, or folder / glob of NIfTI time courses")
+    data.add_argument("--phenotype", help="files: phenotype CSV, one row per subject")
+    data.add_argument("--group-column", help="files: the CSV column that defines the groups")
+    data.add_argument("--subject-column", help="files: the CSV's subject ID column (default: the first)")
+    data.add_argument("--variable", help="files: the array to use when the file holds several")
+    data.add_argument("--target", help="files: a CSV column to predict (default: the group)")
+    data.add_argument("--bins", type=int, help="files: quantile bins for a numeric group column (default 2)")
+    sizes = p.add_argument_group("model sizes")
+    sizes.add_argument("--hidden", type=int, nargs="+", help="mlp: hidden layer widths")
+    sizes.add_argument("--units", type=int, help="recurrent models: state size")
+    sizes.add_argument("--filters", type=int, nargs="+", help="CNNs: filters per convolution")
+    spec = p.add_argument_group("AutoSpec options")
+    spec.add_argument("--kinds", nargs="+", choices=["grad", "act", "delta"])
+    spec.add_argument("--top-k", type=int)
+    spec.add_argument("--every-n-steps", type=int)
+    figures_options(p)
+    test_options(p)
+    p.set_defaults(function=run_command)
+
     return parser
 
 

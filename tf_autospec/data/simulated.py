@@ -101,7 +101,7 @@ def simulated_fmri(n_subjects=200, n_components=53, n_timepoints=150, group_name
         bold = bold[burn_in:] * rng.lognormal(0.0, 0.2, size=n_components)
         bold = bold + noise * bold.std(axis=0) * rng.normal(size=bold.shape)
         x[subject] = (bold - bold.mean(axis=0)) / bold.std(axis=0)
-    info = dict(dataset="simulated_fmri", n_components=n_components, n_timepoints=n_timepoints,
+    info = dict(dataset="simulated_fmri", kind="timecourses", n_components=n_components, n_timepoints=n_timepoints,
                 effect_size=effect_size, n_domains=n_domains, within=within, noise=noise, seed=seed, tr=2.0)
     return GroupedData(x, labels.copy(), labels, tuple(group_names), info)
 

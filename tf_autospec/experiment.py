@@ -1,0 +1,197 @@
+"""Experiments: a reference model trained on a dataset over CV folds and seeds, one HDF5
+file per run (what ``autospec run`` does before its analysis).
+
+Example:
+    >>> paths = run_experiment(Experiment(dataset="simulated_fmri", model="mlp", folds=5, seeds=2),
+    ...                        output="autospec_run")
+"""
+
+import dataclasses
+import json
+import os
+
+import numpy as np
+
+from tf_autospec import data as datasets
+
+DATASETS = ("simulated_fmri", "sinusoids", "mnist", "digits", "files")
+GROUPINGS = ("dataset", "random")
+_SEQUENCE_MODELS = ("simple_rnn", "lstm", "gru", "bilstm", "cnn1d")
+
+
+@dataclasses.dataclass
+class Experiment:
+    """What to train and how.
+
+    Attributes:
+        dataset: one of `DATASETS`.
+        model: a reference architecture (`models.ARCHITECTURES`).
+        task: ``"classification"``, ``"regression"`` or ``"autoencoding"``; default: the
+            dataset's own (classification; next-step regression for sinusoids).
+        grouping: ``"dataset"`` (the dataset's groups) or ``"random"`` (random labels with
+            as many groups: a null control).
+        folds: k of k-fold cross-validation (stratified by group); 1 trains on everything.
+        seeds: number of seeds (0, 1, ...) per fold.
+        epochs, batch_size, learning_rate: training.
+        dataset_options: keyword arguments of the dataset's loader (``n_subjects``,
+            ``effect_size``, ``data_dir``, ``data``, ``phenotype``, ``group_column``...).
+        model_options: size arguments of the architecture (``hidden``, ``units``...).
+        autospec_options: `AutoSpecModel` options (``kinds``, ``top_k``, ``every_n_steps``).
+    """
+
+    dataset: str = "simulated_fmri"
+    model: str = "mlp"
+    task: str = None
+    grouping: str = "dataset"
+    folds: int = 5
+    seeds: int = 2
+    epochs: int = 20
+    batch_size: int = 32
+    learning_rate: float = 1e-3
+    dataset_options: dict = dataclasses.field(default_factory=dict)
+    model_options: dict = dataclasses.field(default_factory=dict)
+    autospec_options: dict = dataclasses.field(default_factory=dict)
+
+
+def load_dataset(name, task=None, **options):
+    """The `GroupedData` of a dataset of `DATASETS` for a task (see `Experiment`)."""
+    if name not in DATASETS:
+        raise ValueError(f"Unknown dataset {name!r}; choose one of {DATASETS}.")
+    if name == "sinusoids":
+        options.setdefault("task", "classification" if task == "classification" else "next_step")
+    loader = {"simulated_fmri": datasets.simulated_fmri, "sinusoids": datasets.sinusoids,
+              "mnist": datasets.mnist, "digits": datasets.digits, "files": datasets.from_files}[name]
+    try:
+        return loader(**options)
+    except TypeError as error:
+        raise ValueError(f"Dataset {name!r} does not take these options {sorted(options)} ({error}).") from None
+
+
+def model_inputs(model, x, info):
+    """The dataset's inputs in the shape the architecture takes.
+
+    MLPs see ICA time courses as FNC features (`tf_autospec.data.fnc_features`); sequence
+    models see images row by row; 2D CNNs see FNC matrices as one-channel images.
+    """
+    sample = x.shape[1:]
+    if model == "mlp" and info.get("kind") in ("timecourses", "fnc"):
+        return datasets.fnc_features(x)
+    if model in _SEQUENCE_MODELS:
+        if len(sample) == 3 and sample[-1] == 1:
+            return x[..., 0]  # images as sequences of rows
+        if len(sample) != 2:
+            raise ValueError(f"Model {model!r} takes sequences [time, features]; these inputs are {sample}.")
+    if model == "cnn2d":
+        if len(sample) == 2:
+            return x[..., None]
+        if len(sample) != 3:
+            raise ValueError(f"Model 'cnn2d' takes images [height, width, channels]; these inputs are {sample}.")
+    if model == "cnn3d":
+        if len(sample) == 3:
+            return x[..., None]
+        if len(sample) != 4:
+            raise ValueError(f"Model 'cnn3d' takes volumes [x, y, z, channels]; these inputs are {sample}.")
+    return x
+
+
+def _targets(task, dataset, x, model):
+    """Targets, the head's output count and whether the head predicts every time step."""
+    if task == "autoencoding":
+        return x, 0, False
+    y = dataset.y
+    if task == "classification":
+        if not np.issubdtype(y.dtype, np.integer) or y.ndim != 1:
+            raise ValueError(f"The {dataset.info['dataset']} targets are not class labels; use task regression.")
+        return y, int(y.max()) + 1, False
+    y = y.astype(np.float32)
+    if y.ndim == 1:
+        return y[:, None], 1, False
+    if model in _SEQUENCE_MODELS[:-1] and y.ndim == 3:
+        return y, y.shape[-1], True
+    flat = y.reshape(len(y), -1)
+    return flat, flat.shape[1], False
+
+
+def stratified_folds(labels, folds, seed=0):
+    """Fold index of each sample: every group's samples spread evenly over the folds."""
+    fold = np.empty(len(labels), dtype=np.int32)
+    rng = np.random.default_rng(seed)
+    for value in np.unique(labels):
+        members = rng.permutation(np.flatnonzero(labels == value))
+        fold[members] = np.arange(len(members)) % folds
+    return fold
+
+
+def _default_task(dataset):
+    return "regression" if dataset == "sinusoids" else "classification"
+
+
+def _json_safe(info):
+    return {k: v for k, v in info.items() if k != "subjects" and isinstance(v, (str, int, float, bool, list))}
+
+
+def run_experiment(experiment, output, overwrite=False, verbose=1, progress=None):
+    """Train every fold × seed of an experiment, one HDF5 file per run.
+
+    Args:
+        experiment: an `Experiment`.
+        output: folder; run files go to ``output/runs/fold{f}_seed{s}.h5``.
+        overwrite: replace run files from an earlier experiment in the same folder.
+        verbose: Keras ``fit`` verbosity for each run.
+        progress: called as ``progress(done, total)`` after each run.
+
+    Returns:
+        The paths of the run files.
+    """
+    import keras
+
+    import models
+    import tf_autospec as ts
+
+    if experiment.grouping not in GROUPINGS:
+        raise ValueError(f"grouping must be one of {GROUPINGS}; received {experiment.grouping!r}.")
+    if experiment.folds < 1 or experiment.seeds < 1:
+        raise ValueError(f"folds and seeds must be at least 1; received {experiment.folds} and {experiment.seeds}.")
+    run_folder = os.path.join(output, "runs")
+    if os.path.isdir(run_folder) and any(p.endswith(".h5") for p in os.listdir(run_folder)) and not overwrite:
+        raise FileExistsError(f"{run_folder} already holds runs; choose another output folder or pass "
+                              "overwrite=True (--overwrite) to replace them.")
+    os.makedirs(run_folder, exist_ok=True)
+    task = experiment.task or _default_task(experiment.dataset)
+    dataset = load_dataset(experiment.dataset, task=task, **experiment.dataset_options)
+    labels, group_names = dataset.labels, dataset.group_names
+    if experiment.grouping == "random":
+        group_names = tuple(f"R{i + 1}" for i in range(len(group_names)))
+        labels = datasets.random_groups(len(labels), group_names, seed=12345)
+    x = model_inputs(experiment.model, dataset.x, dataset.info)
+    y, outputs, per_step = _targets(task, dataset, x, experiment.model)
+    if per_step:
+        experiment.model_options.setdefault("per_step", True)
+    fold_of = stratified_folds(labels, experiment.folds) if experiment.folds > 1 else np.full(len(x), -1)
+    runs = [(fold, seed) for fold in range(experiment.folds) for seed in range(experiment.seeds)]
+    paths = []
+    for done, (fold, seed) in enumerate(runs):
+        train, held_out = fold_of != fold, fold_of == fold
+        keras.backend.clear_session()  # the same layer names in every run, so the runs can be compared
+        keras.utils.set_random_seed(seed)
+        model = models.build(experiment.model, group_names, x.shape[1:], task=task, outputs=outputs,
+                             optimizer=keras.optimizers.Adam(experiment.learning_rate),
+                             options=experiment.autospec_options, **experiment.model_options)
+        path = os.path.join(run_folder, f"fold{fold}_seed{seed}.h5")
+        metadata = dict(dataset=experiment.dataset, model=experiment.model, task=task,
+                        grouping=experiment.grouping, fold=fold, folds=experiment.folds, seed=seed,
+                        epochs=experiment.epochs, batch_size=experiment.batch_size,
+                        data=json.dumps(_json_safe(dataset.info)))
+        if verbose:
+            print(f"\nRun {done + 1}/{len(runs)}: {experiment.model} on {experiment.dataset}, "
+                  f"fold {fold + 1}/{experiment.folds}, seed {seed}")
+        validation = None
+        if held_out.any():
+            validation = ({"x": x[held_out], "group": labels[held_out]}, y[held_out])
+        model.fit(x[train], y[train], groups=labels[train], epochs=experiment.epochs,
+                  batch_size=experiment.batch_size, validation_data=validation, verbose=verbose,
+                  callbacks=[ts.AutoSpecCallback(path, metadata=metadata, overwrite=True)])
+        paths.append(path)
+        if progress:
+            progress(done + 1, len(runs))
+    return paths
