@@ -21,6 +21,7 @@ import glob
 import os
 import re
 import warnings
+import zipfile
 
 import numpy as np
 
@@ -89,7 +90,9 @@ def _read_arrays(path):
                             "or a folder / glob pattern of NIfTI time-course files.")
     try:
         return readers[extension](path)
-    except OSError as error:
+    except DataFileError:
+        raise
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
         raise DataFileError(f"{path} cannot be read ({error}); is it a complete {extension} file?") from None
 
 
@@ -259,9 +262,10 @@ def from_files(data, phenotype, group_column, subject_column=None, variable=None
             non-finite data.
     """
     data = os.fspath(data)
-    is_array_file = os.path.splitext(data)[1].lower() in (".npz", ".h5", ".hdf5", ".mat")
-    if is_array_file and not os.path.exists(data):
+    is_nifti = data.lower().endswith((".nii", ".nii.gz")) or os.path.isdir(data) or glob.has_magic(data)
+    if not is_nifti and not os.path.exists(data):
         raise DataFileError(f"Data file {data} does not exist.")
+    is_array_file = not is_nifti
     x, ids, source = _from_array_file(data, variable) if is_array_file else _from_nifti(data, subject_pattern)
     if x.ndim not in (2, 3) or len(x) == 0:
         raise DataFileError(f"{data}: the data has shape {x.shape}; expected [subjects, features], "
