@@ -122,6 +122,18 @@ def stratified_folds(labels, folds, seed=0):
     return fold
 
 
+def _batches(x, y, labels, batch_size, seed):
+    """Shuffled full batches. A partial last batch is dropped: the loss is a batch mean, so
+    its few samples would weigh batch_size / remainder times more than in the other steps."""
+    import tensorflow as tf
+
+    if len(x) < batch_size:
+        raise ValueError(f"The training set has {len(x)} samples, fewer than one batch of {batch_size}; "
+                         "lower the batch size.")
+    dataset = tf.data.Dataset.from_tensor_slices(({"x": x, "group": labels}, y))
+    return dataset.shuffle(len(x), seed=seed, reshuffle_each_iteration=True).batch(batch_size, drop_remainder=True)
+
+
 def _default_task(dataset):
     return "regression" if dataset == "sinusoids" else "classification"
 
@@ -188,8 +200,8 @@ def run_experiment(experiment, output, overwrite=False, verbose=1, progress=None
         validation = None
         if held_out.any():
             validation = ({"x": x[held_out], "group": labels[held_out]}, y[held_out])
-        model.fit(x[train], y[train], groups=labels[train], epochs=experiment.epochs,
-                  batch_size=experiment.batch_size, validation_data=validation, verbose=verbose,
+        model.fit(_batches(x[train], y[train], labels[train], experiment.batch_size, seed), epochs=experiment.epochs,
+                  shuffle=False, validation_data=validation, verbose=verbose,
                   callbacks=[ts.AutoSpecCallback(path, metadata=metadata, overwrite=True)])
         paths.append(path)
         if progress:

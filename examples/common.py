@@ -1,0 +1,44 @@
+"""What every example does after training: figures and group tests from its HDF5 runs."""
+
+import argparse
+import os
+
+import tf_autospec as ts
+from tf_autospec import plot, stats
+
+
+def arguments(description, **defaults):
+    """Command-line options shared by the examples (small defaults; raise them for paper scale)."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--epochs", type=int, default=defaults.get("epochs", 5))
+    parser.add_argument("--seeds", type=int, default=defaults.get("seeds", 3), help="runs per model")
+    parser.add_argument("--n", type=int, default=defaults.get("n"), help="samples / subjects / sequences")
+    parser.add_argument("--output", default=defaults["output"], help="folder for HDF5 runs and figures")
+    parser.add_argument("--overwrite", action="store_true", help="replace earlier runs in --output")
+    return parser
+
+
+def analyse(paths, output, group_a, group_b, title):
+    """Overview figure, per-layer panels, Welch/permutation tests and difference heat maps.
+
+    Args:
+        paths: HDF5 runs of one model (seeds or folds).
+        output: folder for the figures and ``tests.csv``.
+        group_a, group_b: the two groups to test.
+        title: name used in the file names.
+
+    Returns:
+        The test rows of `tf_autospec.stats.across_runs`.
+    """
+    runs = [ts.load(p) for p in paths]
+    os.makedirs(output, exist_ok=True)
+    print(plot.save(plot.overview(runs), os.path.join(output, f"{title}_overview.png")))
+    rows = stats.across_runs(runs, group_a, group_b, summaries=["spectral_norm", "effective_rank"])
+    stats.write_csv(rows, os.path.join(output, f"{title}_tests.csv"))
+    for layer in runs[0].layers:
+        name = layer.replace("/", "_")
+        print(plot.save(plot.difference_heatmap(runs, layer, group_a, group_b, kind="grad", max_index=5),
+                        os.path.join(output, f"{title}_{name}_grad_difference.png")))
+    significant = sum(r["significant"] for r in rows)
+    print(f"{title}: {group_a} vs {group_b}, {len(rows)} tests, {significant} significant at FDR 0.05")
+    return rows
