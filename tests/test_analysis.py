@@ -128,6 +128,14 @@ def test_figures_have_labels_legends_and_save_in_three_formats(tmp_path):
     assert [t.get_text() for t in ax.get_legend().get_texts()] == ["HC", "SZ"]
     heat = plot.difference_heatmap(runs, "layer0/kernel", "HC", "SZ", max_index=3)
     assert heat.axes[0].get_ylabel() == "singular value index" and len(heat.axes[0].lines) >= 1  # dots
+    # A table from `autospec compare` tests σ_1 as spectral_norm: the heat map's first row comes from it.
+    from tf_autospec import stats
+
+    rows = stats.across_runs(runs, "HC", "SZ", layers=["layer0/kernel"], kinds=["grad"],
+                             summaries=["spectral_norm", "sigma_2", "sigma_3"], permutations=50)
+    grid = plot.difference_heatmap(runs, "layer0/kernel", "HC", "SZ", max_index=3, rows=rows).axes[0].images[0]
+    expected = [r["hedges_g"] for r in rows if r["summary"] == "spectral_norm"]
+    np.testing.assert_allclose(np.asarray(grid.get_array())[0], expected)
     for extension in ("png", "pdf", "svg"):
         path = tmp_path / f"o.{extension}"
         plot.save(plot.overview(runs), path)

@@ -136,12 +136,16 @@ def difference_heatmap(runs, layer, group_a, group_b, kind="grad", max_index=10,
     if rows is None:
         rows = stats.across_runs(runs, group_a, group_b, layers=[layer], kinds=[kind], summaries=names,
                                  normalize=normalize, alpha=alpha)
-    rows = [r for r in rows if r["layer"] == layer and r["kind"] == kind and r["summary"] in names]
+    # σ_1 is the spectral norm: precomputed tables test it under that name only.
+    index_of = {name: i for i, name in enumerate(names)}
+    if not any(r["summary"] == "sigma_1" for r in rows):
+        index_of["spectral_norm"] = 0
+    rows = [r for r in rows if r["layer"] == layer and r["kind"] == kind and r["summary"] in index_of]
     epochs = sorted({r["epoch"] for r in rows})
     grid = np.full((width, len(epochs)), np.nan)
     marks = []
     for r in rows:
-        i, j = names.index(r["summary"]), epochs.index(r["epoch"])
+        i, j = index_of[r["summary"]], epochs.index(r["epoch"])
         grid[i, j] = r["hedges_g"]
         if r["significant"]:
             marks.append((j, i))
