@@ -12,6 +12,7 @@ Usage:
 """
 
 import argparse
+import functools
 import json
 import os
 import platform
@@ -36,26 +37,27 @@ import models  # noqa: E402
 ARCHITECTURES = {
     "mlp": (models.mlp_outputs, (28, 28, 1)),
     "cnn": (models.cnn2d_outputs, (28, 28, 1)),
+    "lstm": (functools.partial(models.recurrent_outputs, cell="lstm", units=128, outputs=10), (50, 32)),
 }
 
 
 class PaperRouteModel(ts.AutoSpecModel):
     """The paper's way: every G_g formed and fully decomposed with an SVD, per group."""
 
-    def _kernel_spectra(self, kernel, kernel_calls, kernel_deltas, grouping):
+    def _kernel_spectra(self, kernel, kernel_calls, kernel_deltas, grouping, kinds):
         layer, capture = kernel.layer, kernel.capture
         a = tf.concat([capture.input_rows(layer, i) for i, _ in kernel_calls], axis=1)
         d = tf.concat([capture.output_rows(layer, g) for g in kernel_deltas], axis=1)
-        out = {kind: [] for kind in self.autospec_kinds}
+        out = {kind: [] for kind in kinds}
         for g in range(len(self.groups)):
             member = tf.cast(grouping.one_hot[:, g], a.dtype)[:, None, None]
             a_g = tf.reshape(a * member, [-1, kernel.fan_in])
             d_g = tf.reshape(d * member, [-1, kernel.fan_out])
             matrices = {"grad": tf.matmul(a_g, d_g, transpose_a=True), "act": a_g, "delta": d_g}
-            for kind in self.autospec_kinds:
+            for kind in kinds:
                 values = tf.linalg.svd(matrices[kind], compute_uv=False)[: kernel.widths[kind]]
                 out[kind].append(tf.pad(values, [[0, kernel.widths[kind] - tf.shape(values)[0]]]))
-        return {kind: tf.stack(v) for kind, v in out.items()}, tf.constant(True)
+        return {kind: tf.stack(v) for kind, v in out.items()}, tf.fill([len(self.groups)], True)
 
 
 class TimedCallback(ts.AutoSpecCallback):

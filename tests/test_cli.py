@@ -87,8 +87,14 @@ def test_errors_are_clear(runs, tmp_path):
         cli.main(["compare", runs[0], runs[1], "--groups", "HC", "XX", "-o", str(tmp_path)])
 
 
-@pytest.mark.parametrize("verb", ["info", "plot", "compare", "report"])
-def test_every_verb_has_help(verb):
-    result = subprocess.run([sys.executable, "-m", "tf_autospec.cli", verb, "--help"], capture_output=True,
+@pytest.mark.parametrize("verb", ["run", "info", "plot", "compare", "report"])
+def test_every_verb_has_help(verb, capsys):
+    with pytest.raises(SystemExit) as exit_status:
+        cli.main([verb, "--help"])
+    assert exit_status.value.code == 0 and f"usage: autospec {verb}" in capsys.readouterr().out
+
+
+def test_the_console_entry_point_runs():
+    result = subprocess.run([sys.executable, "-m", "tf_autospec.cli", "--help"], capture_output=True,
                             text=True, timeout=120)
-    assert result.returncode == 0 and "usage: autospec" in result.stdout
+    assert result.returncode == 0 and "usage: autospec" in result.stdout and "run" in result.stdout

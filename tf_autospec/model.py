@@ -13,7 +13,7 @@ from keras.src.trainers.data_adapters import data_adapter_utils
 
 from tf_autospec import groups as groups_module
 from tf_autospec import spectra, tracking
-from tf_autospec.capture import Recording
+from tf_autospec.capture import Recording, capture_for
 from tf_autospec.results import StepSpectra
 
 
@@ -283,8 +283,9 @@ class AutoSpecModel(keras.Model):
         recording = Recording(tape)
         undo = []
         try:
-            for kernel in self._spectra_state.kernels:
-                undo.append(kernel.capture.intercept(kernel.layer, recording.record))
+            layers = {id(k.layer): k.layer for k in self._spectra_state.kernels}  # one interception per layer
+            for layer in layers.values():
+                undo.append(capture_for(layer).intercept(layer, recording))
             yield recording
         finally:
             for restore in undo:
@@ -312,7 +313,7 @@ class AutoSpecModel(keras.Model):
 
         trainable_weights = self.trainable_weights
         if trainable_weights:
-            calls = [recording.calls_of(k.layer) for k in self._spectra_state.kernels]
+            calls = [recording.calls_of(k.layer, k.name) for k in self._spectra_state.kernels]
             products = [product for kernel_calls in calls for _, product in kernel_calls]
             gradients = tape.gradient(loss, trainable_weights + products)
             weight_gradients = gradients[: len(trainable_weights)]
@@ -337,11 +338,19 @@ class AutoSpecModel(keras.Model):
         grouping = spectra.SampleGrouping(labels, len(self.groups), self.jit_compile)
 
         def record():
-            results, finite = {}, []
+            results, finite, delta_spectra = {}, [], {}
             for kernel, kernel_calls, kernel_deltas in zip(state.kernels, calls, deltas):
+                # Kernels fed by the same products (an LSTM's two kernels) share σ(Δ).
+                products = (tuple(id(p) for _, p in kernel_calls), kernel.widths.get("delta"))
+                shared = delta_spectra.get(products) if kernel_calls else None
+                kinds = tuple(k for k in self.autospec_kinds if not (k == "delta" and shared is not None))
                 kernel_results, kernel_finite = self._kernel_spectra(
-                    kernel, kernel_calls, kernel_deltas, grouping
+                    kernel, kernel_calls, kernel_deltas, grouping, kinds
                 )
+                if shared is not None:
+                    kernel_results["delta"] = tf.where(kernel_finite[:, None], shared, float("nan"))
+                elif "delta" in kinds:
+                    delta_spectra[products] = kernel_results["delta"]
                 finite.append(tf.reduce_all(kernel_finite))
                 for kind, values in kernel_results.items():
                     results[(kernel.path, kind)] = values
@@ -356,11 +365,11 @@ class AutoSpecModel(keras.Model):
             tf.cond(due, record, lambda: tf.constant(False))
         state.assign_header(due, step, grouping.counts)
 
-    def _kernel_spectra(self, kernel, kernel_calls, kernel_deltas, grouping):
+    def _kernel_spectra(self, kernel, kernel_calls, kernel_deltas, grouping, kinds):
         groups = len(self.groups)
         if not kernel_calls:
             nothing = {k: tf.fill([groups, w], float("nan")) for k, w in kernel.widths.items()}
-            return nothing, tf.constant(True)
+            return nothing, tf.fill([groups], True)
         layer, capture = kernel.layer, kernel.capture
 
         def grouped_rows(tensors, rows, fill):
@@ -388,9 +397,7 @@ class AutoSpecModel(keras.Model):
         rows_hint = None
         if batch is not None and not tf.is_tensor(rows_per_sample):
             rows_hint = batch * rows_per_sample  # rows of the whole batch: a bound of R
-        return spectra.group_spectra(
-            a, delta, rows_per_sample, grouping.counts, self.autospec_kinds, kernel.widths, rows_hint
-        )
+        return spectra.group_spectra(a, delta, rows_per_sample, grouping.counts, kinds, kernel.widths, rows_hint)
 
     # ---------------------------------------------------------------- results
 

@@ -241,6 +241,8 @@ def group_spectra(a, delta, rows_per_sample, counts, kinds, widths, rows_hint=No
         ``[G]``, False for the latter. Non-finite rows never reach an eigen-solver.
     """
     finite = a.finite_groups() & delta.finite_groups()
+    if not kinds:
+        return {}, finite
     a, delta = a.zeroed(finite), delta.zeroed(finite)
     rows = a.num_rows
     if tf.is_tensor(rows) and rows_hint is not None:

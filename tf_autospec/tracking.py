@@ -19,7 +19,8 @@ class TrackedKernel:
     Attributes:
         path: the kernel variable's Keras path, e.g. ``"dense_1/kernel"``.
         layer: the layer that owns it.
-        capture: the layer family's `capture.LayerCapture`.
+        name: which of the layer's kernels (``"kernel"``, ``"recurrent_kernel"``).
+        capture: the `capture.LayerCapture` that reads this kernel's factors.
         fan_in: rows of the kernel read as a matrix.
         fan_out: columns of the kernel read as a matrix.
         widths: kind -> number of singular values stored per group and step.
@@ -27,6 +28,7 @@ class TrackedKernel:
 
     path: str
     layer: keras.layers.Layer
+    name: str
     capture: capture.LayerCapture
     fan_in: int
     fan_out: int
@@ -106,18 +108,19 @@ def find_tracked_kernels(model, layers, kinds, top_k):
         if id(layer) in seen:  # a layer shared by several sub-models
             continue
         seen.add(id(layer))
-        kernel = layer_capture.kernel(layer)
-        fan_in, fan_out = layer_capture.matrix_shape(layer)
-        found.append(
-            TrackedKernel(
-                path=kernel.path,
-                layer=layer,
-                capture=layer_capture,
-                fan_in=int(fan_in),
-                fan_out=int(fan_out),
-                widths=spectrum_widths(int(fan_in), int(fan_out), kinds, top_k),
+        for name, kernel_capture in layer_capture.kernels(layer):
+            fan_in, fan_out = kernel_capture.matrix_shape(layer)
+            found.append(
+                TrackedKernel(
+                    path=kernel_capture.kernel(layer).path,
+                    layer=layer,
+                    name=name,
+                    capture=kernel_capture,
+                    fan_in=int(fan_in),
+                    fan_out=int(fan_out),
+                    widths=spectrum_widths(int(fan_in), int(fan_out), kinds, top_k),
+                )
             )
-        )
     paths = [k.path for k in found]
     repeated = sorted({p for p in paths if paths.count(p) > 1})
     if repeated:

@@ -49,6 +49,6 @@ def registered_classes():
     return list(_REGISTRY)
 
 
-from tf_autospec.capture import conv, dense, einsum_dense, embedding  # noqa: E402,F401
+from tf_autospec.capture import conv, dense, einsum_dense, embedding, recurrent  # noqa: E402,F401
 
 __all__ = ["LayerCapture", "Recording", "register", "capture_for", "registered_classes"]

@@ -20,6 +20,11 @@ class LayerCapture:
 
     kernel_attribute = "kernel"
 
+    def kernels(self, layer):
+        """``[(name, capture), ...]``: each tracked kernel of the layer and the capture that
+        reads its factors. Most families have one kernel, read by the family's capture."""
+        return [(self.kernel_attribute, self)]
+
     def kernel(self, layer):
         """The kernel variable (the stored one, not a LoRA-merged view)."""
         stored = getattr(layer, "_" + self.kernel_attribute, None)
@@ -49,8 +54,8 @@ class LayerCapture:
         """The value of an empty input row after grouping."""
         return 0
 
-    def intercept(self, layer, record):
-        """Installs wrappers that call ``record(layer, inputs, product)``; returns an undo."""
+    def intercept(self, layer, recording):
+        """Installs wrappers that give each product to ``recording``; returns an undo."""
         original_call = layer.call
         original_activation = layer.activation
         pending_inputs = []
@@ -65,21 +70,33 @@ class LayerCapture:
 
         def activation(product):
             if pending_inputs:
-                product = record(layer, pending_inputs[-1], product)
+                product = recording.record(layer, pending_inputs[-1], product, self.kernel_attribute)
             return original_activation(product)
 
-        had_own_call = "call" in layer.__dict__
-        object.__setattr__(layer, "call", call)
-        object.__setattr__(layer, "activation", activation)
+        undo_call = replace_attribute(layer, "call", call)
+        undo_activation = replace_attribute(layer, "activation", activation)
 
         def undo():
-            if had_own_call:
-                object.__setattr__(layer, "call", original_call)
-            else:
-                del layer.__dict__["call"]
-            object.__setattr__(layer, "activation", original_activation)
+            undo_call()
+            undo_activation()
 
         return undo
+
+
+def replace_attribute(layer, name, replacement):
+    """Sets ``layer.<name>`` on the instance, bypassing Keras's attribute tracking, and
+    returns the function that restores what was there (the class's or the instance's)."""
+    had_own = name in layer.__dict__
+    original = layer.__dict__.get(name)
+    object.__setattr__(layer, name, replacement)
+
+    def undo():
+        if had_own:
+            object.__setattr__(layer, name, original)
+        else:
+            del layer.__dict__[name]
+
+    return undo
 
 
 class Recording:
@@ -94,11 +111,20 @@ class Recording:
         self.tape = tape
         self.calls = {}
 
-    def record(self, layer, inputs, product):
-        self.tape.watch(product)
-        self.calls.setdefault(id(layer), []).append((inputs, product))
+    def record(self, layer, inputs, product, kernel="kernel"):
+        """Watches ``product`` and files it with its layer input under the layer's kernel."""
+        self.add(layer, inputs, self.watch(product), kernel)
         return product
 
-    def calls_of(self, layer):
-        """``[(inputs, product), ...]`` for each call of ``layer`` in this pass."""
-        return self.calls.get(id(layer), [])
+    def watch(self, product):
+        """Watches a product before it is used (its inputs may be known only later)."""
+        self.tape.watch(product)
+        return product
+
+    def add(self, layer, inputs, product, kernel="kernel"):
+        """Files a watched product with its factor input rows."""
+        self.calls.setdefault((id(layer), kernel), []).append((inputs, product))
+
+    def calls_of(self, layer, kernel="kernel"):
+        """``[(inputs, product), ...]`` for each use of the layer's ``kernel`` in this pass."""
+        return self.calls.get((id(layer), kernel), [])

@@ -7,6 +7,7 @@ import tensorflow as tf
 
 from tf_autospec import spectra
 from tf_autospec.capture import LayerCapture, register
+from tf_autospec.capture.base import replace_attribute
 
 
 @register(keras.layers.Embedding)
@@ -33,14 +34,14 @@ class EmbeddingCapture(LayerCapture):
     def fill_value(self):
         return -1
 
-    def intercept(self, layer, record):
+    def intercept(self, layer, recording):
         original_call = layer.call
 
         @functools.wraps(original_call)
         def call(*args, **kwargs):
             inputs = args[0] if args else kwargs["inputs"]
             # int32 ids, so that -1 can mark the empty rows of a group.
-            return record(layer, tf.cast(inputs, tf.int32), original_call(*args, **kwargs))
+            product = original_call(*args, **kwargs)
+            return recording.record(layer, tf.cast(inputs, tf.int32), product, self.kernel_attribute)
 
-        object.__setattr__(layer, "call", call)
-        return lambda: layer.__dict__.pop("call")
+        return replace_attribute(layer, "call", call)
