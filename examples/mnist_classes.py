@@ -23,13 +23,13 @@ def main():
     args = parser.parse_args()
     try:
         data.mnist(data_dir=args.data_dir, n_samples=10)
-        dataset, options, padding = "mnist", dict(data_dir=args.data_dir, n_samples=args.n), "valid"
+        dataset, options = "mnist", dict(data_dir=args.data_dir, n_samples=args.n)
     except data.DatasetUnavailableError as error:
         print(f"{error}\n-> Using scikit-learn's digits instead (8×8 images, 1,797 samples).")
-        dataset, options, padding = "digits", dict(n_samples=min(args.n, 1797)), "same"
-    for model, sizes in (("mlp", {}), ("cnn2d", dict(padding=padding))):
+        dataset, options = "digits", dict(n_samples=min(args.n, 1797))
+    for model in ("mlp", "cnn2d"):
         experiment = Experiment(dataset=dataset, model=model, folds=1, seeds=args.seeds, epochs=args.epochs,
-                                batch_size=128, dataset_options=dict(options, groups=4), model_options=sizes)
+                                batch_size=128, dataset_options=dict(options, groups=4))
         paths = run_experiment(experiment, os.path.join(args.output, model), overwrite=args.overwrite, verbose=2)
         analyse(paths, args.output, "0", "1", f"{dataset}_{model}")
 

@@ -53,7 +53,10 @@ def build(name, groups, input_shape, task="classification", outputs=2, optimizer
     if name not in ARCHITECTURES:
         raise ValueError(f"Unknown architecture {name!r}; choose one of {sorted(ARCHITECTURES)}.")
     inputs = keras.Input(tuple(input_shape))
-    outputs_tensor = ARCHITECTURES[name](inputs, task=task, outputs=outputs, **sizes)
+    try:
+        outputs_tensor = ARCHITECTURES[name](inputs, task=task, outputs=outputs, **sizes)
+    except TypeError as error:
+        raise ValueError(f"Architecture {name!r} does not take the sizes {sorted(sizes)} ({error}).") from None
     model = ts.AutoSpecModel(inputs=inputs, outputs=outputs_tensor, groups=list(groups), **(options or {}))
     model.compile(optimizer=optimizer, **compile_options(task))
     return model

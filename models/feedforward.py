@@ -14,9 +14,12 @@ def mlp_outputs(inputs, task="classification", outputs=10, hidden=(512, 256)):
     return head(h, task, outputs, inputs.shape[1:])
 
 
-def cnn2d_outputs(inputs, task="classification", outputs=10, filters=(32, 64), dense=128, padding="valid"):
+def cnn2d_outputs(inputs, task="classification", outputs=10, filters=(32, 64), dense=128, padding=None):
     """Conv 32 → pool → Conv 64 → pool → Dense 128 → head (3×3 kernels; MNIST size).
-    Use ``padding="same"`` for small images such as the 8×8 digits."""
+    ``padding``: ``"valid"`` for images of at least 16 × 16 pixels (MNIST), ``"same"`` for
+    smaller ones such as the 8×8 digits, unless given."""
+    if padding is None:
+        padding = "valid" if min(inputs.shape[1:3]) >= 16 else "same"
     h = inputs
     for count in filters:
         h = keras.layers.Conv2D(count, 3, activation="relu", padding=padding)(h)

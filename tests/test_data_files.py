@@ -148,6 +148,8 @@ def test_missing_group_values_are_left_out_with_a_warning(tmp_path):
     ("extension", "unsupported file type '.txt'"),
     ("absent", "does not exist"),
     ("corrupt", "cannot be read"),
+    ("duplicate", r"holds subjects \['2'\] more than once"),
+    ("bins", "bins must be at least 2"),
 ])
 def test_bad_files_get_clear_errors(tmp_path, case, match):
     courses, ids, rows = _subjects()
@@ -168,6 +170,8 @@ def test_bad_files_get_clear_errors(tmp_path, case, match):
     elif case == "row_count":
         arrays.pop("subjects")
         phenotype_rows = rows[:-1]
+    elif case == "duplicate":
+        arrays["subjects"] = np.array(ids[:1] + ["002"] + ids[2:5] + ["2"] + ids[6:])
     np.savez(path, **arrays)
     if case == "extension":
         path = tmp_path / "tc.txt"
@@ -177,7 +181,17 @@ def test_bad_files_get_clear_errors(tmp_path, case, match):
     elif case == "corrupt":
         path.write_bytes(path.read_bytes()[:100])
     with pytest.raises(data.DataFileError, match=match):
-        data.from_files(path, _phenotype(tmp_path / "p.csv", phenotype_rows), column, group_names=names)
+        data.from_files(path, _phenotype(tmp_path / "p.csv", phenotype_rows), column, group_names=names,
+                        bins=1 if case == "bins" else 2)
+
+
+def test_bids_ids_and_a_coded_categorical_target(tmp_path):
+    courses, ids, rows = _subjects()
+    np.savez(tmp_path / "tc.npz", tc=courses, subjects=np.array([f"sub{i}" for i in ids]))
+    coded = [(f"sub-{i}", d, "1" if s == "F" else "0", a) for i, d, s, a in rows]
+    loaded = data.from_files(tmp_path / "tc.npz", _phenotype(tmp_path / "p.csv", coded), "diagnosis", target="sex")
+    assert loaded.y.dtype == np.int32 and loaded.info["target_names"] == ["0", "1"]
+    np.testing.assert_array_equal(loaded.y, np.arange(12) % 2)
 
 
 def test_fnc_features_are_fisher_z_correlations():

@@ -57,14 +57,15 @@ def _run(tmp_path, *arguments):
 
 
 def test_autospec_run_writes_one_file_per_fold_and_seed_and_the_analysis(tmp_path, capsys):
-    _run(tmp_path, "--dataset", "digits", "--classes", "2", "--n", "240", "--model", "mlp", "--hidden", "16",
+    _run(tmp_path, "--dataset", "digits", "--classes", "2", "--n", "240", "--model", "cnn2d", "--filters", "2", "4",
          "--folds", "2", "--seeds", "2", "--epochs", "2", "--indices", "2")
     names = sorted(os.listdir(tmp_path / "runs"))
     assert names == ["fold0_seed0.h5", "fold0_seed1.h5", "fold1_seed0.h5", "fold1_seed1.h5"]
     runs = [load(tmp_path / "runs" / name) for name in names]
     assert all(r.layers == runs[0].layers and r.groups == ("0", "1") for r in runs)
     meta = runs[3].metadata
-    assert (meta["fold"], meta["seed"], meta["folds"], meta["model"], meta["dataset"]) == (1, 1, 2, "mlp", "digits")
+    assert (meta["fold"], meta["seed"], meta["folds"], meta["model"], meta["dataset"]) == (1, 1, 2, "cnn2d", "digits")
+    assert json.loads(meta["model_options"]) == {"filters": [2, 4]} and meta["learning_rate"] == 1e-3
     assert json.loads(meta["data"])["group_classes"] == ["0", "1"]
     # 240 samples, two folds: each run trains on 120, 3 full batches of 32 per epoch.
     assert len(runs[0]) == 2 * 3 and set(runs[0].records["epoch"]) == {0, 1}
@@ -73,11 +74,14 @@ def test_autospec_run_writes_one_file_per_fold_and_seed_and_the_analysis(tmp_pat
     with open(tmp_path / "analysis" / "tests.csv") as f:
         rows = list(csv.DictReader(f))
     assert rows and {r["layer"] for r in rows} == set(runs[0].layers)
-    for path in ("report.html", "figures/overview.png", "analysis/overview.png", "analysis/heatmap_dense_kernel_grad.png"):
+    for path in ("report.html", "figures/overview.png", "analysis/overview.png", "analysis/heatmap_conv2d_kernel_grad.png"):
         assert (tmp_path / path).stat().st_size > 1000
     assert "runs done" in capsys.readouterr().out
     with pytest.raises(SystemExit, match="--overwrite"):
         _run(tmp_path, "--dataset", "digits", "--folds", "2", "--seeds", "1", "--epochs", "1")
+    _run(tmp_path, "--dataset", "digits", "--n", "240", "--model", "mlp", "--hidden", "4", "--folds", "1",
+         "--seeds", "1", "--epochs", "1", "--overwrite")
+    assert os.listdir(tmp_path / "runs") == ["fold0_seed0.h5"]  # the earlier experiment's runs are gone
 
 
 def test_autospec_run_on_users_files_with_random_groups(tmp_path):
@@ -91,8 +95,16 @@ def test_autospec_run_on_users_files_with_random_groups(tmp_path):
          "--grouping", "random", "--folds", "1", "--seeds", "1", "--epochs", "2", "--batch-size", "8")
     run = load(tmp_path / "out" / "runs" / "fold0_seed0.h5")
     assert run.groups == ("R1", "R2") and run.metadata["grouping"] == "random"
+    assert sorted(run.counts("R1") + run.counts("R2")) == [8, 8, 8, 8, 8, 8]  # every subject is in a group
     assert [run.kernel_info[k]["layer_class"] for k in run.layers] == ["Conv1D", "Conv1D", "Dense", "Dense"]
     assert (tmp_path / "out" / "report.html").exists()
+
+
+def test_random_grouping_keeps_group_sizes_and_ungrouped_samples():
+    labels = np.repeat([0, 1, -1], [10, 30, 20])
+    shuffled = experiment.shuffled_groups(labels, seed=3)
+    assert np.array_equal(np.bincount(shuffled[shuffled >= 0]), [10, 30])
+    assert np.array_equal(shuffled == -1, labels == -1) and not np.array_equal(shuffled, labels)
 
 
 def test_autospec_run_refuses_options_of_another_dataset(tmp_path):
@@ -100,3 +112,5 @@ def test_autospec_run_refuses_options_of_another_dataset(tmp_path):
         _run(tmp_path, "--dataset", "digits", "--effect-size", "0.2")
     with pytest.raises(SystemExit, match="--dataset files needs --data, --phenotype, --group-column"):
         _run(tmp_path, "--dataset", "files")
+    with pytest.raises(SystemExit, match="'lstm' does not take the sizes .*unexpected keyword argument 'hidden'"):
+        _run(tmp_path, "--dataset", "sinusoids", "--model", "lstm", "--hidden", "8")

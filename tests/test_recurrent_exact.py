@@ -143,6 +143,8 @@ CASES = {
     "masked_gru_sequences_backwards": lambda: [keras.layers.Masking(0.0), keras.layers.GRU(
         4, return_sequences=True, go_backwards=True, zero_output_for_mask=True), keras.layers.Flatten()],
     "stacked": lambda: [keras.layers.LSTM(5, return_sequences=True), keras.layers.SimpleRNN(3)],
+    "masked_gru_reset_before_unrolled": lambda: [keras.layers.Masking(0.0), keras.layers.GRU(
+        4, reset_after=False, unroll=True, use_bias=False)],
     "bidirectional": lambda: [keras.layers.Bidirectional(keras.layers.LSTM(3, return_sequences=True)),
                               keras.layers.Flatten()],
 }

@@ -7,6 +7,7 @@ Example:
 """
 
 import dataclasses
+import glob
 import json
 import os
 
@@ -28,8 +29,8 @@ class Experiment:
         model: a reference architecture (`models.ARCHITECTURES`).
         task: ``"classification"``, ``"regression"`` or ``"autoencoding"``; default: the
             dataset's own (classification; next-step regression for sinusoids).
-        grouping: ``"dataset"`` (the dataset's groups) or ``"random"`` (random labels with
-            as many groups: a null control).
+        grouping: ``"dataset"`` (the dataset's groups) or ``"random"`` (the same group
+            sizes with memberships shuffled: a null control).
         folds: k of k-fold cross-validation (stratified by group); 1 trains on everything.
         seeds: number of seeds (0, 1, ...) per fold.
         epochs, batch_size, learning_rate: training.
@@ -70,8 +71,9 @@ def load_dataset(name, task=None, **options):
 def model_inputs(model, x, info):
     """The dataset's inputs in the shape the architecture takes.
 
-    MLPs see ICA time courses as FNC features (`tf_autospec.data.fnc_features`); sequence
-    models see images row by row; 2D CNNs see FNC matrices as one-channel images.
+    MLPs see ICA time courses and FNC matrices as FNC features
+    (`tf_autospec.data.fnc_features`); sequence models see images row by row; 2D CNNs see
+    two-dimensional samples (FNC matrices, time × components) as one-channel images.
     """
     sample = x.shape[1:]
     if model == "mlp" and info.get("kind") in ("timecourses", "fnc"):
@@ -110,6 +112,15 @@ def _targets(task, dataset, x, model):
         return y, y.shape[-1], True
     flat = y.reshape(len(y), -1)
     return flat, flat.shape[1], False
+
+
+def shuffled_groups(labels, seed=12345):
+    """A null grouping: the same group sizes and the same samples in no group (-1), with
+    the memberships of the grouped samples shuffled."""
+    labels = np.array(labels, copy=True)
+    grouped = labels >= 0
+    labels[grouped] = np.random.default_rng(seed).permutation(labels[grouped])
+    return labels
 
 
 def stratified_folds(labels, folds, seed=0):
@@ -165,20 +176,24 @@ def run_experiment(experiment, output, overwrite=False, verbose=1, progress=None
     if experiment.folds < 1 or experiment.seeds < 1:
         raise ValueError(f"folds and seeds must be at least 1; received {experiment.folds} and {experiment.seeds}.")
     run_folder = os.path.join(output, "runs")
-    if os.path.isdir(run_folder) and any(p.endswith(".h5") for p in os.listdir(run_folder)) and not overwrite:
+    earlier = glob.glob(os.path.join(run_folder, "fold*_seed*.h5"))
+    if earlier and not overwrite:
         raise FileExistsError(f"{run_folder} already holds runs; choose another output folder or pass "
                               "overwrite=True (--overwrite) to replace them.")
+    for path in earlier:  # a smaller experiment must not leave runs of the earlier one behind
+        os.remove(path)
     os.makedirs(run_folder, exist_ok=True)
     task = experiment.task or _default_task(experiment.dataset)
     dataset = load_dataset(experiment.dataset, task=task, **experiment.dataset_options)
     labels, group_names = dataset.labels, dataset.group_names
     if experiment.grouping == "random":
         group_names = tuple(f"R{i + 1}" for i in range(len(group_names)))
-        labels = datasets.random_groups(len(labels), group_names, seed=12345)
+        labels = shuffled_groups(labels)
     x = model_inputs(experiment.model, dataset.x, dataset.info)
     y, outputs, per_step = _targets(task, dataset, x, experiment.model)
+    model_options = dict(experiment.model_options)
     if per_step:
-        experiment.model_options.setdefault("per_step", True)
+        model_options.setdefault("per_step", True)
     fold_of = stratified_folds(labels, experiment.folds) if experiment.folds > 1 else np.full(len(x), -1)
     runs = [(fold, seed) for fold in range(experiment.folds) for seed in range(experiment.seeds)]
     paths = []
@@ -188,11 +203,14 @@ def run_experiment(experiment, output, overwrite=False, verbose=1, progress=None
         keras.utils.set_random_seed(seed)
         model = models.build(experiment.model, group_names, x.shape[1:], task=task, outputs=outputs,
                              optimizer=keras.optimizers.Adam(experiment.learning_rate),
-                             options=experiment.autospec_options, **experiment.model_options)
+                             options=experiment.autospec_options, **model_options)
         path = os.path.join(run_folder, f"fold{fold}_seed{seed}.h5")
         metadata = dict(dataset=experiment.dataset, model=experiment.model, task=task,
                         grouping=experiment.grouping, fold=fold, folds=experiment.folds, seed=seed,
                         epochs=experiment.epochs, batch_size=experiment.batch_size,
+                        learning_rate=experiment.learning_rate, model_options=json.dumps(model_options),
+                        autospec_options=json.dumps(experiment.autospec_options),
+                        dataset_options=json.dumps(experiment.dataset_options, default=str),
                         data=json.dumps(_json_safe(dataset.info)))
         if verbose:
             print(f"\nRun {done + 1}/{len(runs)}: {experiment.model} on {experiment.dataset}, "

@@ -155,8 +155,17 @@ def _recorded_loop(layer, recording, sequences, initial_state, mask):
     else:
         # x_t·W and h_{t-1}·U enter the cell as one sum: their Δ is the same tensor.
         recurrent_product = loop_inputs = projected
-    last, (outputs, state_rows), states = backend.rnn(
-        _STEPS[type(layer)](layer.cell, dtype),
+    step = _STEPS[type(layer)](layer.cell, dtype)
+    units, rows_per_step = layer.cell.units, 2 if _stacked_rows(layer) else 1
+
+    def packed_step(inputs, states):
+        # One output tensor per step (Keras's unrolled loop takes no nested outputs):
+        # the new state, then the step's A rows of the recurrent kernel.
+        (h, rows), new_states = step(inputs, states)
+        return ops.concatenate([h, ops.reshape(rows, [-1, rows_per_step * units])], axis=-1), new_states
+
+    last, packed, states = backend.rnn(
+        packed_step,
         loop_inputs,
         list(initial_state) if tree.is_nested(initial_state) else [initial_state],
         go_backwards=layer.go_backwards,
@@ -166,12 +175,14 @@ def _recorded_loop(layer, recording, sequences, initial_state, mask):
         zero_output_for_mask=layer.zero_output_for_mask,
         return_all_outputs=True,
     )
+    outputs = packed[..., :units]
+    state_rows = ops.reshape(packed[..., units:], [-1, packed.shape[1] or tf.shape(packed)[1], rows_per_step, units])
     if layer.go_backwards:  # the loop's outputs run backwards in time; the probe's rows do not
         state_rows = ops.flip(state_rows, axis=1)
     if mask is not None:
         state_rows = state_rows * step_mask[..., None]
     recording.add(layer, state_rows, recurrent_product, "recurrent_kernel")
-    return last[0], outputs, states
+    return last[..., :units], outputs, states
 
 
 @register(keras.layers.SimpleRNN, keras.layers.LSTM, keras.layers.GRU)

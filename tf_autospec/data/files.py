@@ -36,10 +36,19 @@ class DataFileError(ValueError):
 
 
 def _normalize_id(value):
+    """"sub-007", "007", "7" and 7.0 name the same subject."""
     text = str(value.decode() if isinstance(value, bytes) else value).strip()
+    text = re.sub(r"^sub[-_]?", "", text)
     if re.fullmatch(r"\d+(\.0+)?", text):
-        return str(int(float(text)))  # "007", "7" and 7.0 name the same subject
+        return str(int(float(text)))
     return text
+
+
+def _check_unique(ids, where):
+    repeated = sorted({i for i in ids if ids.count(i) > 1})
+    if repeated:
+        raise DataFileError(f"{where} holds subjects {repeated[:5]} more than once (several sessions?); keep one "
+                            "entry per subject, or average them, so that no subject is in two folds.")
 
 
 def _arrays_from_npz(path):
@@ -236,7 +245,7 @@ def fnc_features(x):
 
 
 def from_files(data, phenotype, group_column, subject_column=None, variable=None, group_names=None, target=None,
-               bins=2, max_levels=10, subject_pattern=r"sub[-_]?0*([A-Za-z0-9]+?)(?=[_.-]|$)"):
+               bins=2, max_levels=10, subject_pattern=r"(?:^|[_.-])sub[-_]?(\d+|(?<=[-_])[A-Za-z0-9]+?)(?=[_.-]|$)"):
     """Load users' neuroimaging data with groups from a phenotype CSV.
 
     Args:
@@ -247,12 +256,15 @@ def from_files(data, phenotype, group_column, subject_column=None, variable=None
         subject_column: the subject ID column (default: the first column).
         variable: the array to use when the file holds several.
         group_names: the groups' order (default: sorted values); every value must be listed.
-        target: a column to predict (numeric: regression; else classification). Default: the
-            group itself, in which case subjects with no group value are left out.
+        target: a column to predict: regression for numeric columns with more than
+            ``max_levels`` values, else classification. Default: the group itself, in which
+            case subjects with no group value are left out.
         bins: for numeric group columns with more than ``max_levels`` distinct values, the
             number of quantile bins, or a list of bin edges.
         max_levels: numeric columns with at most this many distinct values are categories.
-        subject_pattern: regular expression reading the subject ID from NIfTI file names.
+        subject_pattern: regular expression whose first group is the subject ID in NIfTI
+            file names (default: the characters after a ``sub`` token, as in
+            ``study_sub001_timecourses_ica_s1_.nii``).
 
     Returns:
         `GroupedData`; ``info["kind"]`` is ``"timecourses"``, ``"fnc"`` or ``"features"``.
@@ -266,7 +278,11 @@ def from_files(data, phenotype, group_column, subject_column=None, variable=None
     if not is_nifti and not os.path.exists(data):
         raise DataFileError(f"Data file {data} does not exist.")
     is_array_file = not is_nifti
+    if not np.isscalar(bins) and len(bins) < 1 or np.isscalar(bins) and bins < 2:
+        raise DataFileError(f"bins must be at least 2 (or a list of bin edges); received {bins!r}.")
     x, ids, source = _from_array_file(data, variable) if is_array_file else _from_nifti(data, subject_pattern)
+    if ids is not None:
+        _check_unique(ids, data)
     if x.ndim not in (2, 3) or len(x) == 0:
         raise DataFileError(f"{data}: the data has shape {x.shape}; expected [subjects, features], "
                             "[subjects, time, components] or [subjects, C, C].")
@@ -296,7 +312,7 @@ def from_files(data, phenotype, group_column, subject_column=None, variable=None
         x, labels, ids = x[keep], labels[keep], [i for i, k in zip(ids, keep) if k]
         y = labels.copy()
     else:
-        y, target_names = _target([r[target] for r in rows], target)
+        y, target_names = _target([r[target] for r in rows], target, max_levels)
         info["target_names"] = target_names
     info["subjects"] = ids
     return GroupedData(x.astype(np.float32), y, labels, names, info)
@@ -308,11 +324,12 @@ def _kind(x):
     return "fnc" if x.shape[1] == x.shape[2] and np.allclose(x, np.swapaxes(x, 1, 2)) else "timecourses"
 
 
-def _target(values, column):
+def _target(values, column, max_levels):
+    """Regression targets for a numeric column with many values; class indices otherwise."""
     if any(_missing(v) for v in values):
         raise DataFileError(f"The target column {column!r} has missing values; fill them or drop those subjects.")
     numbers = _numeric(values)
-    if numbers is not None:
+    if numbers is not None and len(np.unique(numbers)) > max_levels:
         return numbers.astype(np.float32), []
-    names = sorted(set(v.strip() for v in values))
+    names = sorted(set(v.strip() for v in values), key=float if numbers is not None else str)
     return np.array([names.index(v.strip()) for v in values], dtype=np.int32), names
