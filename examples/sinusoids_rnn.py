@@ -22,7 +22,7 @@ def main():
     experiment = Experiment(dataset="sinusoids", model="simple_rnn", task="regression", folds=1, seeds=args.seeds,
                             epochs=args.epochs, batch_size=64, model_options=dict(units=32),
                             dataset_options=dict(n_sequences=args.n, differ=args.differ))
-    paths = run_experiment(experiment, os.path.join(args.output, "runs"), overwrite=args.overwrite, verbose=2)
+    paths = run_experiment(experiment, args.output, overwrite=args.overwrite, verbose=2)
     analyse(paths, args.output, "low", "high", f"sinusoids_{args.differ}_simple_rnn")
 
 

@@ -67,7 +67,8 @@ def _draw(ax, runs, layer, kind, summary, per_epoch, normalize, groups):
     ax.set_xlabel("epoch" if per_epoch else "training step")
     unit = " per sample" if normalize else ""
     ax.set_ylabel(f"{summary.replace('_', ' ')}{unit}")
-    ax.set_title(f"{layer} — {KIND_LABELS.get(kind, kind)}", fontsize=9)
+    separator = "\n" if len(layer) > 24 else " — "  # long kernel paths (recurrent cells) get their own line
+    ax.set_title(f"{layer}{separator}{KIND_LABELS.get(kind, kind)}", fontsize=9)
     ax.grid(alpha=0.3)
 
 
