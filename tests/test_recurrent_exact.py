@@ -267,3 +267,35 @@ def test_xla_compiled_recurrent_step_matches_the_eager_one(monkeypatch):
     compiled, eager = results
     for key, values in eager.spectra.items():
         np.testing.assert_allclose(compiled.spectra[key], values, rtol=1e-4, atol=1e-6, err_msg=str(key))
+
+
+def test_return_state_stateful_and_mixed_precision_match_the_stock_layer():
+    x, y = _data(seed=6)
+    for policy, stateful in (("float32", True), ("mixed_float16", False)):
+        keras.backend.clear_session()
+        keras.mixed_precision.set_global_policy(policy)
+        try:
+            keras.utils.set_random_seed(3)
+            inputs = keras.Input((T, F), batch_size=N if stateful else None)
+            lstm = keras.layers.LSTM(4, return_sequences=True, return_state=True, stateful=stateful)
+            sequence, h, c = lstm(inputs)
+            merged = keras.layers.Concatenate()([keras.layers.Flatten()(sequence), h, c])
+            outputs = keras.layers.Dense(2, dtype="float32")(merged)
+            model = ts.AutoSpecModel(inputs=inputs, outputs=outputs, groups=GROUPS)
+            plain = keras.Model(inputs, outputs)  # the same layers, called without interception
+            tolerance = 1e-5 if policy == "float32" else 2e-2
+            with tf.GradientTape(persistent=True) as tape:
+                if stateful:
+                    lstm.reset_state()
+                with _intercepted(model, tape) as recording:
+                    recorded = model(x, training=True)
+                if stateful:
+                    lstm.reset_state()
+                stock = plain(x, training=True)
+                losses = [tf.reduce_mean((tf.cast(p, tf.float32) - y) ** 2) for p in (recorded, stock)]
+            assert recording.calls_of(lstm, "recurrent_kernel")  # the interception was used
+            np.testing.assert_allclose(recorded, stock, atol=tolerance)
+            for a, b in zip(*(tape.gradient(loss, model.trainable_variables) for loss in losses)):
+                np.testing.assert_allclose(a, b, atol=tolerance)
+        finally:
+            keras.mixed_precision.set_global_policy("float32")
