@@ -81,6 +81,9 @@ def test_autospec_run_writes_one_file_per_fold_and_seed_and_the_analysis(tmp_pat
     assert "runs done" in capsys.readouterr().out
     with pytest.raises(SystemExit, match="--overwrite"):
         _run(tmp_path, "--dataset", "digits", "--folds", "2", "--seeds", "1", "--epochs", "1")
+    with pytest.raises(SystemExit, match="classes present"):  # a failing experiment deletes nothing
+        _run(tmp_path, "--dataset", "digits", "--classes", "11", "--overwrite")
+    assert sorted(os.listdir(tmp_path / "runs")) == names
     _run(tmp_path, "--dataset", "digits", "--n", "240", "--model", "mlp", "--hidden", "4", "--folds", "1",
          "--seeds", "1", "--epochs", "1", "--overwrite")
     assert os.listdir(tmp_path / "runs") == ["fold0_seed0.h5"]  # the earlier experiment's runs are gone

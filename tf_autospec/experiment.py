@@ -180,9 +180,6 @@ def run_experiment(experiment, output, overwrite=False, verbose=1, progress=None
     if earlier and not overwrite:
         raise FileExistsError(f"{run_folder} already holds runs; choose another output folder or pass "
                               "overwrite=True (--overwrite) to replace them.")
-    for path in earlier:  # a smaller experiment must not leave runs of the earlier one behind
-        os.remove(path)
-    os.makedirs(run_folder, exist_ok=True)
     task = experiment.task or _default_task(experiment.dataset)
     dataset = load_dataset(experiment.dataset, task=task, **experiment.dataset_options)
     labels, group_names = dataset.labels, dataset.group_names
@@ -196,6 +193,11 @@ def run_experiment(experiment, output, overwrite=False, verbose=1, progress=None
         model_options.setdefault("per_step", True)
     fold_of = stratified_folds(labels, experiment.folds) if experiment.folds > 1 else np.full(len(x), -1)
     runs = [(fold, seed) for fold in range(experiment.folds) for seed in range(experiment.seeds)]
+    # Only now that the data and options are known to be good: a smaller experiment must
+    # not leave runs of the earlier one behind.
+    for path in earlier:
+        os.remove(path)
+    os.makedirs(run_folder, exist_ok=True)
     paths = []
     for done, (fold, seed) in enumerate(runs):
         train, held_out = fold_of != fold, fold_of == fold
