@@ -111,7 +111,7 @@ class Recording:
         self.tape = tape
         self.calls = {}
 
-    def record(self, layer, inputs, product, kernel="kernel"):
+    def record(self, layer, inputs, product, kernel):
         """Watches ``product`` and files it with its layer input under the layer's kernel."""
         self.add(layer, inputs, self.watch(product), kernel)
         return product
@@ -121,10 +121,10 @@ class Recording:
         self.tape.watch(product)
         return product
 
-    def add(self, layer, inputs, product, kernel="kernel"):
+    def add(self, layer, inputs, product, kernel):
         """Files a watched product with its factor input rows."""
         self.calls.setdefault((id(layer), kernel), []).append((inputs, product))
 
-    def calls_of(self, layer, kernel="kernel"):
+    def calls_of(self, layer, kernel):
         """``[(inputs, product), ...]`` for each use of the layer's ``kernel`` in this pass."""
         return self.calls.get((id(layer), kernel), [])

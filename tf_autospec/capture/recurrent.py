@@ -148,7 +148,7 @@ def _recorded_loop(layer, recording, sequences, initial_state, mask):
     step_mask = None if mask is None else ops.cast(mask, dtype)[:, :, None]
     projected = ops.matmul(sequences, ops.cast(layer.cell.kernel, dtype))
     input_rows = sequences if mask is None else sequences * step_mask
-    projected = recording.record(layer, input_rows, projected, "kernel")
+    projected = recording.record(layer, input_rows, projected, _INPUT_KERNEL.kernel_attribute)
     if isinstance(layer, keras.layers.GRU):
         recurrent_product = recording.watch(tf.zeros_like(projected))  # the probe
         loop_inputs = (projected, recurrent_product)
@@ -181,7 +181,7 @@ def _recorded_loop(layer, recording, sequences, initial_state, mask):
         state_rows = ops.flip(state_rows, axis=1)
     if mask is not None:
         state_rows = state_rows * step_mask[..., None]
-    recording.add(layer, state_rows, recurrent_product, "recurrent_kernel")
+    recording.add(layer, state_rows, recurrent_product, _STATE_KERNEL.kernel_attribute)
     return last[..., :units], outputs, states
 
 
