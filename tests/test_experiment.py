@@ -78,6 +78,9 @@ def test_autospec_run_writes_one_file_per_fold_and_seed_and_the_analysis(tmp_pat
     assert rows and {r["layer"] for r in rows} == set(runs[0].layers)
     for path in ("report.html", "figures/overview.png", "analysis/overview.png", "analysis/heatmap_conv2d_kernel_grad.png"):
         assert (tmp_path / path).stat().st_size > 1000
+    page = (tmp_path / "report.html").read_text()
+    drawn = os.listdir(tmp_path / "figures") + [n for n in os.listdir(tmp_path / "analysis") if n.startswith("heatmap")]
+    assert page.count("<img") == len(drawn) and page.count("data:image/png;base64,iVBOR") == len(drawn)
     assert "runs done" in capsys.readouterr().out
     with pytest.raises(SystemExit, match="--overwrite"):
         _run(tmp_path, "--dataset", "digits", "--folds", "2", "--seeds", "1", "--epochs", "1")

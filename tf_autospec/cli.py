@@ -131,6 +131,8 @@ def _heatmaps(runs, args, group_a, group_b, rows):
 
 
 def _write_comparison(runs, args, group_a, group_b, rows):
+    """Writes tests.csv, the overview and the heat maps; returns ``[(title, png path), ...]``
+    of the heat maps."""
     from tf_autospec import plot, stats
 
     os.makedirs(args.output, exist_ok=True)
@@ -141,8 +143,11 @@ def _write_comparison(runs, args, group_a, group_b, rows):
     print(f"{len(rows)} tests, {len(significant)} significant at FDR 0.05.")
     overview = plot.overview(runs, summary=args.summaries[0], groups=[group_a, group_b])
     print(plot.save(overview, os.path.join(args.output, "overview.png")))
-    for _, name, figure in _heatmaps(runs, args, group_a, group_b, rows):
-        print(plot.save(figure, os.path.join(args.output, f"{name}.png")))
+    heatmaps = []
+    for title, name, figure in _heatmaps(runs, args, group_a, group_b, rows):
+        heatmaps.append((title, plot.save(figure, os.path.join(args.output, f"{name}.png"))))
+        print(heatmaps[-1][1])
+    return heatmaps
 
 
 def compare(args):
@@ -161,16 +166,23 @@ def _embedded(figure):
     return base64.b64encode(buffer.getvalue()).decode()
 
 
+def _embedded_file(path):
+    with open(path, "rb") as f:
+        return base64.b64encode(f.read()).decode()
+
+
 def report(args):
     runs = _load(args.runs)
     args.indices = args.indices if len(runs) > 1 else 0
     _write_report(runs, args, *_compare(runs, args))
 
 
-def _write_report(runs, args, group_a, group_b, rows):
-    sections = [(name.replace("_", " "), _embedded(figure))
-                for name, figure in _figures(runs, args.summary, args.per_epoch)]
-    sections += [(title, _embedded(figure)) for title, _, figure in _heatmaps(runs, args, group_a, group_b, rows)]
+def _write_report(runs, args, group_a, group_b, rows, sections=None):
+    """Writes the HTML page; ``sections`` (``[(title, base64 PNG), ...]``) are drawn here when not given."""
+    if sections is None:
+        sections = [(name.replace("_", " "), _embedded(figure))
+                    for name, figure in _figures(runs, args.summary, args.per_epoch)]
+        sections += [(title, _embedded(figure)) for title, _, figure in _heatmaps(runs, args, group_a, group_b, rows)]
     significant = sorted((r for r in rows if r["significant"]),
                          key=lambda r: r.get("q_value", r.get("q_welch", 1.0)))
     columns = [c for c in ("layer", "kind", "summary", "epoch", "first_step", "last_step", "mean_a", "mean_b",
@@ -251,14 +263,20 @@ def run_command(args):
     runs = _load(paths)
     args.indices = args.indices if len(runs) > 1 else 0
     group_a, group_b, rows = _compare(runs, args)
-    _write_comparison(runs, argparse.Namespace(**{**vars(args), "output": os.path.join(args.output, "analysis")}),
-                      group_a, group_b, rows)
+    heatmaps = _write_comparison(
+        runs, argparse.Namespace(**{**vars(args), "output": os.path.join(args.output, "analysis")}),
+        group_a, group_b, rows)
     figures = os.path.join(args.output, "figures")
     os.makedirs(figures, exist_ok=True)
+    sections = []
     for name, figure in _figures(runs, args.summary, args.per_epoch):
-        print(plot.save(figure, os.path.join(figures, f"{name}.png")))
+        path = plot.save(figure, os.path.join(figures, f"{name}.png"))
+        print(path)
+        sections.append((name.replace("_", " "), path))
+    # The report embeds the figures just written instead of drawing them again.
+    sections = [(title, _embedded_file(path)) for title, path in sections + heatmaps]
     _write_report(runs, argparse.Namespace(**{**vars(args), "output": os.path.join(args.output, "report.html")}),
-                  group_a, group_b, rows)
+                  group_a, group_b, rows, sections)
 
 
 def _cell(value):
