@@ -8,7 +8,6 @@ Run:
     python examples/sinusoids_rnn.py [--epochs 10] [--seeds 3] [--differ phase]
 """
 
-import os
 
 from common import analyse, arguments
 

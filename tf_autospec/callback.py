@@ -39,6 +39,14 @@ def _model_config(model):
         return json.dumps({"unavailable": f"{type(error).__name__}: {error}"})
 
 
+def _is_chief(strategy):
+    """Whether this process is the one that writes (the chief of a multi-worker cluster)."""
+    try:
+        return bool(strategy.extended.should_checkpoint)
+    except NotImplementedError:  # strategies with a single writer
+        return True
+
+
 def _float(value):
     try:
         return float(value)
@@ -102,6 +110,7 @@ class AutoSpecCallback(keras.callbacks.Callback):
         self._tensorboard = None
         self._io = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="autospec-writer")
         self._in_flight = None
+        self._writes = True
 
     # ------------------------------------------------------------ lifecycle
 
@@ -113,6 +122,11 @@ class AutoSpecCallback(keras.callbacks.Callback):
                 "AutoSpecCallback records an AutoSpecModel; this model is a "
                 f"{type(self.model).__name__}. Use tf_autospec.wrap(model, groups=...)."
             )
+        # Under a multi-worker strategy every worker holds the same global spectra; only
+        # the chief writes them, so that workers never touch one file together.
+        self._writes = _is_chief(self.model.distribute_strategy)
+        if not self._writes:
+            return
         directory = os.path.dirname(os.path.abspath(self.path))
         if not os.path.isdir(directory):
             raise store.StoreError(
@@ -176,11 +190,15 @@ class AutoSpecCallback(keras.callbacks.Callback):
             )
 
     def on_epoch_begin(self, epoch, logs=None):
+        if not self._writes:
+            return
         self._epoch = epoch
         if self._first_epoch is None:
             self._first_epoch = epoch
 
     def on_train_batch_end(self, batch, logs=None):
+        if not self._writes:
+            return
         spectra = self.model.last_spectra
         if spectra is not None:
             logs = {k: _float(v) for k, v in (logs or {}).items()}
@@ -189,6 +207,8 @@ class AutoSpecCallback(keras.callbacks.Callback):
             self._submit_pending()
 
     def on_epoch_end(self, epoch, logs=None):
+        if not self._writes:
+            return
         epoch_logs = {k: _float(v) for k, v in (logs or {}).items()}
         self._submit_pending()
         if self._writer is None:  # no step recorded yet: the epoch's logs still go in

@@ -1,6 +1,7 @@
 """`AutoSpecModel`: a `keras.Model` that records per-group gradient spectra in `fit`."""
 
 import contextlib
+import functools
 import warnings
 
 import keras
@@ -12,7 +13,7 @@ from keras.src.models.functional import Functional
 from keras.src.trainers.data_adapters import data_adapter_utils
 
 from tf_autospec import groups as groups_module
-from tf_autospec import spectra, tracking
+from tf_autospec import distributed, spectra, tracking
 from tf_autospec.capture import Recording, capture_for
 from tf_autospec.results import StepSpectra
 
@@ -36,24 +37,32 @@ class _SpectraState:
                 self.segments.append((kernel.path, kind, start, width))
                 start += num_groups * width
         self.warned_nonfinite = False
+        # Under tf.distribute every replica holds the same values; the first one's are kept.
         self.buffer = tf.Variable(
             tf.concat([[0.0, -1.0], tf.ones([num_groups + len(kernels)], tf.float64),
                        tf.fill([start - self.header_size], tf.constant(float("nan"), tf.float64))], 0),
             trainable=False,
             name="autospec_last_step",
+            aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA,
         )
 
-    def assign_header(self, recorded, step, counts):
+    def values(self, spectra, finite):
+        """The buffer after the header: ``spectra`` maps (kernel path, kind) -> ``[G, width]``,
+        ``finite`` holds a bool per kernel."""
+        flat = [tf.cast(tf.stack(finite), tf.float64)]
+        flat += [tf.reshape(tf.cast(spectra[(path, kind)], tf.float64), [-1]) for path, kind, _, _ in self.segments]
+        return tf.concat(flat, 0)
+
+    def current_values(self):
+        return self.buffer[2 + self.num_groups :]
+
+    def assign(self, recorded, step, counts, values):
+        """One write of the whole buffer: a conditional sliced write cannot be synchronised
+        across replicas."""
         header = tf.concat(
             [tf.cast([recorded], tf.float64), [tf.cast(step, tf.float64)], tf.cast(counts, tf.float64)], 0
         )
-        self.buffer[: 2 + self.num_groups].assign(header)
-
-    def assign_values(self, spectra, finite):
-        """``spectra``: dict (kernel path, kind) -> ``[G, width]``; ``finite``: bool per kernel."""
-        flat = [tf.cast(tf.stack(finite), tf.float64)]
-        flat += [tf.reshape(tf.cast(spectra[(path, kind)], tf.float64), [-1]) for path, kind, _, _ in self.segments]
-        self.buffer[2 + self.num_groups :].assign(tf.concat(flat, 0))
+        self.buffer.assign(tf.concat([header, values], 0))
 
     def read(self, groups):
         buffer = self.buffer.value().numpy()
@@ -169,6 +178,7 @@ class AutoSpecModel(keras.Model):
         self.autospec_every_n_steps = int(every_n_steps)
         self._spectra_state = None
         self._batch_size_hint = None
+        self._exchanges = {}
 
     # ----------------------------------------------------------------- inputs
 
@@ -247,7 +257,21 @@ class AutoSpecModel(keras.Model):
             sample = tree.map_structure(lambda v: v[:1], x[0][0])
         else:
             sample = tree.map_structure(lambda v: v[:1], x)
-        self(sample, training=False)
+        with self.distribute_strategy.scope():
+            self(sample, training=False)
+
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        # Keras reduces a whole distributed batch with one `strategy.reduce`, which
+        # MultiWorkerMirroredStrategy refuses for a nested batch. The build needs only the
+        # batch's structure, shapes and dtypes: one replica's share has them.
+        if iterator is not None and self._distribute_strategy is not None:
+            for _, _, batches in iterator:
+                data_batch = tree.map_structure(
+                    lambda v: self._distribute_strategy.experimental_local_results(v)[0], next(batches)
+                )
+                break
+            iterator = None
+        return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
 
     # --------------------------------------------------------------- training
 
@@ -275,7 +299,8 @@ class AutoSpecModel(keras.Model):
             kernels = tracking.find_tracked_kernels(
                 self, self.autospec_layers, self.autospec_kinds, self.autospec_top_k
             )
-            self._spectra_state = _SpectraState(kernels, len(self.groups))
+            with self.distribute_strategy.scope():
+                self._spectra_state = _SpectraState(kernels, len(self.groups))
         return super().make_train_function(force=force)
 
     @contextlib.contextmanager
@@ -331,45 +356,114 @@ class AutoSpecModel(keras.Model):
             self._record(step, calls, deltas, labels)
         else:
             warnings.warn("The model does not have any trainable weights.")
-        return self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
+        return self._reducible(self.compute_metrics(x, y, y_pred, sample_weight=sample_weight))
+
+    def test_step(self, data):
+        return self._reducible(super().test_step(data))
+
+    def _reducible(self, logs):
+        """Step outputs that Keras can reduce across workers.
+
+        Under a multi-worker `MultiWorkerMirroredStrategy`, Keras 3 reduces each output
+        with ``strategy.reduce("MEAN", value, axis=0)``, which fails on scalars
+        (tensorflow/tensorflow#72388). With a leading axis of one, that reduction is the
+        mean over replicas and the value keeps its shape.
+        """
+        strategy = self.distribute_strategy
+        if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) and (
+            strategy.extended._in_multi_worker_mode()
+        ):
+            return tree.map_structure(lambda value: value[None], logs)
+        return logs
 
     def _record(self, step, calls, deltas, labels):
         state = self._spectra_state
-        grouping = spectra.SampleGrouping(labels, len(self.groups), self.jit_compile)
+        recording_always = self.autospec_every_n_steps == 1
+        due = tf.constant(True) if recording_always else tf.equal(step % self.autospec_every_n_steps, 0)
+
+        def when_due(compute, otherwise):
+            return compute() if recording_always else tf.cond(due, compute, otherwise)
+
+        kinds = self._kinds_per_kernel(calls)
+        replicas = distributed.replica_context()
+        if replicas is None:
+            grouping = spectra.SampleGrouping(labels, len(self.groups), self.jit_compile)
+            computations = [
+                functools.partial(self._kernel_spectra, *arguments, grouping)
+                for arguments in zip(state.kernels, calls, deltas)
+            ]
+        else:
+            exchange = distributed.GlobalBatch(replicas, labels, len(self.groups), self._batch_size_hint)
+            grouping = exchange.grouping
+            computations = [
+                self._global_kernel_spectra(exchange, *arguments, when_due)
+                for arguments in zip(state.kernels, calls, deltas, kinds)
+            ]
 
         def record():
             results, finite, delta_spectra = {}, [], {}
-            for kernel, kernel_calls, kernel_deltas in zip(state.kernels, calls, deltas):
-                # Kernels fed by the same products (an LSTM's two kernels) share σ(Δ).
-                products = (tuple(id(p) for _, p in kernel_calls), kernel.widths.get("delta"))
-                shared = delta_spectra.get(products) if kernel_calls else None
-                kinds = tuple(k for k in self.autospec_kinds if not (k == "delta" and shared is not None))
-                kernel_results, kernel_finite = self._kernel_spectra(
-                    kernel, kernel_calls, kernel_deltas, grouping, kinds
-                )
-                if shared is not None:
+            for kernel, kernel_calls, kernel_kinds, compute in zip(state.kernels, calls, kinds, computations):
+                kernel_results, kernel_finite = compute(kernel_kinds)
+                if "delta" in kernel.widths and "delta" not in kernel_kinds:
+                    shared = delta_spectra[_products_key(kernel, kernel_calls)]
                     kernel_results["delta"] = tf.where(kernel_finite[:, None], shared, float("nan"))
-                elif "delta" in kinds:
-                    delta_spectra[products] = kernel_results["delta"]
+                elif "delta" in kernel_kinds:
+                    delta_spectra[_products_key(kernel, kernel_calls)] = kernel_results["delta"]
                 finite.append(tf.reduce_all(kernel_finite))
                 for kind, values in kernel_results.items():
                     results[(kernel.path, kind)] = values
-            state.assign_values(results, finite)
-            return tf.constant(True)
+            return state.values(results, finite)
 
-        if self.autospec_every_n_steps == 1:
-            due = tf.constant(True)
-            record()
-        else:
-            due = tf.equal(step % self.autospec_every_n_steps, 0)
-            tf.cond(due, record, lambda: tf.constant(False))
-        state.assign_header(due, step, grouping.counts)
+        state.assign(due, step, grouping.counts, when_due(record, state.current_values))
+
+    def _kinds_per_kernel(self, calls):
+        """The kinds to compute per kernel: kernels fed by the same products (an LSTM's
+        two kernels) share σ(Δ), computed for the first of them."""
+        kinds, seen = [], set()
+        for kernel, kernel_calls in zip(self._spectra_state.kernels, calls):
+            key = _products_key(kernel, kernel_calls) if kernel_calls else None
+            shares_delta = bool(kernel_calls) and key in seen
+            seen.add(key)
+            kinds.append(tuple(k for k in self.autospec_kinds if not (k == "delta" and shares_delta)))
+        return kinds
+
+    def _global_kernel_spectra(self, exchange, kernel, kernel_calls, kernel_deltas, kinds, when_due):
+        """Exchanges what this replica holds of one kernel's factors (see `distributed`) and
+        returns the function that computes the global batch's spectra from it."""
+        if not kernel_calls:
+            return functools.partial(self._kernel_spectra, kernel, kernel_calls, kernel_deltas, exchange.grouping)
+        gathered_size = distributed.gathered_values(kernel_calls, kernel_deltas, exchange.global_batch)
+        summed_size = distributed.summed_values(kernel, kinds, len(self.groups))
+        if gathered_size is not None and gathered_size < summed_size:
+            self._exchanges[kernel.path] = {"exchange": "rows", "values": gathered_size}
+            inputs = exchange.gather([inputs for inputs, _ in kernel_calls])
+            all_deltas = exchange.gather(kernel_deltas)
+            all_calls = [(gathered, product) for gathered, (_, product) in zip(inputs, kernel_calls)]
+            return functools.partial(self._kernel_spectra, kernel, all_calls, all_deltas, exchange.grouping)
+        self._exchanges[kernel.path] = {"exchange": "sums", "values": summed_size}
+        a, delta, rows_per_sample, _ = self._factors(kernel, kernel_calls, kernel_deltas, exchange.local_grouping)
+        summed = exchange.all_reduce(
+            when_due(
+                lambda: spectra.row_sums(a, delta, kinds),
+                lambda: spectra.row_sums(a.without_rows(), delta.without_rows(), kinds),
+            )
+        )
+        return lambda _: spectra.spectra_from_row_sums(
+            summed, a, delta, rows_per_sample, exchange.grouping.counts, kernel.widths
+        )
 
     def _kernel_spectra(self, kernel, kernel_calls, kernel_deltas, grouping, kinds):
-        groups = len(self.groups)
         if not kernel_calls:
+            groups = len(self.groups)
             nothing = {k: tf.fill([groups, w], float("nan")) for k, w in kernel.widths.items()}
             return nothing, tf.fill([groups], True)
+        a, delta, rows_per_sample, rows_hint = self._factors(kernel, kernel_calls, kernel_deltas, grouping)
+        return spectra.group_spectra(a, delta, rows_per_sample, grouping.counts, kinds, kernel.widths, rows_hint)
+
+    def _factors(self, kernel, kernel_calls, kernel_deltas, grouping):
+        """The kernel's factors laid out per group, the rows per sample, and a bound of the
+        rows per group when it is known while tracing (or ``None``)."""
+        groups = len(self.groups)
         layer, capture = kernel.layer, kernel.capture
 
         def grouped_rows(tensors, rows, fill):
@@ -397,9 +491,23 @@ class AutoSpecModel(keras.Model):
         rows_hint = None
         if batch is not None and not tf.is_tensor(rows_per_sample):
             rows_hint = batch * rows_per_sample  # rows of the whole batch: a bound of R
-        return spectra.group_spectra(a, delta, rows_per_sample, grouping.counts, kinds, kernel.widths, rows_hint)
+        return a, delta, rows_per_sample, rows_hint
 
     # ---------------------------------------------------------------- results
+
+    @property
+    def distributed_exchange(self):
+        """What the replicas exchange per step for each kernel under a `tf.distribute`
+        strategy with several replicas (empty otherwise; known once training has started).
+
+        Returns:
+            dict kernel path -> ``{"exchange": "rows" | "sums", "values": n}``: the rows
+            of every sample are all-gathered, or per-group sums over rows are
+            all-reduced, whichever moves fewer values (``n`` float32-sized values per
+            step in all; see `tf_autospec.distributed`). One int32 group label per
+            sample is all-gathered besides.
+        """
+        return dict(self._exchanges)
 
     @property
     def last_spectra(self):
@@ -417,6 +525,10 @@ def _batch_size(x, batch_size):
     if isinstance(x, keras.utils.PyDataset) or hasattr(x, "__next__"):
         return None
     return batch_size or 32  # keras.Model.fit's default for arrays
+
+
+def _products_key(kernel, kernel_calls):
+    return tuple(id(product) for _, product in kernel_calls), kernel.widths.get("delta")
 
 
 def _unscaled(gradient, product, loss_scale):

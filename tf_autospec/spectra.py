@@ -103,9 +103,21 @@ class DenseRows:
         exact = tf.cast(self.values, COMPUTE_DTYPE)
         return tf.matmul(exact, exact, transpose_b=True)
 
-    def column_gram_eigenvalues(self):
+    def without_rows(self):
+        """The same factor with no rows (its sums over rows are zeros of the right shape)."""
+        return DenseRows(self.values[:, :0])
+
+    def column_gram(self):
+        """``AᵀA`` per group, float64 ``[G, d, d]``: a sum over rows."""
         exact = tf.cast(self.values, COMPUTE_DTYPE)
-        return tf.linalg.eigvalsh(tf.matmul(exact, exact, transpose_a=True))
+        return tf.matmul(exact, exact, transpose_a=True)
+
+    @staticmethod
+    def eigenvalues_of_column_gram(gram):
+        return tf.linalg.eigvalsh(gram)
+
+    def column_gram_eigenvalues(self):
+        return self.eigenvalues_of_column_gram(self.column_gram())
 
     def transpose_matmul(self, other):
         return tf.matmul(self.values, other, transpose_a=True)
@@ -133,10 +145,20 @@ class OneHotRows:
         same = tf.equal(self.ids[:, :, None], self.ids[:, None, :])
         return tf.cast(same & present[:, :, None] & present[:, None, :], COMPUTE_DTYPE)
 
-    def column_gram_eigenvalues(self):
-        # AᵀA is diagonal: the number of rows holding each token.
+    def without_rows(self):
+        return OneHotRows(self.ids[:, :0], self.width)
+
+    def column_gram(self):
+        """The diagonal of ``AᵀA`` (which is diagonal): rows per token, float64 ``[G, d]``."""
         ones = tf.ones(tf.concat([tf.shape(self.ids), [1]], 0), COMPUTE_DTYPE)
-        return tf.sort(self.transpose_matmul(ones)[..., 0], axis=-1)
+        return self.transpose_matmul(ones)[..., 0]
+
+    @staticmethod
+    def eigenvalues_of_column_gram(diagonal):
+        return tf.sort(diagonal, axis=-1)
+
+    def column_gram_eigenvalues(self):
+        return self.eigenvalues_of_column_gram(self.column_gram())
 
     def transpose_matmul(self, other):
         """``Aᵀ other`` per group: rows of ``other`` summed by token id."""
@@ -211,15 +233,20 @@ def _fan_route(a, delta, kinds, widths, rows):
     if "delta" in kinds:
         out["delta"] = _singular_values(_smaller_gram_eigenvalues(delta, rows), widths["delta"])
     if "grad" in kinds:
-        gradient = tf.cast(a.transpose_matmul(delta.values), COMPUTE_DTYPE)
-        # float32 overflow of huge (finite) factors: NaN for that group, no failed solver.
-        overflow = ~tf.reduce_all(tf.math.is_finite(gradient), axis=[1, 2])
-        gradient = tf.where(overflow[:, None, None], tf.zeros_like(gradient), gradient)
-        tall = a.width >= delta.width
-        gram = tf.matmul(gradient, gradient, transpose_a=tall, transpose_b=not tall)
-        values = _singular_values(tf.linalg.eigvalsh(gram), widths["grad"])
-        out["grad"] = tf.where(overflow[:, None], tf.constant(float("nan"), values.dtype), values)
+        out["grad"] = _gradient_singular_values(a.transpose_matmul(delta.values), widths["grad"])
     return out
+
+
+def _gradient_singular_values(gradient, width):
+    """σ of float32 group gradients ``[G, fan_in, fan_out]``, from the smaller Gram matrix."""
+    gradient = tf.cast(gradient, COMPUTE_DTYPE)
+    # float32 overflow of huge (finite) factors: NaN for that group, no failed solver.
+    overflow = ~tf.reduce_all(tf.math.is_finite(gradient), axis=[1, 2])
+    gradient = tf.where(overflow[:, None, None], tf.zeros_like(gradient), gradient)
+    tall = gradient.shape[1] >= gradient.shape[2]
+    gram = tf.matmul(gradient, gradient, transpose_a=tall, transpose_b=not tall)
+    values = _singular_values(tf.linalg.eigvalsh(gram), width)
+    return tf.where(overflow[:, None], tf.constant(float("nan"), values.dtype), values)
 
 
 def group_spectra(a, delta, rows_per_sample, counts, kinds, widths, rows_hint=None):
@@ -253,17 +280,71 @@ def group_spectra(a, delta, rows_per_sample, counts, kinds, widths, rows_hint=No
         lambda: _rows_route(a, delta, kinds, widths),
         lambda: _fan_route(a, delta, kinds, widths, rows),
     )
-    group_rows = counts * rows_per_sample
+    return _within_bounds(spectra, finite, counts * rows_per_sample, a.width, delta.width, widths), finite
+
+
+def _within_bounds(spectra, finite, group_rows, fan_in, fan_out, widths):
+    """float32 spectra, NaN beyond each group's rank bound and for non-finite groups."""
     bounds = {
-        "act": tf.minimum(group_rows, a.width),
-        "delta": tf.minimum(group_rows, delta.width),
-        "grad": tf.minimum(group_rows, smallest_fan),
+        "act": tf.minimum(group_rows, fan_in),
+        "delta": tf.minimum(group_rows, fan_out),
+        "grad": tf.minimum(group_rows, min(fan_in, fan_out)),
     }
     out = {}
-    for kind in kinds:
+    for kind, values in spectra.items():
         index = tf.range(widths[kind])[None, :]
         defined = (index < bounds[kind][:, None]) & finite[:, None]
-        out[kind] = tf.cast(
-            tf.where(defined, spectra[kind], float("nan")), tf.float32
-        )
-    return out, finite
+        out[kind] = tf.cast(tf.where(defined, values, float("nan")), tf.float32)
+    return out
+
+
+def row_sums(a, delta, kinds):
+    """Per-group sums over rows from which `spectra_from_row_sums` gives the spectra.
+
+    Sums over disjoint sets of rows add up: under `tf.distribute` each replica computes
+    them on its own rows, and their all-reduced total is that of the global batch.
+
+    Args:
+        a, delta: the group-laid-out factors, as for `group_spectra`.
+        kinds: subset of `KINDS`.
+
+    Returns:
+        dict: ``"nonfinite"`` float64 ``[G]`` (1 where a group's rows hold NaN or Inf;
+        such groups contribute zeros to the other sums), and per kind ``"grad"``
+        ``AᵀΔ`` float32 ``[G, fan_in, fan_out]``, ``"act"`` the column Gram matrix of
+        ``A``, ``"delta"`` that of ``Δ`` (float64).
+    """
+    finite = a.finite_groups() & delta.finite_groups()
+    a, delta = a.zeroed(finite), delta.zeroed(finite)
+    sums = {"nonfinite": tf.cast(~finite, COMPUTE_DTYPE)}
+    if "grad" in kinds:
+        sums["grad"] = a.transpose_matmul(delta.values)
+    if "act" in kinds:
+        sums["act"] = a.column_gram()
+    if "delta" in kinds:
+        sums["delta"] = delta.column_gram()
+    return sums
+
+
+def spectra_from_row_sums(sums, a, delta, rows_per_sample, counts, widths):
+    """The spectra of `group_spectra` from (all-reduced) `row_sums`.
+
+    Args:
+        sums: the dict `row_sums` returned, summed over every part of the batch.
+        a, delta: factors of the same types and widths (only their types are used).
+        rows_per_sample: rows each sample contributes.
+        counts: int32 ``[G]`` samples per group in the whole batch.
+        widths: dict kind -> fixed output width.
+
+    Returns:
+        ``(spectra, finite)`` as `group_spectra` returns them.
+    """
+    finite = tf.equal(sums["nonfinite"], 0.0)
+    spectra = {}
+    if "grad" in sums:
+        spectra["grad"] = _gradient_singular_values(sums["grad"], widths["grad"])
+    if "act" in sums:
+        spectra["act"] = _singular_values(a.eigenvalues_of_column_gram(sums["act"]), widths["act"])
+    if "delta" in sums:
+        spectra["delta"] = _singular_values(delta.eigenvalues_of_column_gram(sums["delta"]), widths["delta"])
+    return _within_bounds(spectra, finite, counts * rows_per_sample, a.width, delta.width, widths), finite

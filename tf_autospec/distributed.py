@@ -1,0 +1,113 @@
+"""The global batch's group spectra under `tf.distribute`: what the replicas exchange.
+
+Under `tf.distribute.MirroredStrategy` or `MultiWorkerMirroredStrategy` each replica
+runs the training step on its share of the global batch. A group's gradient is the sum
+over replicas, ``G_g = Σ_r A_rᵀ M_g Δ_r``, and its spectra need every replica's rows.
+Per tracked kernel the replicas exchange whichever of two things holds fewer values:
+
+* **rows**: the layer inputs and ``Δ`` of every sample are all-gathered, and each
+  replica computes the spectra of the whole batch as a single device would
+  (``global batch × (input + output values per sample)``);
+* **sums**: each replica sums over its own rows, per group, ``A_gᵀΔ_g``, ``A_gᵀA_g``
+  and ``Δ_gᵀΔ_g`` (`spectra.row_sums`); the sums are all-reduced and decomposed
+  (``G × (fan_in·fan_out + 2·fan_in² + 2·fan_out²)``, the Gram matrices in float64).
+
+Per-sample gradients are never formed. The group labels (one int32 per sample) are
+all-gathered every step. Each replica decomposes the same global matrices, in parallel.
+
+Collectives cannot run inside a conditional branch on every strategy (MirroredStrategy
+on CPUs synchronises through ``merge_call``), so with ``every_n_steps > 1`` the exchange
+runs at every step; only the local sums and the decompositions are skipped between
+recorded steps.
+"""
+
+import numpy as np
+import tensorflow as tf
+
+from tf_autospec import spectra
+
+_FLOAT64_VALUES = 2  # a float64 costs two float32 values on the wire
+
+
+def replica_context():
+    """The replica context of a strategy with several replicas, else ``None``."""
+    if not tf.distribute.has_strategy() or tf.distribute.in_cross_replica_context():
+        return None
+    context = tf.distribute.get_replica_context()
+    if context is None or context.num_replicas_in_sync == 1:
+        return None
+    return context
+
+
+def _placed(tensor):
+    """``tensor`` on this replica's device. With one device per worker,
+    MultiWorkerMirroredStrategy runs the step outside any device scope, and its
+    collectives refuse a tensor with no device."""
+    if tensor.device:
+        return tensor
+    with tf.device(tf.distribute.get_strategy().extended.worker_devices[0]):
+        return tf.identity(tensor)
+
+
+def _values_per_sample(tensors):
+    """Values per sample of the given per-sample tensors, ``None`` if not known statically."""
+    total = 0
+    for tensor in tensors:
+        shape = tensor.shape[1:]
+        if not shape.is_fully_defined():
+            return None
+        total += int(np.prod(shape))
+    return total
+
+
+def summed_values(kernel, kinds, num_groups):
+    """Values all-reduced per step for one kernel by the sums exchange."""
+    sizes = {
+        "grad": kernel.fan_in * kernel.fan_out,
+        "act": kernel.fan_in * kernel.fan_in * _FLOAT64_VALUES,
+        "delta": kernel.fan_out * kernel.fan_out * _FLOAT64_VALUES,
+    }
+    return num_groups * (_FLOAT64_VALUES + sum(sizes[kind] for kind in kinds))
+
+
+def gathered_values(kernel_calls, kernel_deltas, global_batch):
+    """Values all-gathered per step for one kernel by the rows exchange, or ``None`` if
+    the global batch or the per-sample sizes are not known while tracing."""
+    per_sample = _values_per_sample([inputs for inputs, _ in kernel_calls] + list(kernel_deltas))
+    if per_sample is None or global_batch is None:
+        return None
+    return global_batch * per_sample
+
+
+class GlobalBatch:
+    """One training step's exchange between the replicas.
+
+    Args:
+        replicas: the `tf.distribute.ReplicaContext` of this replica.
+        labels: int32 ``[n]`` group indices of this replica's samples.
+        num_groups: the number of declared groups.
+        global_batch: samples in the global batch, if known while tracing.
+    """
+
+    def __init__(self, replicas, labels, num_groups, global_batch):
+        self.replicas = replicas
+        self.num_groups = num_groups
+        self.global_batch = global_batch
+        self.local_grouping = spectra.SampleGrouping(labels, num_groups, static_shapes=False)
+        self.grouping = spectra.SampleGrouping(
+            replicas.all_gather(_placed(labels), axis=0), num_groups, static_shapes=False
+        )
+
+    def gather(self, tensors):
+        """Each per-sample tensor of this replica, concatenated with the others' (the
+        order of the labels in `grouping`)."""
+        return [self.replicas.all_gather(_placed(tensor), axis=0) for tensor in tensors]
+
+    def all_reduce(self, sums):
+        """The element-wise sum over replicas of a dict of `spectra.row_sums`."""
+        # One collective per dtype: a batched all-reduce packs its tensors into one.
+        summed = {}
+        for dtype in sorted({value.dtype for value in sums.values()}, key=lambda d: d.name):  # the same order on every worker
+            same_dtype = {key: value for key, value in sums.items() if value.dtype == dtype}
+            summed.update(self.replicas.all_reduce(tf.distribute.ReduceOp.SUM, tf.nest.map_structure(_placed, same_dtype)))
+        return summed
