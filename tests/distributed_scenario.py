@@ -7,7 +7,8 @@ exchanged to ``OUT/exchange.json``.
 
 ``python distributed_scenario.py worker OUT`` (with ``TF_CONFIG`` set): one worker of a
 `MultiWorkerMirroredStrategy`; it fits the model, recorded every step, with an
-`AutoSpecCallback` writing ``OUT/worker<index>.h5``.
+`AutoSpecCallback` writing ``OUT/worker<index>.h5``, then evaluates it (the loss goes to
+``OUT/evaluate<index>.json``).
 """
 
 import json
@@ -111,6 +112,9 @@ def run_worker(out):
     with strategy.scope():
         model = build(every_n_steps=1)
     fit(model, [ts.AutoSpecCallback(os.path.join(out, f"worker{index}.h5"))])
+    x, y = data()
+    with open(os.path.join(out, f"evaluate{index}.json"), "w") as f:
+        json.dump(model.evaluate(x, y, batch_size=GLOBAL_BATCH, verbose=0), f)
 
 
 if __name__ == "__main__":

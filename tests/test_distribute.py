@@ -11,6 +11,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 import distributed_scenario as scenario
 from tf_autospec import load
@@ -90,5 +91,11 @@ def test_multi_worker_strategy_gives_the_global_batch_spectra_and_only_the_chief
             )
     assert list(written["step"]) == [0, 1, 2, 3]  # every step
     collect = scenario.Collect()
-    scenario.fit(scenario.build(every_n_steps=1), [collect])
+    model = scenario.build(every_n_steps=1)
+    scenario.fit(model, [collect])
     _assert_same_spectra(written, scenario.as_arrays(collect.steps))
+    # evaluate runs on every worker and gives the trained model's loss on one device.
+    x, y = scenario.data()
+    loss = model.evaluate(x, y, batch_size=scenario.GLOBAL_BATCH, verbose=0)
+    for index in range(2):
+        assert json.loads((tmp_path / f"evaluate{index}.json").read_text()) == pytest.approx(loss, rel=1e-5)

@@ -87,15 +87,16 @@ class GlobalBatch:
         labels: int32 ``[n]`` group indices of this replica's samples.
         num_groups: the number of declared groups.
         global_batch: samples in the global batch, if known while tracing.
+        static_shapes: lay groups out with masks (XLA), as `spectra.SampleGrouping`.
     """
 
-    def __init__(self, replicas, labels, num_groups, global_batch):
+    def __init__(self, replicas, labels, num_groups, global_batch, static_shapes):
         self.replicas = replicas
         self.num_groups = num_groups
         self.global_batch = global_batch
-        self.local_grouping = spectra.SampleGrouping(labels, num_groups, static_shapes=False)
+        self.local_grouping = spectra.SampleGrouping(labels, num_groups, static_shapes)
         self.grouping = spectra.SampleGrouping(
-            replicas.all_gather(_placed(labels), axis=0), num_groups, static_shapes=False
+            replicas.all_gather(_placed(labels), axis=0), num_groups, static_shapes
         )
 
     def gather(self, tensors):

@@ -393,7 +393,9 @@ class AutoSpecModel(keras.Model):
                 for arguments in zip(state.kernels, calls, deltas)
             ]
         else:
-            exchange = distributed.GlobalBatch(replicas, labels, len(self.groups), self._batch_size_hint)
+            exchange = distributed.GlobalBatch(
+                replicas, labels, len(self.groups), self._batch_size_hint, self.jit_compile
+            )
             grouping = exchange.grouping
             computations = [
                 self._global_kernel_spectra(exchange, *arguments, when_due)
