@@ -34,10 +34,27 @@ import tf_autospec as ts  # noqa: E402
 import models  # noqa: E402
 
 
+def transformer_outputs(inputs, blocks=2, heads=4, key_dim=32, dense=128, outputs=10):
+    """A Transformer encoder over ``[time, features]``: a projection to ``heads·key_dim``,
+    ``blocks`` post-LN blocks (MultiHeadAttention, then a ReLU feed-forward layer), mean
+    pooling over time and a Dense head. The LayerNormalization weights are not tracked."""
+    width = heads * key_dim
+    h = keras.layers.Dense(width)(inputs)
+    for _ in range(blocks):
+        attended = keras.layers.MultiHeadAttention(heads, key_dim)(h, h)
+        h = keras.layers.LayerNormalization()(h + attended)
+        fed = keras.layers.Dense(width)(keras.layers.Dense(dense, activation="relu")(h))
+        h = keras.layers.LayerNormalization()(h + fed)
+    return keras.layers.Dense(outputs)(keras.layers.GlobalAveragePooling1D()(h))
+
+
 ARCHITECTURES = {
     "mlp": (models.mlp_outputs, (28, 28, 1)),
     "cnn": (models.cnn2d_outputs, (28, 28, 1)),
     "lstm": (functools.partial(models.recurrent_outputs, cell="lstm", units=128, outputs=10), (50, 32)),
+    "transformer": (transformer_outputs, (50, 32)),
+    # ICA time courses: 150 time points of 53 components (the COBRE-style layout).
+    "cnn1d": (functools.partial(models.cnn1d_outputs, outputs=10), (150, 53)),
 }
 
 

@@ -8,7 +8,6 @@ Run:
     python examples/sinusoids_rnn.py [--epochs 10] [--seeds 3] [--differ phase]
 """
 
-
 from common import analyse, arguments
 
 from tf_autospec.experiment import Experiment, run_experiment

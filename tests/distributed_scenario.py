@@ -1,12 +1,13 @@
 """Models and data shared by the tf.distribute tests, and the script their subprocesses run.
 
 ``python distributed_scenario.py mirrored OUT``: two logical CPU devices; the model,
-recorded every 2 steps, is fitted under `MirroredStrategy` and on one device; every
+recorded every step, is fitted under `MirroredStrategy` and on one device; every
 recorded step of each goes to ``OUT/<mirrored|single>.npz``, and what the replicas
 exchanged to ``OUT/exchange.json``.
 
 ``python distributed_scenario.py worker OUT`` (with ``TF_CONFIG`` set): one worker of a
-`MultiWorkerMirroredStrategy`; it fits the model, recorded every step, with an
+`MultiWorkerMirroredStrategy`; it fits the model, recorded every 2 steps, from a
+`tf.data.Dataset` with an
 `AutoSpecCallback` writing ``OUT/worker<index>.h5``, then evaluates it (the loss goes to
 ``OUT/evaluate<index>.json``).
 """
@@ -28,16 +29,18 @@ EPOCHS = 2
 
 
 def labels():
-    """Imbalanced groups, unassigned samples (-1), and a declared group that never occurs."""
-    return np.array([0, 0, 0, 1, 2, -1, 0, 1, 0, 0, 2, 0, -1, 1, 0, 0] * 2, dtype=np.int32)
+    """Imbalanced groups, unassigned samples (-1), a group ("c") only in the first half of
+    each batch (one replica's share), and a declared group that never occurs."""
+    return np.array([0, 0, 0, 1, 2, -1, 0, 1, 0, 0, 1, 0, -1, 1, 0, 0] * 2, dtype=np.int32)
 
 
 def build(every_n_steps):
     """A compiled AutoSpecModel with deterministic weights (build it in the strategy's scope).
 
     An image branch, Conv2D over 12×12×2 (its sums, ~3k values, are exchanged rather than
-    its rows, ~11k) → Dense (rows exchanged), and a token branch, Embedding (rows) → LSTM
-    over 10 steps (sums, both kernels sharing Δ), joined by the output Dense (rows).
+    its rows, ~11k) → Dense (rows exchanged), and a token branch, Embedding (sums: its
+    ``AᵀA`` is diagonal) → LSTM over 10 steps (sums, both kernels sharing Δ), joined by
+    the output Dense (rows).
     """
     image = keras.Input((12, 12, 2), name="image")
     tokens = keras.Input((10,), dtype="int32", name="tokens")
@@ -75,10 +78,16 @@ class Collect(keras.callbacks.Callback):
             self.steps.append(spectra)
 
 
-def fit(model, callbacks):
+def fit(model, callbacks, dataset=False):
+    """Fits on `data`, from arrays or from an equivalent `tf.data.Dataset` whose batch
+    dimension is unknown while tracing."""
     x, y = data()
-    model.fit(x, y, groups=labels(), batch_size=GLOBAL_BATCH, epochs=EPOCHS, shuffle=False,
-              verbose=0, callbacks=callbacks)
+    if dataset:
+        pipeline = tf.data.Dataset.from_tensor_slices(({"image": x[0], "tokens": x[1], "group": labels()}, y))
+        model.fit(pipeline.batch(GLOBAL_BATCH), epochs=EPOCHS, verbose=0, callbacks=callbacks)
+    else:
+        model.fit(x, y, groups=labels(), batch_size=GLOBAL_BATCH, epochs=EPOCHS, shuffle=False,
+                  verbose=0, callbacks=callbacks)
 
 
 def as_arrays(steps):
@@ -97,12 +106,12 @@ def run_mirrored(out):
         collect = Collect()
         if where == "mirrored":
             with strategy.scope():
-                model = build(every_n_steps=2)
+                model = build(every_n_steps=1)
             fit(model, [collect])
             with open(os.path.join(out, "exchange.json"), "w") as f:
                 json.dump(model.distributed_exchange, f)
         else:
-            fit(build(every_n_steps=2), [collect])
+            fit(build(every_n_steps=1), [collect])
         np.savez(os.path.join(out, f"{where}.npz"), **as_arrays(collect.steps))
 
 
@@ -110,8 +119,10 @@ def run_worker(out):
     index = json.loads(os.environ["TF_CONFIG"])["task"]["index"]
     strategy = tf.distribute.MultiWorkerMirroredStrategy()
     with strategy.scope():
-        model = build(every_n_steps=1)
-    fit(model, [ts.AutoSpecCallback(os.path.join(out, f"worker{index}.h5"))])
+        model = build(every_n_steps=2)
+    fit(model, [ts.AutoSpecCallback(os.path.join(out, f"worker{index}.h5"))], dataset=True)
+    with open(os.path.join(out, f"exchange{index}.json"), "w") as f:
+        json.dump(model.distributed_exchange, f)
     x, y = data()
     with open(os.path.join(out, f"evaluate{index}.json"), "w") as f:
         json.dump(model.evaluate(x, y, batch_size=GLOBAL_BATCH, verbose=0), f)

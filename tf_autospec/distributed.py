@@ -10,7 +10,8 @@ Per tracked kernel the replicas exchange whichever of two things holds fewer val
   (``global batch × (input + output values per sample)``);
 * **sums**: each replica sums over its own rows, per group, ``A_gᵀΔ_g``, ``A_gᵀA_g``
   and ``Δ_gᵀΔ_g`` (`spectra.row_sums`); the sums are all-reduced and decomposed
-  (``G × (fan_in·fan_out + 2·fan_in² + 2·fan_out²)``, the Gram matrices in float64).
+  (``G × (fan_in·fan_out + 2·fan_in² + 2·fan_out² + 2)``: the Gram matrices and a
+  non-finite flag in float64; an Embedding's ``A_gᵀA_g`` is diagonal, ``2·fan_in``).
 
 Per-sample gradients are never formed. The group labels (one int32 per sample) are
 all-gathered every step. Each replica decomposes the same global matrices, in parallel.
@@ -34,18 +35,17 @@ def replica_context():
     if not tf.distribute.has_strategy() or tf.distribute.in_cross_replica_context():
         return None
     context = tf.distribute.get_replica_context()
-    if context is None or context.num_replicas_in_sync == 1:
-        return None
-    return context
+    return context if context.num_replicas_in_sync > 1 else None
 
 
 def _placed(tensor):
-    """``tensor`` on this replica's device. With one device per worker,
-    MultiWorkerMirroredStrategy runs the step outside any device scope, and its
-    collectives refuse a tensor with no device."""
-    if tensor.device:
+    """``tensor`` with a device. With one device per worker, MultiWorkerMirroredStrategy
+    runs the step outside any device scope, and its collectives refuse a tensor with no
+    device; with several devices per worker each replica's tensors have theirs."""
+    devices = tf.distribute.get_strategy().extended.worker_devices
+    if tensor.device or len(devices) != 1:
         return tensor
-    with tf.device(tf.distribute.get_strategy().extended.worker_devices[0]):
+    with tf.device(devices[0]):
         return tf.identity(tensor)
 
 
@@ -60,14 +60,12 @@ def _values_per_sample(tensors):
     return total
 
 
-def summed_values(kernel, kinds, num_groups):
-    """Values all-reduced per step for one kernel by the sums exchange."""
-    sizes = {
-        "grad": kernel.fan_in * kernel.fan_out,
-        "act": kernel.fan_in * kernel.fan_in * _FLOAT64_VALUES,
-        "delta": kernel.fan_out * kernel.fan_out * _FLOAT64_VALUES,
-    }
-    return num_groups * (_FLOAT64_VALUES + sum(sizes[kind] for kind in kinds))
+def summed_values(spec):
+    """Values all-reduced per step by the sums exchange, from `spectra.row_sums_spec`."""
+    return sum(
+        int(np.prod(entry.shape)) * (_FLOAT64_VALUES if entry.dtype == tf.float64 else 1)
+        for entry in spec.values()
+    )
 
 
 def gathered_values(kernel_calls, kernel_deltas, global_batch):
@@ -92,8 +90,8 @@ class GlobalBatch:
 
     def __init__(self, replicas, labels, num_groups, global_batch, static_shapes):
         self.replicas = replicas
-        self.num_groups = num_groups
         self.global_batch = global_batch
+        self._gathered = {}
         self.local_grouping = spectra.SampleGrouping(labels, num_groups, static_shapes)
         self.grouping = spectra.SampleGrouping(
             replicas.all_gather(_placed(labels), axis=0), num_groups, static_shapes
@@ -104,11 +102,18 @@ class GlobalBatch:
         order of the labels in `grouping`)."""
         return [self.replicas.all_gather(_placed(tensor), axis=0) for tensor in tensors]
 
+    def gather_once(self, key, tensors):
+        """`gather`, done once per ``key`` in a step (an LSTM's two kernels share ``Δ``)."""
+        if key not in self._gathered:
+            self._gathered[key] = self.gather(tensors)
+        return self._gathered[key]
+
     def all_reduce(self, sums):
         """The element-wise sum over replicas of a dict of `spectra.row_sums`."""
         # One collective per dtype: a batched all-reduce packs its tensors into one.
         summed = {}
-        for dtype in sorted({value.dtype for value in sums.values()}, key=lambda d: d.name):  # the same order on every worker
-            same_dtype = {key: value for key, value in sums.items() if value.dtype == dtype}
-            summed.update(self.replicas.all_reduce(tf.distribute.ReduceOp.SUM, tf.nest.map_structure(_placed, same_dtype)))
+        dtypes = sorted({value.dtype for value in sums.values()}, key=lambda d: d.name)  # one order on every worker
+        for dtype in dtypes:
+            same_dtype = {key: _placed(value) for key, value in sums.items() if value.dtype == dtype}
+            summed.update(self.replicas.all_reduce(tf.distribute.ReduceOp.SUM, same_dtype))
         return summed

@@ -243,7 +243,9 @@ class AutoSpecModel(keras.Model):
             labels = groups_module.labels_to_indices(x[groups_module.GROUP_KEY], self.groups)
             x = {**x, groups_module.GROUP_KEY: labels}
         self._build_from_sample(x)
-        self._batch_size_hint = _batch_size(x, kwargs.get("batch_size", args[0] if args else None))
+        self._batch_size_hint = _batch_size(
+            x, kwargs.get("batch_size", args[0] if args else None), self.distribute_strategy.num_replicas_in_sync
+        )
         return super().fit(x, y, *args, **kwargs)
 
     def _build_from_sample(self, x):
@@ -301,6 +303,8 @@ class AutoSpecModel(keras.Model):
             )
             with self.distribute_strategy.scope():
                 self._spectra_state = _SpectraState(kernels, len(self.groups))
+        if force or self.train_function is None:
+            self._exchanges = {}  # filled again while the new step is traced
         return super().make_train_function(force=force)
 
     @contextlib.contextmanager
@@ -434,24 +438,30 @@ class AutoSpecModel(keras.Model):
         returns the function that computes the global batch's spectra from it."""
         if not kernel_calls:
             return functools.partial(self._kernel_spectra, kernel, kernel_calls, kernel_deltas, exchange.grouping)
+        spec = spectra.row_sums_spec(
+            kernel.capture.input_factor_type, kernel.fan_in, kernel.fan_out, kinds, len(self.groups)
+        )
         gathered_size = distributed.gathered_values(kernel_calls, kernel_deltas, exchange.global_batch)
-        summed_size = distributed.summed_values(kernel, kinds, len(self.groups))
+        summed_size = distributed.summed_values(spec)
         if gathered_size is not None and gathered_size < summed_size:
             self._exchanges[kernel.path] = {"exchange": "rows", "values": gathered_size}
             inputs = exchange.gather([inputs for inputs, _ in kernel_calls])
-            all_deltas = exchange.gather(kernel_deltas)
             all_calls = [(gathered, product) for gathered, (_, product) in zip(inputs, kernel_calls)]
+            all_deltas = exchange.gather_once(_products_key(kernel, kernel_calls), kernel_deltas)
             return functools.partial(self._kernel_spectra, kernel, all_calls, all_deltas, exchange.grouping)
         self._exchanges[kernel.path] = {"exchange": "sums", "values": summed_size}
-        a, delta, rows_per_sample, _ = self._factors(kernel, kernel_calls, kernel_deltas, exchange.local_grouping)
+
+        def local_sums():
+            a, delta, _, _ = self._factors(kernel, kernel_calls, kernel_deltas, exchange.local_grouping)
+            return spectra.row_sums(a, delta, kinds)
+
         summed = exchange.all_reduce(
-            when_due(
-                lambda: spectra.row_sums(a, delta, kinds),
-                lambda: spectra.row_sums(a.without_rows(), delta.without_rows(), kinds),
-            )
+            when_due(local_sums, lambda: {key: tf.zeros(s.shape, s.dtype) for key, s in spec.items()})
         )
+        rows_per_sample = _rows_per_sample(kernel, kernel_deltas)
         return lambda _: spectra.spectra_from_row_sums(
-            summed, a, delta, rows_per_sample, exchange.grouping.counts, kernel.widths
+            summed, kernel.capture.input_factor_type, kernel.fan_in, kernel.fan_out, rows_per_sample,
+            exchange.grouping.counts, kernel.widths,
         )
 
     def _kernel_spectra(self, kernel, kernel_calls, kernel_deltas, grouping, kinds):
@@ -519,14 +529,28 @@ class AutoSpecModel(keras.Model):
         return self._spectra_state.read(self.groups)
 
 
-def _batch_size(x, batch_size):
-    """The batch size ``fit`` will use, when it can be told without reading the data."""
+def _batch_size(x, batch_size, replicas):
+    """The (global) batch size ``fit`` will use, or ``None`` when it is not known.
+
+    Under a strategy with several ``replicas`` the size of a `tf.data.Dataset`'s first
+    batch stands in for an unknown batch dimension: it chooses what the replicas exchange
+    (`tf_autospec.distributed`), the same on every worker fed the same pipeline.
+    """
     if isinstance(x, tf.data.Dataset):
         first = tree.flatten(x.element_spec)[0]
-        return first.shape[0] if first.shape.rank else None
-    if isinstance(x, keras.utils.PyDataset) or hasattr(x, "__next__"):
+        if not first.shape.rank:
+            return None
+        if first.shape[0] is None and replicas > 1:
+            return int(tf.shape(tree.flatten(next(iter(x.take(1))))[0])[0])
+        return first.shape[0]
+    if isinstance(x, (keras.utils.PyDataset, tf.distribute.DistributedDataset)) or hasattr(x, "__next__"):
         return None
     return batch_size or 32  # keras.Model.fit's default for arrays
+
+
+def _rows_per_sample(kernel, kernel_deltas):
+    """Rows each sample contributes to the kernel's factors (summed over its calls)."""
+    return sum(spectra.dim(kernel.capture.output_rows(kernel.layer, delta), 1) for delta in kernel_deltas)
 
 
 def _products_key(kernel, kernel_calls):

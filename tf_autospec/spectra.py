@@ -113,6 +113,10 @@ class DenseRows:
         return tf.matmul(exact, exact, transpose_a=True)
 
     @staticmethod
+    def column_gram_shape(width):
+        return [width, width]
+
+    @staticmethod
     def eigenvalues_of_column_gram(gram):
         return tf.linalg.eigvalsh(gram)
 
@@ -152,6 +156,10 @@ class OneHotRows:
         """The diagonal of ``AᵀA`` (which is diagonal): rows per token, float64 ``[G, d]``."""
         ones = tf.ones(tf.concat([tf.shape(self.ids), [1]], 0), COMPUTE_DTYPE)
         return self.transpose_matmul(ones)[..., 0]
+
+    @staticmethod
+    def column_gram_shape(width):
+        return [width]
 
     @staticmethod
     def eigenvalues_of_column_gram(diagonal):
@@ -326,12 +334,32 @@ def row_sums(a, delta, kinds):
     return sums
 
 
-def spectra_from_row_sums(sums, a, delta, rows_per_sample, counts, widths):
+def row_sums_spec(input_factor_type, fan_in, fan_out, kinds, num_groups):
+    """The `tf.TensorSpec` of each entry of `row_sums`, known before any data.
+
+    Args:
+        input_factor_type: the class of the ``A`` factor (`DenseRows`, `OneHotRows`).
+        fan_in, fan_out: the kernel read as a matrix.
+        kinds: subset of `KINDS`.
+        num_groups: ``G``.
+    """
+    spec = {"nonfinite": tf.TensorSpec([num_groups], COMPUTE_DTYPE)}
+    if "grad" in kinds:
+        spec["grad"] = tf.TensorSpec([num_groups, fan_in, fan_out], FACTOR_DTYPE)
+    if "act" in kinds:
+        spec["act"] = tf.TensorSpec([num_groups, *input_factor_type.column_gram_shape(fan_in)], COMPUTE_DTYPE)
+    if "delta" in kinds:
+        spec["delta"] = tf.TensorSpec([num_groups, *DenseRows.column_gram_shape(fan_out)], COMPUTE_DTYPE)
+    return spec
+
+
+def spectra_from_row_sums(sums, input_factor_type, fan_in, fan_out, rows_per_sample, counts, widths):
     """The spectra of `group_spectra` from (all-reduced) `row_sums`.
 
     Args:
         sums: the dict `row_sums` returned, summed over every part of the batch.
-        a, delta: factors of the same types and widths (only their types are used).
+        input_factor_type: the class of the ``A`` factor (`DenseRows`, `OneHotRows`).
+        fan_in, fan_out: the kernel read as a matrix.
         rows_per_sample: rows each sample contributes.
         counts: int32 ``[G]`` samples per group in the whole batch.
         widths: dict kind -> fixed output width.
@@ -344,7 +372,7 @@ def spectra_from_row_sums(sums, a, delta, rows_per_sample, counts, widths):
     if "grad" in sums:
         spectra["grad"] = _gradient_singular_values(sums["grad"], widths["grad"])
     if "act" in sums:
-        spectra["act"] = _singular_values(a.eigenvalues_of_column_gram(sums["act"]), widths["act"])
+        spectra["act"] = _singular_values(input_factor_type.eigenvalues_of_column_gram(sums["act"]), widths["act"])
     if "delta" in sums:
-        spectra["delta"] = _singular_values(delta.eigenvalues_of_column_gram(sums["delta"]), widths["delta"])
-    return _within_bounds(spectra, finite, counts * rows_per_sample, a.width, delta.width, widths), finite
+        spectra["delta"] = _singular_values(DenseRows.eigenvalues_of_column_gram(sums["delta"]), widths["delta"])
+    return _within_bounds(spectra, finite, counts * rows_per_sample, fan_in, fan_out, widths), finite

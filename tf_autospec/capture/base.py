@@ -19,6 +19,7 @@ class LayerCapture:
     """
 
     kernel_attribute = "kernel"
+    input_factor_type = spectra.DenseRows  # the class `factor` returns
 
     def kernels(self, layer):
         """``[(name, capture), ...]``: each tracked kernel of the layer and the capture that

@@ -13,6 +13,7 @@ from tf_autospec.capture.base import replace_attribute
 @register(keras.layers.Embedding)
 class EmbeddingCapture(LayerCapture):
     kernel_attribute = "embeddings"
+    input_factor_type = spectra.OneHotRows
 
     def matrix_shape(self, layer):
         return (layer.input_dim, layer.output_dim)

@@ -1,0 +1,126 @@
+"""How AutoSpec's overhead grows with batch, groups, layer width and sequence length.
+
+Each point trains a plain `keras.Model` and an `AutoSpecModel` (all kinds, every step)
+of the same architecture side by side in one process (alternating runs, tracing epoch
+excluded, median of the repeats) and reports the ratio of their step times:
+
+* batch 32 / 128 / 512: MLP 784-512-256-10, 2 groups;
+* groups 2 / 4 / 16: the same MLP, batch 128;
+* width 512 … 4096: a square Dense ``W × W`` layer (input W → Dense(W) → Dense(10)),
+  batch 128, 2 groups;
+* sequence length 10 / 25 / 50: LSTM(128) over 32 features, batch 128, 2 groups.
+
+Usage:
+    python benchmarks/scaling.py [--repeats 3] [--json out.json] [--plot out.png]
+"""
+
+import argparse
+import functools
+import json
+import os
+import platform
+import statistics
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import models  # noqa: E402
+import tf_autospec as ts  # noqa: E402
+from overhead import epoch_seconds  # noqa: E402
+
+
+def square_dense_outputs(inputs, outputs=10):
+    return keras.layers.Dense(outputs)(keras.layers.Dense(inputs.shape[-1], activation="relu")(inputs))
+
+
+MLP = (models.mlp_outputs, (28, 28, 1))
+LSTM = functools.partial(models.recurrent_outputs, cell="lstm", units=128, outputs=10)
+
+SWEEPS = {
+    "batch": [(batch, MLP, batch, 2) for batch in (32, 128, 512)],
+    "groups": [(groups, MLP, 128, groups) for groups in (2, 4, 16)],
+    "width": [(width, (square_dense_outputs, (width,)), 128, 2) for width in (512, 1024, 2048, 4096)],
+    "sequence length": [(steps, (LSTM, (steps, 32)), 128, 2) for steps in (10, 25, 50)],
+}
+
+
+def ratio(architecture, batch, groups, steps, repeats):
+    make, shape = architecture
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(batch * steps, *shape)).astype("float32")
+    y = rng.integers(0, 10, size=len(x))
+    labels = rng.integers(0, groups, size=len(x))
+    trained = {}
+    for kind in ("plain", "autospec"):
+        inputs = keras.Input(shape)
+        outputs = make(inputs)
+        if kind == "plain":
+            trained[kind] = keras.Model(inputs, outputs)
+        else:
+            trained[kind] = ts.AutoSpecModel(inputs=inputs, outputs=outputs, groups=[f"g{i}" for i in range(groups)])
+        trained[kind].compile(optimizer="adam", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    for model in trained.values():  # tracing epoch, excluded
+        epoch_seconds(model, x, y, labels, batch)
+    times = {kind: [] for kind in trained}
+    for _ in range(repeats):
+        for kind, model in trained.items():
+            times[kind].append(epoch_seconds(model, x, y, labels, batch))
+    ms = {kind: 1e3 * statistics.median(t) / steps for kind, t in times.items()}
+    return {"plain_ms": ms["plain"], "autospec_ms": ms["autospec"], "ratio": ms["autospec"] / ms["plain"]}
+
+
+def plot(results, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(1, len(results), figsize=(4 * len(results), 3.2))
+    for axis, (sweep, points) in zip(axes, results.items()):
+        values = [p["value"] for p in points]
+        axis.plot(values, [p["ratio"] for p in points], "o-")
+        axis.set_xscale("log", base=2)
+        axis.set_xticks(values, [str(v) for v in values])
+        axis.set_xlabel(sweep)
+        axis.set_ylabel("AutoSpec / plain step time")
+        axis.axhline(1.0, color="grey", linewidth=0.8)
+        axis.set_ylim(bottom=0)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sweeps", nargs="+", default=list(SWEEPS), choices=list(SWEEPS))
+    parser.add_argument("--steps", type=int, default=10, help="steps per timed epoch")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--json", help="also write the results here")
+    parser.add_argument("--plot", help="also draw the ratios here (PNG)")
+    args = parser.parse_args()
+    machine = (f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+               f"TF {tf.__version__}, Keras {keras.__version__}")
+    print(f"# {machine}; all kinds, every step, {args.steps} steps/epoch, median of {args.repeats}")
+    results = {}
+    for sweep in args.sweeps:
+        results[sweep] = []
+        for value, architecture, batch, groups in SWEEPS[sweep]:
+            point = {"value": value, **ratio(architecture, batch, groups, args.steps, args.repeats)}
+            results[sweep].append(point)
+            print(f"{sweep:16s} {value:5d}  plain {point['plain_ms']:8.2f} ms  autospec {point['autospec_ms']:8.2f} ms"
+                  f"  {point['ratio']:5.2f}x", flush=True)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"machine": machine, "args": vars(args), "results": results}, f, indent=2)
+    if args.plot:
+        plot(results, args.plot)
+
+
+if __name__ == "__main__":
+    main()
