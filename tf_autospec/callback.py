@@ -245,6 +245,7 @@ class AutoSpecCallback(keras.callbacks.Callback):
                 "layers": None if self.model.autospec_layers is None else list(self.model.autospec_layers),
                 "kinds": list(self.model.autospec_kinds),
                 "top_k": self.model.autospec_top_k,
+                "randomized": self.model.autospec_randomized,
                 "every_n_steps": self.model.autospec_every_n_steps,
             },
             "model_config": _model_config(self.model),

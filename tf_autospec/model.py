@@ -131,6 +131,12 @@ class AutoSpecModel(keras.Model):
             (default: all three).
         top_k: ``None`` (default) keeps every singular value up to the rank bound;
             an int keeps only the largest ``top_k`` per spectrum.
+        randomized: with ``top_k``, compute the largest ``top_k`` singular values of
+            wide factors and gradients on the fan route (many rows per group, e.g.
+            convolutions, or batches larger than the layer) by randomized subspace
+            iteration where that is cheaper than their Gram matrices; each value is then
+            a lower bound within a documented distance of the exact one
+            (`spectra.randomized_top_singular_values`). Default ``False``: exact.
         every_n_steps: record every n-th optimizer step (default 1: every step).
         **kwargs: passed to `keras.Model` (``name``, or ``inputs``/``outputs``).
 
@@ -160,7 +166,7 @@ class AutoSpecModel(keras.Model):
 
     def __init__(
         self, *args, groups=None, layers=None, kinds=spectra.KINDS, top_k=None,
-        every_n_steps=1, **kwargs
+        randomized=False, every_n_steps=1, **kwargs
     ):
         super().__init__(*args, **kwargs)
         self.groups = groups_module.validate_group_names(groups)
@@ -171,6 +177,12 @@ class AutoSpecModel(keras.Model):
         if top_k is not None and (int(top_k) != top_k or top_k < 1):
             raise ValueError(f"top_k must be None or a positive integer; received {top_k!r}.")
         self.autospec_top_k = None if top_k is None else int(top_k)
+        if randomized and top_k is None:
+            raise ValueError(
+                "randomized=True computes only the largest singular values: give top_k too, "
+                "e.g. AutoSpecModel(..., top_k=10, randomized=True)."
+            )
+        self.autospec_randomized = bool(randomized)
         if int(every_n_steps) != every_n_steps or every_n_steps < 1:
             raise ValueError(
                 f"every_n_steps must be a positive integer; received {every_n_steps!r}."
@@ -470,7 +482,9 @@ class AutoSpecModel(keras.Model):
             nothing = {k: tf.fill([groups, w], float("nan")) for k, w in kernel.widths.items()}
             return nothing, tf.fill([groups], True)
         a, delta, rows_per_sample, rows_hint = self._factors(kernel, kernel_calls, kernel_deltas, grouping)
-        return spectra.group_spectra(a, delta, rows_per_sample, grouping.counts, kinds, kernel.widths, rows_hint)
+        return spectra.group_spectra(
+            a, delta, rows_per_sample, grouping.counts, kinds, kernel.widths, rows_hint, self.autospec_randomized
+        )
 
     def _factors(self, kernel, kernel_calls, kernel_deltas, grouping):
         """The kernel's factors laid out per group, the rows per sample, and a bound of the
@@ -592,7 +606,7 @@ def wrap(model, groups, **options):
         model: a Sequential, functional or subclassed `keras.Model`. Its layers and
             weights are used as they are (shared, not copied).
         groups: the group names (see `AutoSpecModel`).
-        **options: ``layers``, ``kinds``, ``top_k``, ``every_n_steps`` as for
+        **options: ``layers``, ``kinds``, ``top_k``, ``randomized``, ``every_n_steps`` as for
             `AutoSpecModel`.
 
     Returns:
