@@ -122,3 +122,5 @@ def test_autospec_run_refuses_options_of_another_dataset(tmp_path):
         _run(tmp_path, "--dataset", "files")
     with pytest.raises(SystemExit, match="'lstm' does not take the sizes .*unexpected keyword argument 'hidden'"):
         _run(tmp_path, "--dataset", "sinusoids", "--model", "lstm", "--hidden", "8")
+    with pytest.raises(SystemExit, match="--randomized .* give --top-k too"):
+        _run(tmp_path, "--dataset", "digits", "--randomized")

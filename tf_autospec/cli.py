@@ -238,8 +238,12 @@ def _experiment(args):
     if "groups" in dataset_options:
         classes = dataset_options["groups"]
         dataset_options["groups"] = classes[0] if len(classes) == 1 else classes
+    if args.randomized and args.top_k is None:
+        raise SystemExit("autospec: --randomized computes only the largest singular values; give --top-k too.")
     autospec_options = {k: v for k, v in (("kinds", args.kinds), ("top_k", args.top_k),
                                           ("every_n_steps", args.every_n_steps)) if v is not None}
+    if args.randomized:
+        autospec_options["randomized"] = True
     return experiment.Experiment(
         dataset=args.dataset, model=args.model, task=args.task, grouping=args.grouping, folds=args.folds,
         seeds=args.seeds, epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate,
@@ -376,6 +380,8 @@ def build_parser():
     spec = p.add_argument_group("AutoSpec options")
     spec.add_argument("--kinds", nargs="+", choices=["grad", "act", "delta"])
     spec.add_argument("--top-k", type=int)
+    spec.add_argument("--randomized", action="store_true",
+                      help="with --top-k: randomized top-k for wide layers (lower bounds; see docs/api.md)")
     spec.add_argument("--every-n-steps", type=int)
     figures_options(p)
     test_options(p)

@@ -37,7 +37,7 @@ class Experiment:
         dataset_options: keyword arguments of the dataset's loader (``n_subjects``,
             ``effect_size``, ``data_dir``, ``data``, ``phenotype``, ``group_column``...).
         model_options: size arguments of the architecture (``hidden``, ``units``...).
-        autospec_options: `AutoSpecModel` options (``kinds``, ``top_k``, ``every_n_steps``).
+        autospec_options: `AutoSpecModel` options (``kinds``, ``top_k``, ``randomized``, ``every_n_steps``).
     """
 
     dataset: str = "simulated_fmri"
