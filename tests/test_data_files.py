@@ -98,13 +98,36 @@ def test_matlab_v5_and_v73_gift_files(tmp_path):
     io.savemat(tmp_path / "v5.mat", {"fnc_corrs_all": sessions, "subjects": np.array([int(i) for i in ids])})
     v5 = data.from_files(tmp_path / "v5.mat", phenotype, "diagnosis")
     np.testing.assert_allclose(v5.x, fnc + 0.05, atol=1e-6)
-    # MATLAB v7.3 is HDF5 behind a 512-byte MATLAB header, with the axes stored reversed.
-    with h5py.File(tmp_path / "v73.mat", "w", userblock_size=512) as f:
-        f["fnc_corrs_all"] = sessions.T
-    with open(tmp_path / "v73.mat", "r+b") as f:
-        f.write(b"MATLAB 7.3 MAT-file".ljust(116) + b"\0" * 8 + b"\x00\x02IM")
-    v73 = data.from_files(tmp_path / "v73.mat", phenotype, "diagnosis")
-    np.testing.assert_allclose(v73.x, v5.x, atol=1e-6)
+    # MATLAB v7.3 is HDF5 behind a 512-byte MATLAB header, with the axes stored reversed;
+    # subject IDs come as a cell array of strings (references to char arrays) or a char
+    # matrix. Here the file lists the subjects in reverse order.
+    def utf16(text):
+        return np.array([[ord(c)] for c in text], dtype=np.uint16)  # MATLAB 1×n char, axes reversed
+
+    for layout in ("cell", "char"):
+        path = tmp_path / f"v73_{layout}.mat"
+        with h5py.File(path, "w", userblock_size=512) as f:
+            f["fnc_corrs_all"] = sessions[::-1].T
+            if layout == "cell":
+                refs = []
+                for k, subject in enumerate(ids[::-1]):
+                    text = f.create_dataset(f"#refs#/{k}", data=utf16(f"sub-{subject}"))
+                    text.attrs["MATLAB_class"] = np.bytes_("char")
+                    refs.append(text.ref)
+                cell = f.create_dataset("subjects", data=np.array([refs], dtype=h5py.ref_dtype))
+            else:
+                cell = f.create_dataset("subjects", data=np.array(
+                    [[ord(c) for c in subject] for subject in ids[::-1]], dtype=np.uint16).T)
+            cell.attrs["MATLAB_class"] = np.bytes_(layout)
+        with open(path, "r+b") as f:
+            f.write(b"MATLAB 7.3 MAT-file".ljust(116) + b"\0" * 8 + b"\x00\x02IM")
+        v73 = data.from_files(path, phenotype, "diagnosis")
+        np.testing.assert_allclose(v73.x, v5.x[::-1], atol=1e-6, err_msg=layout)
+        np.testing.assert_array_equal(v73.labels, v5.labels[::-1], err_msg=layout)
+    with h5py.File(tmp_path / "v73_cell.mat", "a") as f:  # a cell of numbers is not a list of IDs
+        f["#refs#/0"].attrs["MATLAB_class"] = np.bytes_("double")
+    with pytest.raises(data.DataFileError, match="other than text"):
+        data.from_files(tmp_path / "v73_cell.mat", phenotype, "diagnosis")
 
 
 def test_nifti_time_course_files(tmp_path):

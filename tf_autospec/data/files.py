@@ -6,7 +6,8 @@ Supported data files:
   ``[subjects, C, C]`` (FNC matrices) or ``[subjects, features]``; optionally an array
   ``subjects`` (or ``subject_ids``) with each row's subject ID.
 * ``.mat`` (GIFT output; MATLAB v5 through SciPy, v7.3 through h5py): the same, e.g. GIFT's
-  ``fnc_corrs_all`` (``[subjects, sessions, C, C]``: the sessions are averaged).
+  ``fnc_corrs_all`` (``[subjects, sessions, C, C]``: the sessions are averaged); subject IDs
+  as numbers, a cell array of strings or a char matrix.
 * NIfTI time-course files (GIFT's ``*_sub001_timecourses_ica_s1_.nii``), one per subject:
   a folder or a glob pattern; needs ``pip install tf_autospec[nifti]`` (nibabel). Each file's
   subject ID is read from its name with ``subject_pattern``.
@@ -56,6 +57,29 @@ def _arrays_from_npz(path):
         return {name: archive[name] for name in archive.files}
 
 
+def _matlab_text(dataset):
+    """A MATLAB v7.3 char array (UTF-16 codes) as one string per row."""
+    codes = np.atleast_2d(dataset[()].T)  # column-major: h5py sees the axes reversed
+    return ["".join(map(chr, row)).rstrip("\0 ") for row in codes]
+
+
+def _matlab_value(file, item):
+    """A MATLAB v7.3 variable: numbers with their axes restored, a char array or a cell
+    array of strings (subject IDs) as an array of strings."""
+    kind = item.attrs.get("MATLAB_class", b"")
+    kind = kind.decode() if isinstance(kind, bytes) else str(kind)
+    if kind == "char":
+        return np.array(_matlab_text(item))
+    if kind == "cell":
+        cells = item[()].T.ravel()
+        if not all(file[ref].attrs.get("MATLAB_class", b"") in (b"char", "char") for ref in cells):
+            raise DataFileError(f"Cell array {item.name!r} holds something other than text; store subject IDs "
+                                "as a cell array of strings, a char matrix or numbers.")
+        return np.array(["".join(_matlab_text(file[ref])) for ref in cells])
+    value = item[()]
+    return value.T if isinstance(value, np.ndarray) else value
+
+
 def _arrays_from_hdf5(path, matlab):
     import h5py
 
@@ -63,9 +87,7 @@ def _arrays_from_hdf5(path, matlab):
     with h5py.File(path, "r") as f:
         def visit(name, item):
             if isinstance(item, h5py.Dataset) and not name.startswith("#"):
-                value = item[()]
-                # MATLAB stores arrays column-major, so h5py sees their axes reversed.
-                arrays[name] = value.T if matlab and isinstance(value, np.ndarray) else value
+                arrays[name] = _matlab_value(f, item) if matlab else item[()]
 
         f.visititems(visit)
     return arrays
