@@ -2,7 +2,8 @@
 
 For each architecture the same data is trained by: plain `keras.Model.fit`;
 `AutoSpecModel.fit` with all kinds at every step; the same writing every step to HDF5
-with `AutoSpecCallback`; the same every 10 steps; and the paper's route (a full SVD of
+with `AutoSpecCallback`; the same every 10 steps; `grad` spectra only (what
+`peer_backpack.py` computes in PyTorch); and the paper's route (a full SVD of
 every group gradient and factor matrix). Runs alternate,
 the first epoch of each (tracing) is excluded, and the median seconds per epoch and
 its ratio to plain are reported.
@@ -108,7 +109,8 @@ def build(kind, architecture, groups, every):
     elif kind == "paper":
         model = PaperRouteModel(inputs=inputs, outputs=outputs, groups=names)
     else:
-        model = ts.AutoSpecModel(inputs=inputs, outputs=outputs, groups=names, every_n_steps=every)
+        kinds = ("grad",) if kind == "autospec_grad" else ts.KINDS
+        model = ts.AutoSpecModel(inputs=inputs, outputs=outputs, groups=names, kinds=kinds, every_n_steps=every)
     model.compile(
         optimizer="adam", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     )
@@ -163,6 +165,7 @@ VARIANTS = {
     "autospec": ("autospec", 1),
     "autospec_writer": ("autospec", 1),
     "autospec_every10": ("autospec", 10),
+    "autospec_grad_only": ("autospec_grad", 1),
     "paper_svd": ("paper", 1),
 }
 
