@@ -14,38 +14,26 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras  # noqa: E402
-import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from overhead import ARCHITECTURES, build, epoch_seconds  # noqa: E402
+from overhead import ARCHITECTURES, build, median_ms_per_step, synthetic_data  # noqa: E402
 
 
 def run(architecture, batch, groups, steps, repeats, strategy):
-    rng = np.random.default_rng(0)
-    shape = ARCHITECTURES[architecture][1]
-    x = rng.normal(size=(batch * steps, *shape)).astype("float32")
-    y = rng.integers(0, 10, size=len(x))
-    labels = rng.integers(0, groups, size=len(x))
+    data = synthetic_data(ARCHITECTURES[architecture][1], batch, steps, groups)
     models = {}
     for kind in ("plain", "autospec"):
         with strategy.scope():
             models[f"{kind}_mirrored"] = build(kind, architecture, groups, every=1)
         models[f"{kind}_one_device"] = build(kind, architecture, groups, every=1)
-    for model in models.values():  # tracing epoch, excluded
-        epoch_seconds(model, x, y, labels, batch)
-    times = {name: [] for name in models}
-    for _ in range(repeats):
-        for name, model in models.items():
-            times[name].append(epoch_seconds(model, x, y, labels, batch))
-    ms = {name: 1e3 * statistics.median(t) / steps for name, t in times.items()}
+    ms = median_ms_per_step(models, data, batch, steps, repeats)
     exchange = models["autospec_mirrored"].distributed_exchange
     return {
         "ms_per_step": ms,

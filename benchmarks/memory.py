@@ -33,18 +33,12 @@ def child(architecture, variant, batch, groups, steps):
     """Trains one model in this process; prints its memory as JSON."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    import numpy as np
+    from overhead import ARCHITECTURES, build, epoch_seconds, synthetic_data
 
-    from overhead import ARCHITECTURES, build, epoch_seconds
-
-    rng = np.random.default_rng(0)
-    shape = ARCHITECTURES[architecture][1]
-    x = rng.normal(size=(batch * steps, *shape)).astype("float32")
-    y = rng.integers(0, 10, size=len(x))
-    labels = rng.integers(0, groups, size=len(x))
+    data = synthetic_data(ARCHITECTURES[architecture][1], batch, steps, groups)
     model = build(variant, architecture, groups, every=1)
     before = _resident_megabytes()
-    epoch_seconds(model, x, y, labels, batch)
+    epoch_seconds(model, *data, batch)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps({"before_fit_mb": before, "peak_mb": peak, "training_mb": peak - before}))
 

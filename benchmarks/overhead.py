@@ -100,7 +100,9 @@ class TimedCallback(ts.AutoSpecCallback):
 
 
 def build(kind, architecture, groups, every):
-    make, shape = ARCHITECTURES[architecture]
+    """A compiled model of ``kind`` (plain, autospec, autospec_grad, paper); ``architecture``
+    is a name of `ARCHITECTURES` or a ``(make_outputs, input_shape)`` pair."""
+    make, shape = ARCHITECTURES[architecture] if isinstance(architecture, str) else architecture
     inputs = keras.Input(shape)
     outputs = make(inputs)
     names = [f"g{i}" for i in range(groups)]
@@ -124,12 +126,28 @@ def epoch_seconds(model, x, y, labels, batch, callbacks=()):
     return time.perf_counter() - start
 
 
-def run(architecture, batch, groups, steps, repeats, variants):
+def synthetic_data(shape, batch, steps, groups):
+    """``(x, y, labels)``: ``steps`` batches of Gaussian inputs, 10 classes, random groups."""
     rng = np.random.default_rng(0)
-    shape = ARCHITECTURES[architecture][1]
     x = rng.normal(size=(batch * steps, *shape)).astype("float32")
-    y = rng.integers(0, 10, size=len(x))
-    labels = rng.integers(0, groups, size=len(x))
+    return x, rng.integers(0, 10, size=len(x)), rng.integers(0, groups, size=len(x))
+
+
+def median_ms_per_step(models, data, batch, steps, repeats, callbacks=None):
+    """Trains ``models`` side by side: one tracing epoch each (excluded), then ``repeats``
+    epochs alternating between them. Returns the median ms per step of each."""
+    callbacks = callbacks or {}
+    for name, model in models.items():
+        epoch_seconds(model, *data, batch, callbacks.get(name, ()))
+    times = {name: [] for name in models}
+    for _ in range(repeats):
+        for name, model in models.items():
+            times[name].append(epoch_seconds(model, *data, batch, callbacks.get(name, ())))
+    return {name: 1e3 * statistics.median(t) / steps for name, t in times.items()}
+
+
+def run(architecture, batch, groups, steps, repeats, variants):
+    data = synthetic_data(ARCHITECTURES[architecture][1], batch, steps, groups)
     trained = {
         name: build(kind, architecture, groups, every)
         for name, (kind, every) in variants.items()
@@ -140,17 +158,10 @@ def run(architecture, batch, groups, steps, repeats, variants):
         if name.endswith("_writer") else []
         for name in trained
     }
-    for name, model in trained.items():  # tracing epoch, excluded
-        epoch_seconds(model, x, y, labels, batch, callbacks[name])
-    times = {name: [] for name in trained}
-    for _ in range(repeats):
-        for name, model in trained.items():
-            times[name].append(epoch_seconds(model, x, y, labels, batch, callbacks[name]))
+    ms = median_ms_per_step(trained, data, batch, steps, repeats, callbacks)
     shutil.rmtree(scratch)
-    median = {name: statistics.median(t) for name, t in times.items()}
     results = {
-        name: {"s_per_epoch": median[name], "ms_per_step": 1e3 * median[name] / steps,
-               "ratio": median[name] / median["plain"]}
+        name: {"s_per_epoch": ms[name] * steps / 1e3, "ms_per_step": ms[name], "ratio": ms[name] / ms["plain"]}
         for name in trained
     }
     for name, (callback,) in ((n, c) for n, c in callbacks.items() if c):

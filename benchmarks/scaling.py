@@ -19,21 +19,18 @@ import functools
 import json
 import os
 import platform
-import statistics
 import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras  # noqa: E402
-import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import models  # noqa: E402
-import tf_autospec as ts  # noqa: E402
-from overhead import epoch_seconds  # noqa: E402
+from overhead import build, median_ms_per_step, synthetic_data  # noqa: E402
 
 
 def square_dense_outputs(inputs, outputs=10):
@@ -52,27 +49,8 @@ SWEEPS = {
 
 
 def ratio(architecture, batch, groups, steps, repeats):
-    make, shape = architecture
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=(batch * steps, *shape)).astype("float32")
-    y = rng.integers(0, 10, size=len(x))
-    labels = rng.integers(0, groups, size=len(x))
-    trained = {}
-    for kind in ("plain", "autospec"):
-        inputs = keras.Input(shape)
-        outputs = make(inputs)
-        if kind == "plain":
-            trained[kind] = keras.Model(inputs, outputs)
-        else:
-            trained[kind] = ts.AutoSpecModel(inputs=inputs, outputs=outputs, groups=[f"g{i}" for i in range(groups)])
-        trained[kind].compile(optimizer="adam", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    for model in trained.values():  # tracing epoch, excluded
-        epoch_seconds(model, x, y, labels, batch)
-    times = {kind: [] for kind in trained}
-    for _ in range(repeats):
-        for kind, model in trained.items():
-            times[kind].append(epoch_seconds(model, x, y, labels, batch))
-    ms = {kind: 1e3 * statistics.median(t) / steps for kind, t in times.items()}
+    models = {kind: build(kind, architecture, groups, every=1) for kind in ("plain", "autospec")}
+    ms = median_ms_per_step(models, synthetic_data(architecture[1], batch, steps, groups), batch, steps, repeats)
     return {"plain_ms": ms["plain"], "autospec_ms": ms["autospec"], "ratio": ms["autospec"] / ms["plain"]}
 
 
