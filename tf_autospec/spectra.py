@@ -105,10 +105,6 @@ class DenseRows:
         exact = tf.cast(self.values, COMPUTE_DTYPE)
         return tf.matmul(exact, exact, transpose_b=True)
 
-    def without_rows(self):
-        """The same factor with no rows (its sums over rows are zeros of the right shape)."""
-        return DenseRows(self.values[:, :0])
-
     def column_gram(self):
         """``AᵀA`` per group, float64 ``[G, d, d]``: a sum over rows."""
         exact = tf.cast(self.values, COMPUTE_DTYPE)
@@ -150,9 +146,6 @@ class OneHotRows:
         present = self.ids >= 0
         same = tf.equal(self.ids[:, :, None], self.ids[:, None, :])
         return tf.cast(same & present[:, :, None] & present[:, None, :], COMPUTE_DTYPE)
-
-    def without_rows(self):
-        return OneHotRows(self.ids[:, :0], self.width)
 
     def column_gram(self):
         """The diagonal of ``AᵀA`` (which is diagonal): rows per token, float64 ``[G, d]``."""
@@ -271,9 +264,9 @@ def randomized_top_singular_values(matrices, width):
     (interlacing, and Weyl's inequality; up to float32 rounding of the products, ~1e-6 ×
     σ_max). A priori the residual shrinks as the spectrum decays past ``l`` and with each
     power iteration (Halko, Martinsson & Tropp 2011, §10.4); the bound above holds at
-    every call, whatever the spectrum. Cost per matrix: ``(2q + 2)`` products with ``m·n·l`` multiply-adds, QR of ``m × l``
-    blocks and an ``l × l`` eigen-problem, instead of a Gram matrix of ``min(m, n)²·max(m, n)``
-    and a ``min(m, n)³`` eigen-problem.
+    every call, whatever the spectrum. Cost per matrix: ``(2q + 2)`` products with
+    ``m·n·l`` multiply-adds, QR of ``m × l`` blocks and an ``l × l`` eigen-problem, instead
+    of a Gram matrix of ``min(m, n)²·max(m, n)`` and a ``min(m, n)³`` eigen-problem.
 
     Args:
         matrices: float ``[G, m, n]``.
