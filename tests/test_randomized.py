@@ -42,6 +42,17 @@ def test_randomized_values_are_lower_bounds_within_the_a_posteriori_bound():
     np.testing.assert_allclose(values[0], truth[0], rtol=1e-4)
 
 
+def test_randomized_gives_nan_for_a_group_whose_gradient_overflowed():
+    rng = np.random.default_rng(2)
+    matrices = rng.normal(size=(2, 40, 30)).astype("float32")
+    matrices[1, 3, 4] = np.inf  # float32 overflow of huge factors
+    values, residual = (t.numpy() for t in spectra.randomized_top_singular_values(tf.constant(matrices), 3))
+    assert np.isnan(values[1]).all() and np.isnan(residual[1])
+    truth = np.linalg.svd(matrices[0].astype(np.float64), compute_uv=False)[:3]
+    assert np.isfinite(values[0]).all() and (values[0] <= truth * (1 + 1e-5)).all()
+    assert (truth - values[0] <= residual[0] + 1e-5 * truth[0]).all()
+
+
 def _low_rank_data(rng, samples, features, rank):
     return (rng.normal(size=(samples, rank)) @ rng.normal(size=(rank, features))).astype("float32")
 

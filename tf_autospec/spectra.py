@@ -277,7 +277,7 @@ def randomized_top_singular_values(matrices, width):
         true singular value; and float64 ``[G]``, the a-posteriori bound
         ``√(‖M‖_F² − ‖B‖_F²)`` on how far each may lie below the truth.
     """
-    matrices = tf.cast(matrices, FACTOR_DTYPE)
+    matrices, overflow = _without_overflow(tf.cast(matrices, FACTOR_DTYPE))
     sketch = tf.random.normal(tf.stack([tf.shape(matrices)[0], dim(matrices, 2), width + RANDOMIZED_OVERSAMPLING]))
     basis = tf.linalg.qr(tf.matmul(matrices, sketch))[0]
     for _ in range(RANDOMIZED_POWER_ITERATIONS):
@@ -287,19 +287,29 @@ def randomized_top_singular_values(matrices, width):
     gram = tf.matmul(projected, projected, transpose_b=True)
     exact = tf.cast(matrices, COMPUTE_DTYPE)
     missing = tf.reduce_sum(exact * exact, axis=[1, 2]) - tf.linalg.trace(gram)
-    return _singular_values(tf.linalg.eigvalsh(gram), width), tf.sqrt(tf.maximum(missing, 0.0))
+    values = _nan_where(overflow, _singular_values(tf.linalg.eigvalsh(gram), width))
+    return values, _nan_where(overflow, tf.sqrt(tf.maximum(missing, 0.0)))
+
+
+def _without_overflow(matrices):
+    """``[G, m, n]`` matrices with the groups holding Inf or NaN (float32 overflow of huge,
+    finite factors) set to zero, so that no solver sees them; and those groups, bool ``[G]``."""
+    overflow = ~tf.reduce_all(tf.math.is_finite(matrices), axis=[1, 2])
+    return tf.where(overflow[:, None, None], tf.zeros_like(matrices), matrices), overflow
+
+
+def _nan_where(groups, values):
+    """``values`` (``[G, ...]``) with the rows of ``groups`` set to NaN."""
+    mask = tf.reshape(groups, [-1] + [1] * (values.shape.rank - 1))
+    return tf.where(mask, tf.constant(float("nan"), values.dtype), values)
 
 
 def _gradient_singular_values(gradient, width):
     """σ of float32 group gradients ``[G, fan_in, fan_out]``, from the smaller Gram matrix."""
-    gradient = tf.cast(gradient, COMPUTE_DTYPE)
-    # float32 overflow of huge (finite) factors: NaN for that group, no failed solver.
-    overflow = ~tf.reduce_all(tf.math.is_finite(gradient), axis=[1, 2])
-    gradient = tf.where(overflow[:, None, None], tf.zeros_like(gradient), gradient)
+    gradient, overflow = _without_overflow(tf.cast(gradient, COMPUTE_DTYPE))
     tall = gradient.shape[1] >= gradient.shape[2]
     gram = tf.matmul(gradient, gradient, transpose_a=tall, transpose_b=not tall)
-    values = _singular_values(tf.linalg.eigvalsh(gram), width)
-    return tf.where(overflow[:, None], tf.constant(float("nan"), values.dtype), values)
+    return _nan_where(overflow, _singular_values(tf.linalg.eigvalsh(gram), width))
 
 
 def group_spectra(a, delta, rows_per_sample, counts, kinds, widths, rows_hint=None, randomized=False):
