@@ -99,7 +99,7 @@ class TimedCallback(ts.AutoSpecCallback):
         self.seconds += time.perf_counter() - start
 
 
-def build(kind, architecture, groups, every):
+def build(kind, architecture, groups, every, jit_compile=False):
     """A compiled model of ``kind`` (plain, autospec, autospec_grad, paper); ``architecture``
     is a name of `ARCHITECTURES` or a ``(make_outputs, input_shape)`` pair."""
     make, shape = ARCHITECTURES[architecture] if isinstance(architecture, str) else architecture
@@ -114,7 +114,8 @@ def build(kind, architecture, groups, every):
         kinds = ("grad",) if kind == "autospec_grad" else ts.KINDS
         model = ts.AutoSpecModel(inputs=inputs, outputs=outputs, groups=names, kinds=kinds, every_n_steps=every)
     model.compile(
-        optimizer="adam", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+        optimizer="adam", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        jit_compile=jit_compile,
     )
     return model
 

@@ -12,6 +12,7 @@ import pytest
 import tensorflow as tf
 
 import tf_autospec as ts
+from tf_autospec.capture import conv
 from reference import (
     assert_spectrum_matches,
     group_gradients,
@@ -185,6 +186,19 @@ def test_conv1d(options):
     model = build(inputs, keras.layers.Dense(2)(keras.layers.Flatten()(layer(inputs))))
     x, y = data((10, 3), 2)
     check_layer(model, layer, x, y, conv_product(layer), conv_rows(layer))
+
+
+@pytest.mark.parametrize("padding", ["same", "causal"])
+def test_conv1d_patches_of_unknown_length_reproduce_the_convolution(padding):
+    # Traced with the length unknown: the patches' padding and slices are tensors.
+    layer = keras.layers.Conv1D(4, 3, strides=2 if padding == "same" else 1, padding=padding, use_bias=False)
+    x = np.random.default_rng(0).normal(size=(2, 9, 3)).astype("float32")
+    expected = layer(x).numpy()
+    patches = tf.function(
+        lambda inputs: conv._patches(layer, inputs), input_signature=[tf.TensorSpec([None, None, 3])]
+    )(x).numpy()
+    product = patches.astype(np.float64) @ layer.kernel.numpy().reshape(-1, 4)
+    np.testing.assert_allclose(product.reshape(expected.shape), expected, atol=1e-5)
 
 
 @pytest.mark.parametrize(

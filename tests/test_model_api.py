@@ -140,6 +140,29 @@ def test_options_layers_kinds_top_k_every_n_steps():
     assert model.tracked_kernels[0].widths == {"grad": 1}
 
 
+def test_every_n_steps_follows_the_optimizer_step_and_trains_as_keras_in_between():
+    x, y, labels = _data()
+    model = _compile(_functional(every_n_steps=2))
+    inputs = keras.Input((6,))
+    plain = _compile(keras.Model(inputs, keras.layers.Dense(2)(keras.layers.Dense(8, activation="relu")(inputs))))
+    plain.set_weights(model.get_weights())
+    steps = []
+    for start in (0, 10, 20, 30):
+        batch = slice(start, start + 10)
+        model.train_on_batch({"x": x[batch], "group": labels[batch]}, y[batch])
+        plain.train_on_batch(x[batch], y[batch])
+        spectra = model.last_spectra
+        steps.append(None if spectra is None else spectra.step)
+    assert steps == [0, None, 2, None]
+    for trained, expected in zip(model.get_weights(), plain.get_weights()):
+        np.testing.assert_allclose(trained, expected, rtol=1e-6, atol=1e-7)
+    model.optimizer.iterations.assign(5)  # as restored from a checkpoint
+    model.train_on_batch({"x": x[:10], "group": labels[:10]}, y[:10])
+    assert model.last_spectra is None
+    model.train_on_batch({"x": x[:10], "group": labels[:10]}, y[:10])
+    assert model.last_spectra.step == 6
+
+
 def test_default_options_record_everything_every_step():
     model = _compile(_functional())
     assert model.autospec_kinds == ts.KINDS and model.autospec_top_k is None

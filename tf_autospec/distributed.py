@@ -16,10 +16,10 @@ Per tracked kernel the replicas exchange whichever of two things holds fewer val
 Per-sample gradients are never formed. The group labels (one int32 per sample) are
 all-gathered every step. Each replica decomposes the same global matrices, in parallel.
 
-Collectives cannot run inside a conditional branch on every strategy (MirroredStrategy
-on CPUs synchronises through ``merge_call``), so with ``every_n_steps > 1`` the exchange
-runs at every step; only the local sums and the decompositions are skipped between
-recorded steps.
+The exchange runs only in the recording training step; with ``every_n_steps > 1`` the
+steps in between are `keras.Model`'s own (see ``AutoSpecModel.make_train_function``), so
+no collective sits inside a conditional branch, which MirroredStrategy on CPUs
+(synchronising through ``merge_call``) refuses.
 """
 
 import numpy as np

@@ -19,57 +19,48 @@ from tf_autospec.results import StepSpectra
 
 
 class _SpectraState:
-    """One float64 variable holding the last step, so that a callback reads it in one copy.
+    """One float64 variable holding the last recorded step, so that a callback reads it
+    in one copy.
 
-    Layout: ``[recorded, step, counts (G), finite flags (K), spectra...]`` where each
-    (kernel, kind) spectrum ``[G, width]`` follows the previous one, flattened. float64
-    holds the step and the counts exactly.
+    Layout: ``[step, counts (G), finite flags (K), spectra...]`` where each (kernel, kind)
+    spectrum ``[G, width]`` follows the previous one, flattened. float64 holds the step
+    and the counts exactly. ``stale`` is set while the last step ran without recording.
     """
 
     def __init__(self, kernels, num_groups):
         self.kernels = kernels
         self.num_groups = num_groups
         self.segments = []  # (kernel path, kind, start, width)
-        self.header_size = 2 + num_groups + len(kernels)
+        self.header_size = 1 + num_groups + len(kernels)
         start = self.header_size
         for kernel in kernels:
             for kind, width in kernel.widths.items():
                 self.segments.append((kernel.path, kind, start, width))
                 start += num_groups * width
         self.warned_nonfinite = False
+        self.stale = False
         # Under tf.distribute every replica holds the same values; the first one's are kept.
         self.buffer = tf.Variable(
-            tf.concat([[0.0, -1.0], tf.ones([num_groups + len(kernels)], tf.float64),
+            tf.concat([[-1.0], tf.ones([num_groups + len(kernels)], tf.float64),
                        tf.fill([start - self.header_size], tf.constant(float("nan"), tf.float64))], 0),
             trainable=False,
             name="autospec_last_step",
             aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA,
         )
 
-    def values(self, spectra, finite):
-        """The buffer after the header: ``spectra`` maps (kernel path, kind) -> ``[G, width]``,
-        ``finite`` holds a bool per kernel."""
-        flat = [tf.cast(tf.stack(finite), tf.float64)]
+    def assign(self, step, counts, spectra, finite):
+        """One write of the whole buffer. ``spectra`` maps (kernel path, kind) ->
+        ``[G, width]``; ``finite`` holds a bool per kernel."""
+        flat = [[tf.cast(step, tf.float64)], tf.cast(counts, tf.float64), tf.cast(tf.stack(finite), tf.float64)]
         flat += [tf.reshape(tf.cast(spectra[(path, kind)], tf.float64), [-1]) for path, kind, _, _ in self.segments]
-        return tf.concat(flat, 0)
-
-    def current_values(self):
-        return self.buffer[2 + self.num_groups :]
-
-    def assign(self, recorded, step, counts, values):
-        """One write of the whole buffer: a conditional sliced write cannot be synchronised
-        across replicas."""
-        header = tf.concat(
-            [tf.cast([recorded], tf.float64), [tf.cast(step, tf.float64)], tf.cast(counts, tf.float64)], 0
-        )
-        self.buffer.assign(tf.concat([header, values], 0))
+        self.buffer.assign(tf.concat(flat, 0))
 
     def read(self, groups):
         buffer = self.buffer.value().numpy()
-        if not buffer[0]:
+        if self.stale or buffer[0] < 0:
             return None
-        step = int(buffer[1])
-        finite = buffer[2 + self.num_groups : self.header_size]
+        step = int(buffer[0])
+        finite = buffer[1 + self.num_groups : self.header_size]
         nonfinite = tuple(k.path for k, ok in zip(self.kernels, finite) if not ok)
         if nonfinite and not self.warned_nonfinite:
             self.warned_nonfinite = True
@@ -83,7 +74,7 @@ class _SpectraState:
         return StepSpectra(
             step=step,
             groups=groups,
-            counts=buffer[2 : 2 + self.num_groups].astype(np.int32),
+            counts=buffer[1 : 1 + self.num_groups].astype(np.int32),
             nonfinite=nonfinite,
             spectra={
                 (path, kind): buffer[start : start + self.num_groups * width]
@@ -92,6 +83,25 @@ class _SpectraState:
                 for path, kind, start, width in self.segments
             },
         )
+
+
+class _EveryNSteps:
+    """The train function of ``fit`` when recording every n-th step: the recording step
+    at those, `keras.Model`'s own step (no capture, no exchange) at the others, so that
+    the steps in between cost what plain training costs."""
+
+    def __init__(self, model, recording, unrecorded):
+        self.model = model
+        self.recording = recording
+        self.unrecorded = unrecorded
+
+    def __call__(self, data):
+        model = self.model
+        # The optimizer's step is the one source of truth: it survives checkpoints and
+        # moves on with train_on_batch; reading it is one scalar copy.
+        due = int(model.optimizer.iterations.numpy()) % model.autospec_every_n_steps == 0
+        model._spectra_state.stale = not due
+        return (self.recording if due else self.unrecorded)(data)
 
 
 def _functional_arguments(args, kwargs):
@@ -295,6 +305,9 @@ class AutoSpecModel(keras.Model):
         return [] if self._spectra_state is None else list(self._spectra_state.kernels)
 
     def make_train_function(self, force=False):
+        """The recording step (`train_step`), or with ``every_n_steps > 1`` an
+        `_EveryNSteps` that runs it at the recorded steps and `keras.Model`'s own step
+        at the others."""
         if self.steps_per_execution != 1:
             raise ValueError(
                 "AutoSpecModel records spectra after every step, which needs "
@@ -316,8 +329,15 @@ class AutoSpecModel(keras.Model):
             with self.distribute_strategy.scope():
                 self._spectra_state = _SpectraState(kernels, len(self.groups))
         if force or self.train_function is None:
-            self._exchanges = {}  # filled again while the new step is traced
-        return super().make_train_function(force=force)
+            self._exchanges = {}  # filled again while the recording step is traced
+            recording = self._make_function(self.train_step)
+            if self.autospec_every_n_steps == 1:
+                self.train_function = recording
+            else:
+                self.train_function = _EveryNSteps(
+                    self, recording, self._make_function(self._unrecorded_train_step)
+                )
+        return self.train_function
 
     @contextlib.contextmanager
     def _recording(self, tape):
@@ -333,7 +353,9 @@ class AutoSpecModel(keras.Model):
                 restore()
 
     def train_step(self, data):
-        """`keras.Model.train_step` with the products and their gradients captured."""
+        """`keras.Model.train_step` with the products and their gradients captured and
+        this step's spectra recorded. ``fit`` runs it at the recorded steps (every
+        ``every_n_steps``-th) and `keras.Model.train_step` at the others."""
         x, y, sample_weight = data_adapter_utils.unpack_x_y_sample_weight(data)
         labels = self._group_labels(x)
         with tf.GradientTape() as tape:
@@ -374,6 +396,9 @@ class AutoSpecModel(keras.Model):
             warnings.warn("The model does not have any trainable weights.")
         return self._reducible(self.compute_metrics(x, y, y_pred, sample_weight=sample_weight))
 
+    def _unrecorded_train_step(self, data):
+        return self._reducible(super().train_step(data))
+
     def test_step(self, data):
         return self._reducible(super().test_step(data))
 
@@ -394,12 +419,6 @@ class AutoSpecModel(keras.Model):
 
     def _record(self, step, calls, deltas, labels):
         state = self._spectra_state
-        recording_always = self.autospec_every_n_steps == 1
-        due = tf.constant(True) if recording_always else tf.equal(step % self.autospec_every_n_steps, 0)
-
-        def when_due(compute, otherwise):
-            return compute() if recording_always else tf.cond(due, compute, otherwise)
-
         kinds = self._kinds_per_kernel(calls)
         replicas = distributed.replica_context()
         if replicas is None:
@@ -414,25 +433,21 @@ class AutoSpecModel(keras.Model):
             )
             grouping = exchange.grouping
             computations = [
-                self._global_kernel_spectra(exchange, *arguments, when_due)
+                self._global_kernel_spectra(exchange, *arguments)
                 for arguments in zip(state.kernels, calls, deltas, kinds)
             ]
-
-        def record():
-            results, finite, delta_spectra = {}, [], {}
-            for kernel, kernel_calls, kernel_kinds, compute in zip(state.kernels, calls, kinds, computations):
-                kernel_results, kernel_finite = compute(kernel_kinds)
-                if "delta" in kernel.widths and "delta" not in kernel_kinds:
-                    shared = delta_spectra[_products_key(kernel, kernel_calls)]
-                    kernel_results["delta"] = tf.where(kernel_finite[:, None], shared, float("nan"))
-                elif "delta" in kernel_kinds:
-                    delta_spectra[_products_key(kernel, kernel_calls)] = kernel_results["delta"]
-                finite.append(tf.reduce_all(kernel_finite))
-                for kind, values in kernel_results.items():
-                    results[(kernel.path, kind)] = values
-            return state.values(results, finite)
-
-        state.assign(due, step, grouping.counts, when_due(record, state.current_values))
+        results, finite, delta_spectra = {}, [], {}
+        for kernel, kernel_calls, kernel_kinds, compute in zip(state.kernels, calls, kinds, computations):
+            kernel_results, kernel_finite = compute(kernel_kinds)
+            if "delta" in kernel.widths and "delta" not in kernel_kinds:
+                shared = delta_spectra[_products_key(kernel, kernel_calls)]
+                kernel_results["delta"] = tf.where(kernel_finite[:, None], shared, float("nan"))
+            elif "delta" in kernel_kinds:
+                delta_spectra[_products_key(kernel, kernel_calls)] = kernel_results["delta"]
+            finite.append(tf.reduce_all(kernel_finite))
+            for kind, values in kernel_results.items():
+                results[(kernel.path, kind)] = values
+        state.assign(step, grouping.counts, results, finite)
 
     def _kinds_per_kernel(self, calls):
         """The kinds to compute per kernel: kernels fed by the same products (an LSTM's
@@ -445,7 +460,7 @@ class AutoSpecModel(keras.Model):
             kinds.append(tuple(k for k in self.autospec_kinds if not (k == "delta" and shares_delta)))
         return kinds
 
-    def _global_kernel_spectra(self, exchange, kernel, kernel_calls, kernel_deltas, kinds, when_due):
+    def _global_kernel_spectra(self, exchange, kernel, kernel_calls, kernel_deltas, kinds):
         """Exchanges what this replica holds of one kernel's factors (see `distributed`) and
         returns the function that computes the global batch's spectra from it."""
         if not kernel_calls:
@@ -463,13 +478,8 @@ class AutoSpecModel(keras.Model):
             return functools.partial(self._kernel_spectra, kernel, all_calls, all_deltas, exchange.grouping)
         self._exchanges[kernel.path] = {"exchange": "sums", "values": summed_size}
 
-        def local_sums():
-            a, delta, _, _ = self._factors(kernel, kernel_calls, kernel_deltas, exchange.local_grouping)
-            return spectra.row_sums(a, delta, kinds)
-
-        summed = exchange.all_reduce(
-            when_due(local_sums, lambda: {key: tf.zeros(s.shape, s.dtype) for key, s in spec.items()})
-        )
+        a, delta, _, _ = self._factors(kernel, kernel_calls, kernel_deltas, exchange.local_grouping)
+        summed = exchange.all_reduce(spectra.row_sums(a, delta, kinds))
         rows_per_sample = _rows_per_sample(kernel, kernel_deltas)
         return lambda _: spectra.spectra_from_row_sums(
             summed, kernel.capture.input_factor_type, kernel.fan_in, kernel.fan_out, rows_per_sample,

@@ -19,33 +19,42 @@ def _channels_last(layer, tensor):
     return tf.transpose(tensor, [0] + list(range(2, rank)) + [1])
 
 
+def _size(tensor, axis):
+    static = tensor.shape[axis]
+    return static if static is not None else tf.shape(tensor)[axis]
+
+
+def _same_padding(size, kernel, stride, dilation):
+    """TensorFlow's "SAME" padding of one spatial axis: ``[before, after]``."""
+    extent = (kernel - 1) * dilation + 1
+    total = tf.maximum((-(-size // stride) - 1) * stride + extent - size, 0)
+    return [total // 2, total - total // 2]
+
+
 def _patches(layer, inputs):
-    """im2col patches ``[N, positions, kernel_volume · C_in]``, in the kernel's order."""
+    """im2col patches ``[N, positions, kernel_volume · C_in]``, in the kernel's order.
+
+    One strided slice of the (padded) input per kernel offset, concatenated offset-major
+    and channel-minor as the kernel reshapes to ``(kernel_volume · C_in, filters)``: a
+    copy of the patches, faster than ``tf.image.extract_patches`` and for any rank.
+    """
     if layer.padding == "causal":
         inputs = tf.pad(inputs, layer._compute_causal_padding())
     x = _channels_last(layer, inputs)
-    padding = "SAME" if layer.padding == "same" else "VALID"
-    if layer.rank <= 2:
-        # 1-D convolutions are 2-D ones over a height of 1.
-        if layer.rank == 1:
-            x = x[:, None]
-        sizes = [1] * (2 - layer.rank)
-        patches = tf.image.extract_patches(
-            x,
-            sizes=[1, *sizes, *layer.kernel_size, 1],
-            strides=[1, *sizes, *layer.strides, 1],
-            rates=[1, *sizes, *layer.dilation_rate, 1],
-            padding=padding,
+    axes = list(zip(layer.kernel_size, layer.strides, layer.dilation_rate))
+    if layer.padding == "same":
+        x = tf.pad(x, [[0, 0], *[_same_padding(_size(x, i + 1), *axis) for i, axis in enumerate(axes)], [0, 0]])
+    windows = []  # per axis: (positions, stride, dilation)
+    for i, (kernel, stride, dilation) in enumerate(axes):
+        windows.append(((_size(x, i + 1) - (kernel - 1) * dilation - 1) // stride + 1, stride, dilation))
+    slices = []
+    for offset in np.ndindex(*layer.kernel_size):
+        window = tuple(
+            slice(o * dilation, o * dilation + (positions - 1) * stride + 1, stride)
+            for o, (positions, stride, dilation) in zip(offset, windows)
         )
-    else:
-        # No dilated volume-patch op exists: convolve with an identity kernel instead.
-        width = int(np.prod(layer.kernel_size)) * x.shape[-1]
-        identity = tf.reshape(
-            tf.eye(width, dtype=x.dtype), [*layer.kernel_size, x.shape[-1], width]
-        )
-        patches = tf.nn.convolution(
-            x, identity, strides=layer.strides, padding=padding, dilations=layer.dilation_rate
-        )
+        slices.append(x[(slice(None), *window)])
+    patches = tf.concat(slices, axis=-1)
     return tf.reshape(patches, [tf.shape(x)[0], -1, patches.shape[-1]])
 
 
