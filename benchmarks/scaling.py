@@ -8,10 +8,14 @@ excluded, median of the repeats) and reports the ratio of their step times:
 * groups 2 / 4 / 16: the same MLP, batch 128;
 * width 512 … 4096: a square Dense ``W × W`` layer (input W → Dense(W) → Dense(10)),
   batch 128, 2 groups;
-* sequence length 10 / 25 / 50: LSTM(128) over 32 features, batch 128, 2 groups.
+* sequence length 10 / 25 / 50: LSTM(128) over 32 features, batch 128, 2 groups;
+* ``batch: NAME`` and ``groups: NAME``: the batch and groups sweeps above for the other
+  architectures of `overhead.ARCHITECTURES` (CNN, LSTM, Transformer, 1D CNN); not run
+  unless named, since they take long.
 
 Usage:
     python benchmarks/scaling.py [--repeats 3] [--json out.json] [--plot out.png]
+    python benchmarks/scaling.py --sweeps "batch: cnn" "groups: cnn" --steps 5 --repeats 2
 """
 
 import argparse
@@ -30,7 +34,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import models  # noqa: E402
-from overhead import build, median_ms_per_step, synthetic_data  # noqa: E402
+from overhead import ARCHITECTURES, build, median_ms_per_step, synthetic_data  # noqa: E402
 
 
 def square_dense_outputs(inputs, outputs=10):
@@ -46,6 +50,10 @@ SWEEPS = {
     "width": [(width, (square_dense_outputs, (width,)), 128, 2) for width in (512, 1024, 2048, 4096)],
     "sequence length": [(steps, (LSTM, (steps, 32)), 128, 2) for steps in (10, 25, 50)],
 }
+DEFAULT_SWEEPS = list(SWEEPS)
+for _name in ("cnn", "lstm", "transformer", "cnn1d"):
+    SWEEPS[f"batch: {_name}"] = [(batch, ARCHITECTURES[_name], batch, 2) for batch in (32, 128, 512)]
+    SWEEPS[f"groups: {_name}"] = [(groups, ARCHITECTURES[_name], 128, groups) for groups in (2, 4, 16)]
 
 
 def ratio(architecture, batch, groups, steps, repeats):
@@ -60,23 +68,31 @@ def plot(results, path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, axes = plt.subplots(1, len(results), figsize=(4 * len(results), 3.2))
-    for axis, (sweep, points) in zip(axes, results.items()):
-        values = [p["value"] for p in points]
-        axis.plot(values, [p["ratio"] for p in points], "o-")
+    # "batch" and "batch: cnn" share a panel, one line per architecture.
+    panels = {}
+    for sweep, points in results.items():
+        panel, _, label = sweep.partition(": ")
+        panels.setdefault(panel, []).append((label or ("mlp" if panel in ("batch", "groups") else None), points))
+    figure, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.2), squeeze=False)
+    for axis, (panel, lines) in zip(axes[0], panels.items()):
         axis.set_xscale("log", base=2)
-        axis.set_xticks(values, [str(v) for v in values])
-        axis.set_xlabel(sweep)
+        for label, points in lines:
+            values = [p["value"] for p in points]
+            axis.plot(values, [p["ratio"] for p in points], "o-", label=label)
+            axis.set_xticks(values, [str(v) for v in values])
+        axis.set_xlabel(panel)
         axis.set_ylabel("AutoSpec / plain step time")
         axis.axhline(1.0, color="grey", linewidth=0.8)
         axis.set_ylim(bottom=0)
+        if any(label for label, _ in lines):
+            axis.legend(fontsize=7)
     figure.tight_layout()
     figure.savefig(path, dpi=110)
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sweeps", nargs="+", default=list(SWEEPS), choices=list(SWEEPS))
+    parser.add_argument("--sweeps", nargs="+", default=DEFAULT_SWEEPS, choices=list(SWEEPS))
     parser.add_argument("--steps", type=int, default=10, help="steps per timed epoch")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--json", help="also write the results here")
@@ -91,7 +107,7 @@ def main():
         for value, architecture, batch, groups in SWEEPS[sweep]:
             point = {"value": value, **ratio(architecture, batch, groups, args.steps, args.repeats)}
             results[sweep].append(point)
-            print(f"{sweep:16s} {value:5d}  plain {point['plain_ms']:8.2f} ms  autospec {point['autospec_ms']:8.2f} ms"
+            print(f"{sweep:20s} {value:5d}  plain {point['plain_ms']:8.2f} ms  autospec {point['autospec_ms']:8.2f} ms"
                   f"  {point['ratio']:5.2f}x", flush=True)
     if args.json:
         with open(args.json, "w") as f:
