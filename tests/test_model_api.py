@@ -163,6 +163,26 @@ def test_every_n_steps_follows_the_optimizer_step_and_trains_as_keras_in_between
     assert model.last_spectra.step == 6
 
 
+def test_every_n_steps_reports_the_last_step_that_ran():
+    x, y, labels = _data(n=30)
+    model = _compile(_functional(every_n_steps=2))
+    # Unknown length: Keras makes one more call per epoch, which ends the data and runs no step.
+    data = tf.data.Dataset.from_tensor_slices(({"x": x, "group": labels}, y)).filter(lambda *_: True).batch(10)
+    model.fit(data, epochs=1, verbose=0)
+    assert model.last_spectra.step == 2  # steps 0, 1, 2 ran; 2 was recorded
+    model.optimizer.iterations.assign(5)
+    model.train_on_batch({"x": x[:10], "group": labels[:10]}, y[:10])
+    assert model.last_spectra is None  # step 5 ran unrecorded
+    # A custom loop's train_step records at every call.
+    tf.function(model.train_step)(({"x": x[:10], "group": labels[:10]}, y[:10]))
+    assert model.last_spectra.step == 6
+    bad = np.array(labels)
+    bad[5] = 7  # a label outside the groups, in step 7: not recorded, still refused
+    bad_data = tf.data.Dataset.from_tensor_slices(({"x": x, "group": bad}, y)).batch(10)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="Group labels must be <"):
+        model.fit(bad_data, epochs=1, verbose=0)
+
+
 def test_default_options_record_everything_every_step():
     model = _compile(_functional())
     assert model.autospec_kinds == ts.KINDS and model.autospec_top_k is None

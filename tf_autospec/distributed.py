@@ -14,7 +14,8 @@ Per tracked kernel the replicas exchange whichever of two things holds fewer val
   non-finite flag in float64; an Embedding's ``A_gᵀA_g`` is diagonal, ``2·fan_in``).
 
 Per-sample gradients are never formed. The group labels (one int32 per sample) are
-all-gathered every step. Each replica decomposes the same global matrices, in parallel.
+all-gathered at every recorded step. Each replica decomposes the same global matrices,
+in parallel.
 
 The exchange runs only in the recording training step; with ``every_n_steps > 1`` the
 steps in between are `keras.Model`'s own (see ``AutoSpecModel.make_train_function``), so
@@ -61,7 +62,7 @@ def _values_per_sample(tensors):
 
 
 def summed_values(spec):
-    """Values all-reduced per step by the sums exchange, from `spectra.row_sums_spec`."""
+    """Values all-reduced per recorded step by the sums exchange, from `spectra.row_sums_spec`."""
     return sum(
         int(np.prod(entry.shape)) * (_FLOAT64_VALUES if entry.dtype == tf.float64 else 1)
         for entry in spec.values()
@@ -69,7 +70,7 @@ def summed_values(spec):
 
 
 def gathered_values(kernel_calls, kernel_deltas, global_batch):
-    """Values all-gathered per step for one kernel by the rows exchange, or ``None`` if
+    """Values all-gathered per recorded step for one kernel by the rows exchange, or ``None`` if
     the global batch or the per-sample sizes are not known while tracing."""
     per_sample = _values_per_sample([inputs for inputs, _ in kernel_calls] + list(kernel_deltas))
     if per_sample is None or global_batch is None:

@@ -24,7 +24,8 @@ class _SpectraState:
 
     Layout: ``[step, counts (G), finite flags (K), spectra...]`` where each (kernel, kind)
     spectrum ``[G, width]`` follows the previous one, flattened. float64 holds the step
-    and the counts exactly. ``stale`` is set while the last step ran without recording.
+    and the counts exactly. A second variable, ``recorded``, says whether the last step
+    that ran was recorded: the steps that do not record set it to 0.
     """
 
     def __init__(self, kernels, num_groups):
@@ -38,8 +39,10 @@ class _SpectraState:
                 self.segments.append((kernel.path, kind, start, width))
                 start += num_groups * width
         self.warned_nonfinite = False
-        self.stale = False
         # Under tf.distribute every replica holds the same values; the first one's are kept.
+        self.recorded = tf.Variable(
+            False, trainable=False, name="autospec_recorded", aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA
+        )
         self.buffer = tf.Variable(
             tf.concat([[-1.0], tf.ones([num_groups + len(kernels)], tf.float64),
                        tf.fill([start - self.header_size], tf.constant(float("nan"), tf.float64))], 0),
@@ -54,11 +57,12 @@ class _SpectraState:
         flat = [[tf.cast(step, tf.float64)], tf.cast(counts, tf.float64), tf.cast(tf.stack(finite), tf.float64)]
         flat += [tf.reshape(tf.cast(spectra[(path, kind)], tf.float64), [-1]) for path, kind, _, _ in self.segments]
         self.buffer.assign(tf.concat(flat, 0))
+        self.recorded.assign(True)
 
     def read(self, groups):
-        buffer = self.buffer.value().numpy()
-        if self.stale or buffer[0] < 0:
+        if not self.recorded.numpy():
             return None
+        buffer = self.buffer.value().numpy()
         step = int(buffer[0])
         finite = buffer[1 + self.num_groups : self.header_size]
         nonfinite = tuple(k.path for k, ok in zip(self.kernels, finite) if not ok)
@@ -100,7 +104,6 @@ class _EveryNSteps:
         # The optimizer's step is the one source of truth: it survives checkpoints and
         # moves on with train_on_batch; reading it is one scalar copy.
         due = int(model.optimizer.iterations.numpy()) % model.autospec_every_n_steps == 0
-        model._spectra_state.stale = not due
         return (self.recording if due else self.unrecorded)(data)
 
 
@@ -397,7 +400,14 @@ class AutoSpecModel(keras.Model):
         return self._reducible(self.compute_metrics(x, y, y_pred, sample_weight=sample_weight))
 
     def _unrecorded_train_step(self, data):
-        return self._reducible(super().train_step(data))
+        x, _, _ = data_adapter_utils.unpack_x_y_sample_weight(data)
+        self._group_labels(x)  # bad labels raise at every step, recorded or not
+        logs = super().train_step(data)
+        # Written after the step's work, so that a call that gets no batch (Keras's last
+        # call of an epoch of unknown length) leaves the flag as the last real step set it.
+        with tf.control_dependencies(tree.flatten(logs)):
+            self._spectra_state.recorded.assign(False)
+        return self._reducible(logs)
 
     def test_step(self, data):
         return self._reducible(super().test_step(data))
@@ -533,14 +543,15 @@ class AutoSpecModel(keras.Model):
 
     @property
     def distributed_exchange(self):
-        """What the replicas exchange per step for each kernel under a `tf.distribute`
-        strategy with several replicas (empty otherwise; known once training has started).
+        """What the replicas exchange per recorded step for each kernel under a
+        `tf.distribute` strategy with several replicas (empty otherwise; known once
+        training has started).
 
         Returns:
             dict kernel path -> ``{"exchange": "rows" | "sums", "values": n}``: the rows
             of every sample are all-gathered, or per-group sums over rows are
             all-reduced, whichever moves fewer values (``n`` float32-sized values per
-            step in all; see `tf_autospec.distributed`). One int32 group label per
+            recorded step in all; see `tf_autospec.distributed`). One int32 group label per
             sample is all-gathered besides.
         """
         return dict(self._exchanges)
