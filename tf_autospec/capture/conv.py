@@ -9,6 +9,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from tf_autospec import spectra
 from tf_autospec.capture import LayerCapture, register
 
 
@@ -17,11 +18,6 @@ def _channels_last(layer, tensor):
         return tensor
     rank = tensor.shape.rank
     return tf.transpose(tensor, [0] + list(range(2, rank)) + [1])
-
-
-def _size(tensor, axis):
-    static = tensor.shape[axis]
-    return static if static is not None else tf.shape(tensor)[axis]
 
 
 def _same_padding(size, kernel, stride, dilation):
@@ -43,10 +39,10 @@ def _patches(layer, inputs):
     x = _channels_last(layer, inputs)
     axes = list(zip(layer.kernel_size, layer.strides, layer.dilation_rate))
     if layer.padding == "same":
-        x = tf.pad(x, [[0, 0], *[_same_padding(_size(x, i + 1), *axis) for i, axis in enumerate(axes)], [0, 0]])
+        x = tf.pad(x, [[0, 0], *[_same_padding(spectra.dim(x, i + 1), *axis) for i, axis in enumerate(axes)], [0, 0]])
     windows = []  # per axis: (positions, stride, dilation)
     for i, (kernel, stride, dilation) in enumerate(axes):
-        windows.append(((_size(x, i + 1) - (kernel - 1) * dilation - 1) // stride + 1, stride, dilation))
+        windows.append(((spectra.dim(x, i + 1) - (kernel - 1) * dilation - 1) // stride + 1, stride, dilation))
     slices = []
     for offset in np.ndindex(*layer.kernel_size):
         window = tuple(
