@@ -31,7 +31,7 @@ def main():
         experiment = Experiment(dataset=dataset, model=model, folds=1, seeds=args.seeds, epochs=args.epochs,
                                 batch_size=128, dataset_options=dict(options, groups=4))
         paths = run_experiment(experiment, os.path.join(args.output, model), overwrite=args.overwrite, verbose=2)
-        analyse(paths, args.output, "0", "1", f"{dataset}_{model}")
+        analyse(paths, args.output, "digit 0", "digit 1", f"{dataset}_{model}")
 
 
 if __name__ == "__main__":

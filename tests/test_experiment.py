@@ -64,11 +64,11 @@ def test_autospec_run_writes_one_file_per_fold_and_seed_and_the_analysis(tmp_pat
     names = sorted(os.listdir(tmp_path / "runs"))
     assert names == ["fold0_seed0.h5", "fold0_seed1.h5", "fold1_seed0.h5", "fold1_seed1.h5"]
     runs = [load(tmp_path / "runs" / name) for name in names]
-    assert all(r.layers == runs[0].layers and r.groups == ("0", "1") for r in runs)
+    assert all(r.layers == runs[0].layers and r.groups == ("digit 0", "digit 1") for r in runs)
     meta = runs[3].metadata
     assert (meta["fold"], meta["seed"], meta["folds"], meta["model"], meta["dataset"]) == (1, 1, 2, "cnn2d", "digits")
     assert json.loads(meta["model_options"]) == {"filters": [2, 4]} and meta["learning_rate"] == 1e-3
-    assert json.loads(meta["data"])["group_classes"] == ["0", "1"]
+    assert json.loads(meta["data"])["group_classes"] == [0, 1]
     # 240 samples, two folds: each run trains on 120, 3 full batches of 32 per epoch.
     assert len(runs[0]) == 2 * 3 and set(runs[0].records["epoch"]) == {0, 1}
     assert all(0 < run.counts("0")[k] + run.counts("1")[k] <= 32 for run in runs for k in range(6))

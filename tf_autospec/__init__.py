@@ -4,6 +4,17 @@ import os as _os
 
 _os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+import keras as _keras  # noqa: E402
+
+if _keras.backend.backend() != "tensorflow":
+    # The capture of products and the spectra are TensorFlow code (tf.GradientTape,
+    # tf.linalg): under another backend, fit would fail deep inside Keras.
+    raise ImportError(
+        f"tf_autospec needs Keras's TensorFlow backend; KERAS_BACKEND is "
+        f"'{_keras.backend.backend()}'. Set KERAS_BACKEND=tensorflow (or unset it) before "
+        "importing keras and tf_autospec."
+    )
+
 from tf_autospec.callback import AutoSpecCallback  # noqa: E402
 from tf_autospec.capture import LayerCapture, register  # noqa: E402
 from tf_autospec.model import AutoSpecModel, wrap  # noqa: E402

@@ -5,24 +5,38 @@ label: an integer ``0..G-1``, one of the declared names, or ``-1`` for "in no
 group" (the sample is trained on but enters no spectrum).
 """
 
+import re
+
 import numpy as np
 import tensorflow as tf
 
 GROUP_KEY = "group"
 UNASSIGNED = -1
+# Keys users write for the group entry by mistake; they get an error naming GROUP_KEY.
+_NEAR_MISSES = re.compile(r"groups?|grps?|group_?(labels?|ids?|names?|index|indices)|labels?_?groups?|cohorts?",
+                          re.IGNORECASE)
+
+
+_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?|[+-]?(nan|inf|infinity)", re.IGNORECASE)
 
 
 def validate_group_names(groups):
     """Checks a group declaration and returns it as a tuple of strings.
 
+    One rule makes every label mean one thing: **integer labels are indices** (``0..G-1``,
+    ``-1`` = in no group) and **text labels are names**. So a name must not look like a
+    number: with ``groups=[1, 2]``, is the label ``1`` the group named 1 or the second
+    group? Such declarations are refused, with the fix (``["site 1", "site 2"]``).
+
     Args:
-        groups: sequence of distinct, non-empty group names.
+        groups: sequence of distinct, non-empty group names (text).
 
     Returns:
         Tuple of the names, in declaration order (label ``i`` is ``groups[i]``).
 
     Raises:
-        ValueError: when no group is declared, a name is empty or repeated.
+        ValueError: when no group is declared, a name is not text, is empty, looks like a
+            number, or is repeated.
     """
     if groups is None or isinstance(groups, (str, bytes)) or len(groups) == 0:
         raise ValueError(
@@ -30,8 +44,17 @@ def validate_group_names(groups):
             "`groups=['HC', 'SZ']`; received "
             f"groups={groups!r}."
         )
-    names = tuple(str(g) for g in groups)
-    if any(not n for n in names):
+    names = tuple(g.decode() if isinstance(g, bytes) else g for g in groups)
+    numeric = [n for n in names if not isinstance(n, str) or _NUMBER.fullmatch(n.strip())]
+    if numeric:
+        examples = [f"group {n}" for n in names[:3]]
+        raise ValueError(
+            f"Group names must be text that does not look like a number; received {list(names)}. "
+            "Integer labels are always read as group indices (0..G-1, -1 = in no group), so a "
+            f"group named {numeric[0]!r} could be read two ways. Name the groups, e.g. "
+            f"groups={examples}, and give labels as indices 0..{len(names) - 1} or as those names."
+        )
+    if any(not n.strip() for n in names):
         raise ValueError(f"Group names must be non-empty strings; received {names!r}.")
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
@@ -42,8 +65,99 @@ def validate_group_names(groups):
     return names
 
 
+def missing_labels_error(x, group_names):
+    """The error for training inputs without group labels, naming a misspelt key if any."""
+    found = f" The inputs are a dict with keys {sorted(x)}." if isinstance(x, dict) else ""
+    return ValueError(
+        "AutoSpecModel.fit needs a group label per sample: call "
+        "`fit(x, y, groups=labels)`, or give the inputs as a dict with a "
+        f"'{GROUP_KEY}' entry (`fit({{'x': x, '{GROUP_KEY}': labels}}, y)`, also from a "
+        f"tf.data.Dataset).{found} Declared groups: {list(group_names)}."
+    )
+
+
+def check_group_entry(x, group_names, required):
+    """Refuses inputs whose group labels sit under another key than ``"group"``, and
+    (when ``required``) inputs without labels.
+
+    Args:
+        x: the inputs of one entry point, or a dataset's element spec of them.
+        group_names: the declared names.
+        required: whether the labels must be there (training).
+
+    Raises:
+        ValueError: naming the key found and the reserved key ``"group"``.
+    """
+    if isinstance(x, dict) and GROUP_KEY not in x:
+        misspelt = sorted(k for k in x if isinstance(k, str) and _NEAR_MISSES.fullmatch(k))
+        if misspelt:
+            raise ValueError(
+                f"The inputs have an entry {misspelt[0]!r}, and no '{GROUP_KEY}' entry: AutoSpec "
+                f"reads group labels from the key '{GROUP_KEY}' only (e.g. "
+                f"{{'x': x, '{GROUP_KEY}': labels}}). Rename the key, or pass `groups=labels`."
+            )
+    if required and not (isinstance(x, dict) and GROUP_KEY in x):
+        raise missing_labels_error(x, group_names)
+
+
+def refuse_group_input(model):
+    """Refuses a model with an input named ``"group"``: that key carries the group labels.
+
+    Args:
+        model: a built functional or Sequential `keras.Model`.
+    """
+    structure = getattr(model, "_inputs_struct", None)
+    names = list(structure) if isinstance(structure, dict) else []
+    try:
+        inputs = model.inputs or []
+    except (AttributeError, ValueError):  # a subclassed or unbuilt model: no inputs yet
+        inputs = []
+    names += [getattr(i, "name", None) for i in inputs]
+    if GROUP_KEY in names:
+        raise ValueError(
+            f"Model '{model.name}' has an input named '{GROUP_KEY}', the key AutoSpec reserves "
+            "for the group labels of each sample. Rename that input, e.g. "
+            f"keras.Input(..., name='{GROUP_KEY}_input')."
+        )
+
+
+def _as_label_array(labels):
+    """Labels as a 1-D NumPy array of integers, floats or text (bytes decoded)."""
+    if isinstance(labels, tf.Tensor):
+        labels = labels.numpy()
+    array = np.asarray(labels)
+    if array.ndim == 2 and array.shape[1] == 1:
+        array = array[:, 0]
+    if array.ndim != 1:
+        raise ValueError(
+            "Group labels must be a 1-D array with one label per sample; received "
+            f"shape {array.shape}."
+        )
+    if array.dtype.kind == "S":
+        return np.array([v.decode() for v in array.tolist()], dtype=object)
+    if array.dtype.kind != "O":
+        return array
+    values = [v.decode() if isinstance(v, bytes) else v for v in array.tolist()]
+    text = [isinstance(v, str) for v in values]
+    if all(text):
+        return np.array(values, dtype=object)
+    numbers = [isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_))
+               for v in values]
+    if all(numbers):
+        return np.array(values, dtype=np.float64)
+    examples = [v for v, t, n in zip(values, text, numbers) if not t][:3]
+    raise ValueError(
+        "Group labels must be all integers (group indices) or all text (group names); "
+        f"received a mix, e.g. {examples} beside text. Convert them to one form."
+    )
+
+
 def labels_to_indices(labels, group_names):
     """Converts user labels (NumPy side) to int32 group indices.
+
+    Integer labels are indices (``-1`` = in no group); text labels (str, bytes, object
+    arrays of text, pandas columns, ``tf.string`` tensors) are names (``"-1"`` = in no
+    group). See `validate_group_names` for why the two never mix.
 
     Args:
         labels: 1-D array-like of ints in ``-1..G-1`` or of declared group names.
@@ -55,23 +169,20 @@ def labels_to_indices(labels, group_names):
     Raises:
         ValueError: with the offending values and how to fix them.
     """
-    array = np.asarray(labels)
-    if array.ndim == 2 and array.shape[1] == 1:
-        array = array[:, 0]
-    if array.ndim != 1:
-        raise ValueError(
-            "Group labels must be a 1-D array with one label per sample; received "
-            f"shape {array.shape}."
-        )
-    if array.dtype.kind in "USO":
+    array = _as_label_array(labels)
+    if array.dtype.kind in "UO":
         lookup = {name: i for i, name in enumerate(group_names)}
-        as_text = [v.decode() if isinstance(v, bytes) else v for v in array.tolist()]
-        unknown = sorted({str(v) for v in as_text if v not in lookup and str(v) != str(UNASSIGNED)})
+        as_text = array.tolist()
+        unknown = sorted({v for v in as_text if v not in lookup and v != str(UNASSIGNED)})
         if unknown:
+            hint = ""
+            if any(_NUMBER.fullmatch(v.strip()) for v in unknown):
+                hint = (" Text labels are read as names only; give indices as integers "
+                        "(e.g. labels.astype(int)).")
             raise ValueError(
                 f"Unknown group labels {unknown[:5]}; declared groups are "
                 f"{list(group_names)}. Use a declared name, its index, or -1 for "
-                "'in no group'."
+                f"'in no group'.{hint}"
             )
         return np.array([lookup.get(v, UNASSIGNED) for v in as_text], dtype=np.int32)
     if array.dtype.kind == "f":
@@ -95,12 +206,13 @@ def labels_to_indices(labels, group_names):
 
 
 def labels_to_indices_tensor(labels, group_names, check=True):
-    """Converts labels arriving inside a training step to int32 indices.
+    """Converts labels arriving inside a training step to int32 indices, by the rule of
+    `labels_to_indices`.
 
     Args:
-        labels: tensor of shape ``[N]`` or ``[N, 1]``, integer or string.
+        labels: tensor of shape ``[N]`` or ``[N, 1]``, integer, float or string.
         group_names: the declared names.
-        check: add graph assertions on the values (not under XLA).
+        check: add graph assertions on the values, naming the offending ones (not under XLA).
 
     Returns:
         int32 tensor ``[N]`` with values in ``-1..G-1``.
@@ -112,26 +224,24 @@ def labels_to_indices_tensor(labels, group_names, check=True):
         matches = tf.equal(labels[:, None], tf.constant(group_names)[None, :])
         known = tf.reduce_any(matches, axis=1)
         unassigned = tf.equal(labels, str(UNASSIGNED))
-        if check:
-            tf.debugging.Assert(
-                tf.reduce_all(known | unassigned),
-                ["Unknown group label; declared groups are", tf.constant(group_names), labels],
-            )
         index = tf.cast(tf.argmax(tf.cast(matches, tf.int32), axis=1), tf.int32)
-        return tf.where(known, index, UNASSIGNED)
-    if labels.dtype.is_floating and check:
-        tf.debugging.Assert(
-            tf.reduce_all(tf.equal(labels, tf.round(labels))),
-            ["Group labels must be whole numbers (group indices, -1 = in no group)."],
-        )
-    labels = tf.cast(labels, tf.int32)
-    if check:
-        tf.debugging.assert_greater_equal(
-            labels, UNASSIGNED, message="Group labels must be >= -1 (-1 = in no group)."
-        )
-        tf.debugging.assert_less(
-            labels,
-            len(group_names),
-            message=f"Group labels must be < {len(group_names)} (groups {list(group_names)}).",
-        )
-    return labels
+        indices = tf.where(known, index, UNASSIGNED)
+        message = f"Unknown group labels (declared groups {list(group_names)}; -1 = in no group):"
+        return _checked(indices, known | unassigned, labels, message) if check else indices
+    indices = tf.cast(labels, tf.int32)
+    if not check:
+        return indices
+    valid = (labels >= UNASSIGNED) & (labels < len(group_names))
+    if labels.dtype.is_floating:
+        valid &= tf.equal(labels, tf.round(labels))
+    message = (f"Group labels must be whole numbers in -1..{len(group_names) - 1} "
+               f"(groups {list(group_names)}; -1 = in no group); these are not:")
+    return _checked(indices, valid, labels, message)
+
+
+def _checked(indices, valid, labels, message):
+    """``indices``, once an assertion naming the labels that are not ``valid`` has passed
+    (the control dependency runs it before anything uses the indices)."""
+    check = tf.debugging.Assert(tf.reduce_all(valid), [message, tf.boolean_mask(labels, ~valid)], summarize=10)
+    with tf.control_dependencies([check]):
+        return tf.identity(indices)

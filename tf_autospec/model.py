@@ -73,7 +73,7 @@ class _SpectraState:
                 "their spectra are NaN for the affected groups (StepSpectra.nonfinite lists "
                 "them at each step; this warning is not repeated).",
                 tracking.AutoSpecWarning,
-                stacklevel=3,
+                stacklevel=tracking.user_stacklevel(),
             )
         return StepSpectra(
             step=step,
@@ -181,8 +181,20 @@ class AutoSpecModel(keras.Model):
         self, *args, groups=None, layers=None, kinds=spectra.KINDS, top_k=None,
         randomized=False, every_n_steps=1, **kwargs
     ):
-        super().__init__(*args, **kwargs)
+        # keras's Functional ignores keyword arguments it does not know: a misspelt option
+        # would build a model that silently records with the default.
+        unknown = sorted(set(kwargs) - set(_FUNCTIONAL_KERAS_ARGUMENTS)) if isinstance(self, Functional) else []
+        if unknown:
+            raise _unknown_options(unknown)
+        try:
+            super().__init__(*args, **kwargs)
+        except ValueError as error:
+            if "Unrecognized keyword arguments" not in str(error):
+                raise
+            raise _unknown_options(sorted(set(kwargs) - set(_FUNCTIONAL_KERAS_ARGUMENTS))) from None
         self.groups = groups_module.validate_group_names(groups)
+        if isinstance(self, Functional):
+            groups_module.refuse_group_input(self)
         if layers is not None and isinstance(layers, str):
             layers = [layers]
         self.autospec_layers = None if layers is None else tuple(layers)
@@ -226,24 +238,22 @@ class AutoSpecModel(keras.Model):
 
     def _group_labels(self, x):
         if not isinstance(x, dict) or groups_module.GROUP_KEY not in x:
-            raise ValueError(
-                "AutoSpecModel.fit needs a group label per sample: call "
-                "`fit(x, y, groups=labels)`, or give the inputs as a dict with a "
-                "'group' entry (`fit({'x': x, 'group': labels}, y)`, also from a "
-                f"tf.data.Dataset). Declared groups: {list(self.groups)}."
-            )
+            raise groups_module.missing_labels_error(x, self.groups)
         return groups_module.labels_to_indices_tensor(
             x[groups_module.GROUP_KEY], self.groups, check=not self.jit_compile
         )
 
     def _attach_groups(self, x, labels):
-        if isinstance(x, (tf.data.Dataset, keras.utils.PyDataset)) or (
-            hasattr(x, "__next__") and not hasattr(x, "shape")
-        ):
+        if isinstance(x, (tf.data.Dataset, keras.utils.PyDataset)) or _is_iterator(x):
             raise ValueError(
-                "`groups=` works with array inputs. For a tf.data.Dataset or a "
+                "`groups=` works with array inputs. For a tf.data.Dataset, a PyDataset or a "
                 "generator, yield the inputs as a dict with a 'group' entry instead: "
                 "({'x': x, 'group': labels}, y)."
+            )
+        if isinstance(x, dict) and groups_module.GROUP_KEY in x:
+            raise ValueError(
+                "Group labels were given twice: as `groups=` and as the 'group' entry of x. "
+                "Give one of them."
             )
         indices = groups_module.labels_to_indices(labels, self.groups)
         first = next(iter(tree.flatten(x)))
@@ -256,22 +266,86 @@ class AutoSpecModel(keras.Model):
             return {**x, groups_module.GROUP_KEY: indices}
         return {"x": x, groups_module.GROUP_KEY: indices}
 
-    def fit(self, x=None, y=None, *args, groups=None, **kwargs):
-        """`keras.Model.fit`, plus ``groups``: one group label per sample of ``x``.
+    def _with_indices(self, x, groups=None, required=False):
+        """The inputs of any Keras entry point with their group labels as int32 indices.
 
-        Labels may instead come as a ``"group"`` entry of a dict ``x`` (the form
-        `tf.data` pipelines use). ``validation_data`` may carry the same entry.
+        Labels given as ``groups=`` or as the ``"group"`` entry of arrays are converted here
+        (every label form `groups.labels_to_indices` reads); a `keras.utils.PyDataset` or a
+        generator has each batch converted as it is drawn; a `tf.data.Dataset` is converted
+        inside the step (`groups.labels_to_indices_tensor`). A dict whose group entry is
+        under another key (``"groups"``, ``"grp"``...) is refused with the key to use.
+
+        Args:
+            x: the inputs, as given to ``fit``, ``evaluate``, ``predict`` or ``*_on_batch``.
+            groups: labels given as an argument, or ``None``.
+            required: whether labels must be present (training).
         """
         if groups is not None:
-            x = self._attach_groups(x, groups)
-        elif isinstance(x, dict) and groups_module.GROUP_KEY in x:
-            labels = groups_module.labels_to_indices(x[groups_module.GROUP_KEY], self.groups)
-            x = {**x, groups_module.GROUP_KEY: labels}
-        self._build_from_sample(x)
+            return self._attach_groups(x, groups)
+        if isinstance(x, keras.utils.PyDataset):
+            return _LabelledPyDataset(x, functools.partial(self._batch_with_indices, required=required))
+        if _is_iterator(x):
+            return _converted_batches(x, functools.partial(self._batch_with_indices, required=required))
+        if isinstance(x, tf.data.Dataset):
+            groups_module.check_group_entry(x.element_spec[0] if isinstance(x.element_spec, tuple)
+                                            else x.element_spec, self.groups, required)
+            return x
+        groups_module.check_group_entry(x, self.groups, required)
+        if isinstance(x, dict) and groups_module.GROUP_KEY in x:
+            return {**x, groups_module.GROUP_KEY: groups_module.labels_to_indices(
+                x[groups_module.GROUP_KEY], self.groups)}
+        return x
+
+    def _batch_with_indices(self, batch, required):
+        """One batch ``x`` or ``(x, y[, sample_weight])`` of a PyDataset or generator, its
+        labels converted (`_with_indices`)."""
+        if isinstance(batch, tuple):
+            return (self._with_indices(batch[0], required=required),) + batch[1:]
+        return self._with_indices(batch, required=required)
+
+    def fit(self, x=None, y=None, *args, groups=None, validation_data=None, **kwargs):
+        """`keras.Model.fit`, plus ``groups``: one group label per sample of ``x``.
+
+        Labels may instead come as a ``"group"`` entry of a dict ``x`` (the form `tf.data`
+        pipelines, PyDatasets and generators use). ``validation_data`` may carry the same
+        entry. Labels are indices ``0..G-1`` (``-1`` = in no group) or the group names.
+        """
+        x = self._with_indices(x, groups, required=True)
+        x, first_batch = _peeked(x)
+        if validation_data is not None:
+            validation_data = self._validation_with_indices(validation_data)
+        self._build_from_sample(first_batch if first_batch is not None else x)
         self._batch_size_hint = _batch_size(
             x, kwargs.get("batch_size", args[0] if args else None), self.distribute_strategy.num_replicas_in_sync
         )
-        return super().fit(x, y, *args, **kwargs)
+        return super().fit(x, y, *args, validation_data=validation_data, **kwargs)
+
+    def _validation_with_indices(self, validation_data):
+        if isinstance(validation_data, (tuple, list)):
+            return (self._with_indices(validation_data[0]),) + tuple(validation_data[1:])
+        return self._with_indices(validation_data)
+
+    def evaluate(self, x=None, y=None, *args, groups=None, **kwargs):
+        """`keras.Model.evaluate`; group labels (``groups=`` or a ``"group"`` entry) are
+        optional and read as in ``fit``."""
+        return super().evaluate(self._with_indices(x, groups), y, *args, **kwargs)
+
+    def predict(self, x, *args, **kwargs):
+        """`keras.Model.predict`; a ``"group"`` entry of the inputs is read as in ``fit``
+        and does not change the predictions."""
+        return super().predict(self._with_indices(x), *args, **kwargs)
+
+    def train_on_batch(self, x, y=None, *args, **kwargs):
+        """`keras.Model.train_on_batch`, recording the step's spectra (labels as in ``fit``)."""
+        x = self._with_indices(x, required=True)
+        self._build_from_sample(x)
+        return super().train_on_batch(x, y, *args, **kwargs)
+
+    def test_on_batch(self, x, y=None, *args, **kwargs):
+        return super().test_on_batch(self._with_indices(x), y, *args, **kwargs)
+
+    def predict_on_batch(self, x):
+        return super().predict_on_batch(self._with_indices(x))
 
     def _build_from_sample(self, x):
         """Builds every layer on one sample: the tracked kernels must exist before tracing."""
@@ -281,7 +355,8 @@ class AutoSpecModel(keras.Model):
             x = next(iter(x.take(1)))[0]
             sample = tree.map_structure(lambda v: v[:1], x)
         elif isinstance(x, keras.utils.PyDataset):
-            sample = tree.map_structure(lambda v: v[:1], x[0][0])
+            batch = x[0]
+            sample = tree.map_structure(lambda v: v[:1], batch[0] if isinstance(batch, tuple) else batch)
         else:
             sample = tree.map_structure(lambda v: v[:1], x)
         with self.distribute_strategy.scope():
@@ -322,15 +397,10 @@ class AutoSpecModel(keras.Model):
                 "CPU: XLA's CPU eigen-solvers take minutes on matrices this size. "
                 "On a GPU the step is compiled with XLA.",
                 tracking.AutoSpecWarning,
-                stacklevel=2,
+                stacklevel=tracking.user_stacklevel(),
             )
             self.jit_compile = False
-        if self._spectra_state is None:
-            kernels = tracking.find_tracked_kernels(
-                self, self.autospec_layers, self.autospec_kinds, self.autospec_top_k
-            )
-            with self.distribute_strategy.scope():
-                self._spectra_state = _SpectraState(kernels, len(self.groups))
+        self._ensure_spectra_state()
         if force or self.train_function is None:
             self._exchanges = {}  # filled again while the recording step is traced
             recording = self._make_function(self.train_step)
@@ -341,6 +411,16 @@ class AutoSpecModel(keras.Model):
                     self, recording, self._make_function(self._unrecorded_train_step)
                 )
         return self.train_function
+
+    def _ensure_spectra_state(self):
+        """Finds the tracked kernels and creates the buffer of the last step's spectra,
+        once (the model's layers must be built)."""
+        if self._spectra_state is None:
+            kernels = tracking.find_tracked_kernels(
+                self, self.autospec_layers, self.autospec_kinds, self.autospec_top_k
+            )
+            with self.distribute_strategy.scope():
+                self._spectra_state = _SpectraState(kernels, len(self.groups))
 
     @contextlib.contextmanager
     def _recording(self, tape):
@@ -361,6 +441,9 @@ class AutoSpecModel(keras.Model):
         ``every_n_steps``-th) and `keras.Model.train_step` at the others."""
         x, y, sample_weight = data_adapter_utils.unpack_x_y_sample_weight(data)
         labels = self._group_labels(x)
+        if self._spectra_state is None:  # a custom loop's first call, before any fit
+            self._build_from_sample(x)
+            self._ensure_spectra_state()
         with tf.GradientTape() as tape:
             with self._recording(tape) as recording:
                 if self._call_has_training_arg:
@@ -564,6 +647,72 @@ class AutoSpecModel(keras.Model):
         return self._spectra_state.read(self.groups)
 
 
+_FUNCTIONAL_KERAS_ARGUMENTS = ("inputs", "outputs", "name", "trainable")
+_OPTIONS = ("groups", "layers", "kinds", "top_k", "randomized", "every_n_steps")
+
+
+def _unknown_options(unknown):
+    return ValueError(
+        f"Unknown option(s) {unknown} for AutoSpecModel. Its options are {list(_OPTIONS)}, "
+        f"besides Keras's {list(_FUNCTIONAL_KERAS_ARGUMENTS)} (check the spelling, e.g. "
+        "every_n_steps)."
+    )
+
+
+def _is_iterator(x):
+    """A Python generator or iterator of batches (not an array, dataset or dict)."""
+    return hasattr(x, "__next__") and not hasattr(x, "shape") and not isinstance(x, tf.data.Iterator)
+
+
+def _converted_batches(batches, convert):
+    # keras reads only real generators as generators of batches.
+    for batch in batches:
+        yield convert(batch)
+
+
+def _peeked(x):
+    """``(x, first batch's inputs)`` for a generator, whose first batch is consumed by
+    looking at it; ``(x, None)`` otherwise."""
+    if not _is_iterator(x):
+        return x, None
+    try:
+        first = next(x)
+    except StopIteration:
+        raise ValueError("The generator given to fit yields no batch.") from None
+    return _prepended(first, x), first[0] if isinstance(first, tuple) else first
+
+
+def _prepended(first, rest):
+    yield first
+    yield from rest
+
+
+class _LabelledPyDataset(keras.utils.PyDataset):
+    """A user's `keras.utils.PyDataset` with each batch's group labels converted to indices."""
+
+    def __init__(self, dataset, convert):
+        super().__init__(workers=dataset.workers, use_multiprocessing=dataset.use_multiprocessing,
+                         max_queue_size=dataset.max_queue_size)
+        self.dataset = dataset
+        self.convert = convert
+
+    def __len__(self):
+        return len(self.dataset)
+
+    @property
+    def num_batches(self):
+        return self.dataset.num_batches
+
+    def __getitem__(self, index):
+        return self.convert(self.dataset[index])
+
+    def on_epoch_begin(self):
+        self.dataset.on_epoch_begin()
+
+    def on_epoch_end(self):
+        self.dataset.on_epoch_end()
+
+
 def _batch_size(x, batch_size, replicas):
     """The (global) batch size ``fit`` will use, or ``None`` when it is not known.
 
@@ -611,6 +760,7 @@ class WrappedModel(AutoSpecModel):
 
     def __init__(self, model, **options):
         super().__init__(name=f"autospec_{model.name}", **options)
+        groups_module.refuse_group_input(model)
         self.wrapped = model
 
     def _expects_dict_inputs(self):

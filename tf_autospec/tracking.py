@@ -1,10 +1,14 @@
 """Which kernels of a model are tracked, and the fixed width of each spectrum."""
 
 import dataclasses
+import os
+import sys
 import warnings
 
 import keras
+import tensorflow as tf
 
+import tf_autospec as tf_autospec_package
 from tf_autospec import capture, spectra
 
 
@@ -52,8 +56,29 @@ def _has_registered_descendant(layer):
     )
 
 
-def _warn(message):
-    warnings.warn(message, AutoSpecWarning, stacklevel=4)
+_LIBRARY_DIRECTORIES = tuple(
+    os.path.dirname(module.__file__) + os.sep for module in (tf_autospec_package, keras, tf)
+)
+
+
+def user_stacklevel():
+    """The ``stacklevel`` of `warnings.warn` that names the first caller outside
+    tf_autospec, Keras and TensorFlow: the user's line (``fit``, ``wrap``...), wherever
+    in the library the warning is raised."""
+    frame, level = sys._getframe(1), 1
+    while frame is not None and _in_library(frame.f_code.co_filename):
+        frame, level = frame.f_back, level + 1
+    return level
+
+
+def _in_library(filename):
+    # Code traced by tf.function runs from autograph's generated copies of library code.
+    return filename.startswith(_LIBRARY_DIRECTORIES) or "__autograph_generated" in filename
+
+
+def warn(message):
+    """Raises an `AutoSpecWarning` that points at the user's line."""
+    warnings.warn(message, AutoSpecWarning, stacklevel=user_stacklevel())
 
 
 def _candidates(container):
@@ -67,10 +92,10 @@ def _candidates(container):
             if reason is None:
                 yield layer, layer_capture
             else:
-                _warn(f"AutoSpec skips layer '{layer.name}' ({type(layer).__name__}): {reason}.")
+                warn(f"AutoSpec skips layer '{layer.name}' ({type(layer).__name__}): {reason}.")
             continue
         if isinstance(layer, keras.layers.BatchNormalization):
-            _warn(
+            warn(
                 f"Layer '{layer.name}' (BatchNormalization) couples the samples of a batch "
                 "in training mode: group gradients then differ from the gradient of the "
                 "group-masked loss. Its own weights are not tracked."
@@ -78,7 +103,7 @@ def _candidates(container):
             continue
         descend = _has_registered_descendant(layer)
         if _own_trainable_variables(layer) or (not descend and layer.trainable_weights):
-            _warn(
+            warn(
                 f"AutoSpec does not support layer '{layer.name}' ({type(layer).__name__}); "
                 "its weights are trained but get no spectra. Register a LayerCapture for "
                 "its class to track it."

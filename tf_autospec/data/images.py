@@ -19,7 +19,7 @@ class DatasetUnavailableError(RuntimeError):
 
 
 def _class_groups(classes, groups):
-    """Group labels from class labels: the classes listed (or the first ``groups``) are groups."""
+    """Group labels, names and classes: the classes listed (or the first ``groups``) are groups."""
     chosen = list(range(groups)) if isinstance(groups, (int, np.integer)) else [int(c) for c in groups]
     present = set(np.unique(classes).tolist())
     missing = [c for c in chosen if c not in present]
@@ -29,7 +29,8 @@ def _class_groups(classes, groups):
     labels = np.full(len(classes), -1, dtype=np.int32)
     for index, c in enumerate(chosen):
         labels[classes == c] = index
-    return labels, tuple(str(c) for c in chosen)
+    # Names, not numbers: integer labels are group indices (tf_autospec.groups).
+    return labels, tuple(f"digit {c}" for c in chosen), chosen
 
 
 def _subset(n_samples, seed, *arrays):
@@ -85,9 +86,9 @@ def mnist(groups=4, split="train", data_dir=None, n_samples=None, download=True,
     dataset = builder.as_dataset(split=split, as_supervised=True).batch(8192)
     images, classes = (np.concatenate(parts) for parts in zip(*tfds.as_numpy(dataset)))
     images, classes = _subset(n_samples, seed, images, classes)
-    labels, names = _class_groups(classes, groups)
+    labels, names, classes_chosen = _class_groups(classes, groups)
     info = dict(dataset="mnist", split=split, data_dir=os.fspath(data_dir) if data_dir else "", seed=seed,
-                group_classes=list(names))
+                group_classes=classes_chosen)
     return GroupedData(images.astype(np.float32) / 255.0, classes.astype(np.int32), labels, names, info)
 
 
@@ -107,6 +108,6 @@ def digits(groups=4, n_samples=None, seed=0):
 
     bunch = load_digits()
     images, classes = _subset(n_samples, seed, bunch.images, bunch.target.astype(np.int32))
-    labels, names = _class_groups(classes, groups)
-    info = dict(dataset="digits", seed=seed, group_classes=list(names))
+    labels, names, classes_chosen = _class_groups(classes, groups)
+    info = dict(dataset="digits", seed=seed, group_classes=classes_chosen)
     return GroupedData((images / 16.0).astype(np.float32)[..., None], classes, labels, names, info)
