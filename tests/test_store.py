@@ -122,11 +122,15 @@ def test_resume_appends_and_refuses_another_model(tmp_path):
 def test_a_new_model_resuming_keeps_steps_increasing(tmp_path):
     path = tmp_path / "run.h5"
     x, y, labels = _data()
-    for _ in range(2):  # a fresh model (optimizer steps restart at 0) on the same file
-        _model().fit(x, y, groups=labels, batch_size=16, epochs=1, verbose=0, callbacks=[ts.AutoSpecCallback(path)])
+    for initial_epoch in (0, 1):  # a fresh model (optimizer steps restart at 0) continuing the file
+        _model().fit(x, y, groups=labels, batch_size=16, initial_epoch=initial_epoch, epochs=initial_epoch + 1,
+                     verbose=0, callbacks=[ts.AutoSpecCallback(path)])
     run = ts.load(path)
     np.testing.assert_array_equal(run.records["step"], np.arange(6))
     np.testing.assert_array_equal(run.records["epoch"], [0, 0, 0, 1, 1, 1])
+    (resume,) = run.resumes
+    assert resume["reasons"] == ["initial_epoch"] and resume["first_row"] == 3
+    assert (resume["epoch"], resume["epoch_offset"], resume["step"], resume["step_offset"]) == (1, 0, 0, 3)
 
 
 @pytest.mark.parametrize(
@@ -212,14 +216,14 @@ def test_tensorboard_scalars_match_the_file(tmp_path):
 WRITER = textwrap.dedent(
     """
     import sys, numpy as np, keras, tf_autospec as ts
-    path, epochs = sys.argv[1], int(sys.argv[2])
+    path, initial_epoch, epochs = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
     rng = np.random.default_rng(0)
     x = rng.normal(size=(64, 6)).astype("float32"); y = rng.integers(0, 2, 64); g = rng.integers(0, 2, 64)
     inputs = keras.Input((6,))
     model = ts.AutoSpecModel(inputs=inputs, outputs=keras.layers.Dense(2)(keras.layers.Dense(8)(inputs)),
                              groups=["a", "b"])
     model.compile(optimizer="sgd", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    model.fit(x, y, groups=g, batch_size=8, epochs=epochs, verbose=0,
+    model.fit(x, y, groups=g, batch_size=8, initial_epoch=initial_epoch, epochs=epochs, verbose=0,
               callbacks=[ts.AutoSpecCallback(path, flush_every_seconds=0.05)])
     print("finished", flush=True)
     """
@@ -231,7 +235,7 @@ def test_killed_run_leaves_a_readable_file_and_resumes(tmp_path):
     script = tmp_path / "writer.py"
     script.write_text(WRITER)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "TF_CPP_MIN_LOG_LEVEL": "3"}
-    process = subprocess.Popen([sys.executable, str(script), str(path), "10000"], env=env,
+    process = subprocess.Popen([sys.executable, str(script), str(path), "0", "10000"], env=env,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     seen, deadline = 0, time.monotonic() + 120
     try:
@@ -254,13 +258,17 @@ def test_killed_run_leaves_a_readable_file_and_resumes(tmp_path):
     present = killed.counts("a") > 0
     assert np.all(np.isfinite(top[present])) and np.all(np.isnan(top[~present]))
 
-    resumed = subprocess.run([sys.executable, str(script), str(path), "1"], env=env, capture_output=True,
+    # Restarted as from a checkpoint of epoch 1: continues the killed run.
+    resumed = subprocess.run([sys.executable, str(script), str(path), "1", "2"], env=env, capture_output=True,
                              timeout=300)
     assert resumed.returncode == 0, resumed.stderr.decode()[-2000:]
     run = ts.load(path)
     assert len(run) == len(killed) + 8
     np.testing.assert_array_equal(run.records["step"], np.arange(len(run)))
     assert run.records["epoch"][-1] == killed.records["epoch"][-1] + 1
+    (resume,) = run.resumes
+    assert resume["reasons"] == ["initial_epoch"] and resume["first_row"] == len(killed)
+    assert resume["step_offset"] == len(killed) and resume["epoch_offset"] == killed.records["epoch"][-1]
     with h5py.File(path, "r") as f:  # closed normally again: plain HDF5 readers work
         assert f["records/step"].shape[0] == len(run)
 

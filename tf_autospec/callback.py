@@ -61,15 +61,28 @@ class AutoSpecCallback(keras.callbacks.Callback):
     epoch, at the end of training, and at least every ``flush_every_seconds``, by a
     background thread so that training does not wait for compression and I/O. The file
     stays readable while training runs (`tf_autospec.load`) and after the process is
-    killed: it then holds every flushed step. Calling ``fit`` again with the same path
-    and the same model appends to the file (steps and epochs keep increasing).
+    killed: it then holds every flushed step.
+
+    A ``fit`` appends to a file that already holds a run only when it continues that
+    run: it starts at ``initial_epoch > 0`` (given to ``fit``, or restored by
+    `keras.callbacks.BackupAndRestore`), its optimizer has already taken steps (a second
+    ``fit`` of the same model, a restored checkpoint), or ``resume=True``. Its steps and
+    epochs are then numbered after the file's, and the file records the resume
+    (`Run.resumes`). A fresh ``fit`` on such a file raises `StoreError` before its first
+    step and leaves the file as it was. A file that holds nothing (no recorded step, no
+    finished epoch: its writer died before the first flush) is replaced.
 
     Args:
         path: the ``.h5`` file to write.
         flush_every_seconds: longest time between two flushes (default 30).
         metadata: JSON-serialisable dict stored with the run (subject fold, seed, site...).
-        overwrite: replace an existing file instead of appending to it; needed when the
-            file holds another model, another group set, or is not a tf_autospec run.
+            A resuming fit keeps the file's metadata: give the same, or none.
+        overwrite: replace an existing file, whatever it holds (a run of this model or
+            another, or a file that is not a tf_autospec run) instead of appending to it
+            or refusing the fit.
+        resume: append to the run in ``path`` even though this ``fit`` starts afresh
+            (epoch 0, optimizer at step 0); creates the file if there is none. Not
+            together with ``overwrite``.
         tensorboard_dir: if given, also write TensorBoard scalars there: per tracked
             kernel and group, the ``grad`` spectrum's top singular value, effective rank
             and nuclear norm.
@@ -83,7 +96,7 @@ class AutoSpecCallback(keras.callbacks.Callback):
     ```
     """
 
-    def __init__(self, path, flush_every_seconds=30.0, metadata=None, overwrite=False,
+    def __init__(self, path, flush_every_seconds=30.0, metadata=None, overwrite=False, resume=False,
                  tensorboard_dir=None):
         super().__init__()
         self.path = os.fspath(path)
@@ -95,7 +108,13 @@ class AutoSpecCallback(keras.callbacks.Callback):
             json.dumps(self.metadata)
         except TypeError as error:
             raise ValueError(f"metadata must be JSON-serialisable: {error}.") from None
+        if resume and overwrite:
+            raise ValueError(
+                "AutoSpecCallback: resume=True appends to the file and overwrite=True replaces "
+                "it; pass one of them."
+            )
         self.overwrite = overwrite
+        self.resume = resume
         self.tensorboard_dir = tensorboard_dir
         if tensorboard_dir is not None:
             try:
@@ -140,12 +159,7 @@ class AutoSpecCallback(keras.callbacks.Callback):
                 "writable path."
             )
         self._abandon_previous_fit()
-        self._resuming = os.path.exists(self.path) and not self.overwrite
-        if self._resuming:
-            self._check_resumable()
-        self._first_step = int(self.model.optimizer.iterations.numpy())
         self._first_epoch = None
-        self._step_offset = self._epoch_offset = 0
         self._last_flush = time.monotonic()
         if self.tensorboard_dir and self._tensorboard is None:
             self._tensorboard = tf.summary.create_file_writer(self.tensorboard_dir)
@@ -161,8 +175,58 @@ class AutoSpecCallback(keras.callbacks.Callback):
         self._writer = None
         self._pending = []
 
-    def _check_resumable(self):
+    def _start(self, first_epoch):
+        """Decides, before the fit's first step, whether it creates the file or continues
+        the file's run; refuses a fresh fit on a file that holds a run.
+
+        Runs when the first epoch begins rather than in ``on_train_begin``: by then
+        `keras.callbacks.BackupAndRestore` has restored the epoch and the optimizer step.
+        """
+        self._first_epoch = first_epoch
+        self._first_step = int(self.model.optimizer.iterations.numpy())
+        self._step_offset = self._epoch_offset = 0
+        self._resume = None
+        if self.overwrite or not os.path.exists(self.path):
+            return
         run = store.load(self.path)
+        reasons = [
+            reason
+            for reason, applies in (
+                ("initial_epoch", first_epoch > 0),
+                ("optimizer_steps", self._first_step > 0),
+                ("resume=True", self.resume),
+            )
+            if applies
+        ]
+        if not reasons and not len(run) and not len(run.epochs["epoch"]):
+            return  # its writer died before the first flush: nothing to keep
+        self._check_same_layout(run)
+        if not reasons:
+            raise store.StoreError(
+                f"'{self.path}' already holds a run ({_contents(run)}), and this fit starts "
+                f"a new one (epoch {first_epoch}, optimizer at step {self._first_step}) instead of "
+                "continuing it. Write to a new path, pass AutoSpecCallback(..., overwrite=True) "
+                "to replace the file, or pass AutoSpecCallback(..., resume=True) to append this "
+                "fit to that run (its steps and epochs are then numbered after the file's)."
+            )
+        self._check_same_metadata(run, reasons)
+        if len(run):
+            self._step_offset = max(0, int(run.records["step"][-1]) + 1 - self._first_step)
+        epochs = np.concatenate([run.records["epoch"], run.epochs["epoch"]])
+        if len(epochs):
+            self._epoch_offset = max(0, int(epochs.max()) + 1 - first_epoch)
+        self._resume = {
+            "time": _now(),
+            "reasons": reasons,
+            "epoch": first_epoch,
+            "step": self._first_step,
+            "epoch_offset": self._epoch_offset,
+            "step_offset": self._step_offset,
+            "first_row": len(run),
+            "metadata": self.metadata,
+        }
+
+    def _check_same_layout(self, run):
         expected = _layout(self.model, [])
         stored = {
             "groups": list(run.groups),
@@ -189,12 +253,29 @@ class AutoSpecCallback(keras.callbacks.Callback):
                 "to replace the file."
             )
 
+    def _check_same_metadata(self, run, reasons):
+        # Compared as stored: JSON turns tuples into lists and keys into strings.
+        given = json.loads(json.dumps(self.metadata))
+        if not given or given == run.metadata:
+            return
+        keys = sorted(
+            key for key in given.keys() | run.metadata.keys()
+            if key not in given or key not in run.metadata or given[key] != run.metadata[key]
+        )
+        raise store.StoreError(
+            f"'{self.path}' holds a run with metadata {json.dumps(run.metadata)}; this fit "
+            f"continues it ({', '.join(reasons)}) with metadata {json.dumps(given)}, which "
+            f"differs in {keys}. A run keeps the metadata it was created with: pass the same "
+            "metadata or none (metadata=None keeps the file's), write to a new path, or pass "
+            "AutoSpecCallback(..., overwrite=True) to replace the file."
+        )
+
     def on_epoch_begin(self, epoch, logs=None):
         if not self._writes:
             return
         self._epoch = epoch
         if self._first_epoch is None:
-            self._first_epoch = epoch
+            self._start(epoch)
 
     def on_train_batch_end(self, batch, logs=None):
         if not self._writes:
@@ -228,14 +309,9 @@ class AutoSpecCallback(keras.callbacks.Callback):
     # -------------------------------------------------------------- writing
 
     def _open_writer(self, log_keys):
-        if self._resuming:
-            self._writer = store.RunWriter(self.path, None, {}, resume=True)
+        if self._resume is not None:
+            self._writer = store.RunWriter(self.path, None, {}, resume=self._resume)
             self._writer.layout = _layout(self.model, list(self._writer.file["records/logs"]))
-            last_step, last_epoch = self._writer.last("step"), self._writer.last("epoch")
-            if last_step is not None:
-                self._step_offset = max(0, last_step + 1 - self._first_step)
-            if last_epoch is not None:
-                self._epoch_offset = max(0, last_epoch + 1 - self._first_epoch)
             return
         attributes = {
             "tf_autospec_version": _version(),
@@ -250,7 +326,7 @@ class AutoSpecCallback(keras.callbacks.Callback):
             },
             "model_config": _model_config(self.model),
             "metadata": self.metadata,
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "created": _now(),
         }
         self._writer = store.RunWriter(self.path, _layout(self.model, log_keys), attributes, resume=False)
 
@@ -318,6 +394,20 @@ class AutoSpecCallback(keras.callbacks.Callback):
                         for step, value in zip(steps, per_step[:, g]):
                             if np.isfinite(value):
                                 tf.summary.scalar(f"{kernel}/{group}/{name}", value, step=int(step))
+
+
+def _contents(run):
+    """What a run file holds, in words, for error messages."""
+    steps, epochs = run.records["step"], run.records["epoch"]
+    span = f": steps {steps[0]}..{steps[-1]}, epochs {epochs[0]}..{epochs[-1]}" if len(run) else ""
+    return (
+        f"{len(run)} recorded steps{span}; {len(run.epochs['epoch'])} finished epochs; "
+        f"metadata {json.dumps(run.metadata)}; created {run.attributes.get('created')}"
+    )
+
+
+def _now():
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
 
 
 def _version():

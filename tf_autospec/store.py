@@ -122,7 +122,9 @@ class RunWriter:
             ``layer``, ``layer_class``, ``fan_in``, ``fan_out``, ``widths``), ``log_keys``.
         attributes: file attributes (versions, options, model config, metadata) as
             JSON-serialisable values; written when the file is created.
-        resume: append to an existing file with the same layout.
+        resume: a false value to create the file; or, to append to the existing file
+            (of the same layout), the record of this resume: a JSON-serialisable dict,
+            added to the file's ``resumes`` attribute (see `Run.resumes`).
     """
 
     def __init__(self, path, layout, attributes, resume):
@@ -132,6 +134,9 @@ class RunWriter:
             if resume:
                 recover(path)
                 self.file = h5py.File(path, "a", libver="latest")
+                # Before SWMR mode, which forbids changing attributes.
+                resumes = _json_attr(self.file.attrs, "resumes", [])
+                self.file.attrs["resumes"] = json.dumps([*resumes, resume])
             else:
                 self.file = h5py.File(path, "w", libver="latest")
                 self._create(attributes)
@@ -170,11 +175,6 @@ class RunWriter:
     @property
     def num_records(self):
         return self.file["records/step"].shape[0]
-
-    def last(self, column):
-        """The last stored value of a records column (``None`` for an empty file)."""
-        data = self.file[f"records/{column}"]
-        return int(data[-1]) if data.shape[0] else None
 
     def append(self, records, spectra, counts):
         """Appends rows and flushes, so that every row written is on disk.
@@ -276,6 +276,12 @@ class Run:
         epochs: dict with ``"epoch"`` and ``"logs"`` (one dict per finished epoch,
             including validation metrics).
         metadata: the user metadata given to `AutoSpecCallback`.
+        resumes: one dict per ``fit`` appended to the file after the first (see
+            ``docs/hdf5-format.md``): ``"time"``, ``"reasons"`` (``"initial_epoch"``,
+            ``"optimizer_steps"``, ``"resume=True"``), the fit's first ``"epoch"`` and
+            ``"step"`` as Keras numbered them, the ``"epoch_offset"`` and
+            ``"step_offset"`` added to them in the file, ``"first_row"`` (its first
+            record) and the ``"metadata"`` it was given.
         attributes: every file attribute (versions, options, model config, ...).
 
     Example:
@@ -296,6 +302,7 @@ class Run:
             self.kinds = tuple(self.attributes["kinds"])
             self.layers = list(self.attributes["kernels"])
             self.metadata = self.attributes.get("metadata") or {}
+            self.resumes = self.attributes.get("resumes") or []
             # Columns are written in a fixed order with "step" last: its length counts
             # the complete rows, even while a writer is appending.
             self._rows = f["records/step"].shape[0]
