@@ -29,16 +29,25 @@ Both routes are exact for any ``R``; the choice only sets the cost. When ``R`` i
 known while tracing, a hint (rows of a whole batch, an upper bound of ``R``) picks the
 route; without one, ``tf.cond`` picks it at run time.
 
+A singular value that is zero in exact arithmetic (a rank-deficient gradient or factor: a
+softmax's ``Δ``, dead units, constant or duplicated inputs) comes out of float32 factors
+as round-off, ~1e-9..4e-7 × σ_1, whose size follows σ_1. Every route therefore stores the
+values at or below a numerical-rank tolerance as exactly 0 (`_rank_tolerances`). Digits
+lost before the factors (a confident softmax's ``Δ = p − y``) are beyond its reach: see
+docs/method.md, "Numerical rank".
+
 Groups are laid out side by side, ``[G, R, ...]``, so each step is one batched call
 for all groups of a kernel. Outside XLA the rows of each group are gathered (``R`` =
 largest group); under XLA they are masked (``R`` = batch) so that shapes stay static.
 """
 
+import numpy as np
 import tensorflow as tf
 
 KINDS = ("grad", "act", "delta")
 COMPUTE_DTYPE = tf.float64
 FACTOR_DTYPE = tf.float32
+FACTOR_EPSILON = float(np.finfo(FACTOR_DTYPE.as_numpy_dtype).eps)
 RANDOMIZED_OVERSAMPLING = 10
 RANDOMIZED_POWER_ITERATIONS = 2
 
@@ -329,8 +338,9 @@ def group_spectra(a, delta, rows_per_sample, counts, kinds, widths, rows_hint=No
 
     Returns:
         ``(spectra, finite)``: dict kind -> float32 ``[G, width]``, singular values in
-        descending order, NaN beyond the group's rank bound ``min(rows_g, ...)``, for
-        groups with no sample and for groups whose factors hold NaN or Inf; and bool
+        descending order, 0 at or below the numerical-rank tolerance (`_rank_tolerances`),
+        NaN beyond the group's rank bound ``min(rows_g, ...)``, for groups with no
+        sample and for groups whose factors hold NaN or Inf; and bool
         ``[G]``, False for the latter. Non-finite rows never reach an eigen-solver.
     """
     finite = a.finite_groups() & delta.finite_groups()
@@ -349,15 +359,43 @@ def group_spectra(a, delta, rows_per_sample, counts, kinds, widths, rows_hint=No
     return _within_bounds(spectra, finite, counts * rows_per_sample, a.width, delta.width, widths), finite
 
 
+def _rank_tolerances(fan_in, fan_out):
+    """Per kind, the numerical-rank tolerance relative to σ_1 of the same matrix.
+
+    In the spirit of ``numpy.linalg.matrix_rank`` (``σ_1 · max(m, n) · ε``), with the
+    precision of the data: the factors are float32 (`FACTOR_DTYPE`), so ε is float32's,
+    although Gram matrices and eigen-problems are float64. ``max(m, n)`` is the matrix's
+    width on the kernel's side: ``max(fan_in, fan_out)`` for ``grad`` (``G_g`` is
+    ``fan_in × fan_out``), ``fan_in`` for ``act`` and ``fan_out`` for ``delta``. A group's
+    row count does not enter: rows beyond the width add no singular value, and the
+    rounding of float32 rows, at most ``ε·‖X‖_F ≤ ε·√width·σ_1``, does not grow with them
+    (a 2-logit softmax's zero σ_2 stays below 3e-7 × σ_1 from 4 to 400 000 rows).
+    """
+    return {
+        "act": fan_in * FACTOR_EPSILON,
+        "delta": fan_out * FACTOR_EPSILON,
+        "grad": max(fan_in, fan_out) * FACTOR_EPSILON,
+    }
+
+
 def _within_bounds(spectra, finite, group_rows, fan_in, fan_out, widths):
-    """float32 spectra, NaN beyond each group's rank bound and for non-finite groups."""
+    """float32 spectra: values at or below the numerical-rank tolerance (`_rank_tolerances`)
+    set to 0, NaN beyond each group's rank bound and for non-finite groups.
+
+    Every route ends here, so all of them apply the same rule; a NaN σ_1 (an overflowed
+    group) leaves its values NaN.
+    """
     bounds = {
         "act": tf.minimum(group_rows, fan_in),
         "delta": tf.minimum(group_rows, fan_out),
         "grad": tf.minimum(group_rows, min(fan_in, fan_out)),
     }
+    tolerances = _rank_tolerances(fan_in, fan_out)
     out = {}
     for kind, values in spectra.items():
+        # Descending: σ_1 is each group's first value (a lower bound when randomized).
+        zero = values <= values[:, :1] * tolerances[kind]
+        values = tf.where(zero, tf.zeros_like(values), values)
         index = tf.range(widths[kind])[None, :]
         defined = (index < bounds[kind][:, None]) & finite[:, None]
         out[kind] = tf.cast(tf.where(defined, values, float("nan")), tf.float32)

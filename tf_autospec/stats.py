@@ -66,9 +66,13 @@ def sign_flip_p(values, permutations, rng):
 
     Valid when, under the null hypothesis, each value is as likely to change sign (paired
     differences, or blocks of them). With ``n`` values it cannot go below ``2 / 2**n``.
+    NaN (no test, left out of the FDR family) without values or when all are exactly zero:
+    every sign flip then gives the same statistic. Two groups with identical values (such
+    as the exact zeros past a matrix's numerical rank) have nothing to compare, and a p of
+    1 would still count in the family.
     """
     values = np.asarray(values, dtype=np.float64)
-    if len(values) == 0:
+    if not np.any(values):
         return np.nan
     if 2 ** len(values) <= permutations:
         signs = np.array(list(itertools.product((1.0, -1.0), repeat=len(values))))
