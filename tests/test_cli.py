@@ -98,3 +98,62 @@ def test_the_console_entry_point_runs():
     result = subprocess.run([sys.executable, "-m", "tf_autospec.cli", "--help"], capture_output=True,
                             text=True, timeout=120)
     assert result.returncode == 0 and "usage: autospec" in result.stdout and "run" in result.stdout
+
+
+def _gift_style_files(folder):
+    """24 subjects' time courses stored [subjects, components, time], IDs under another
+    name, and a phenotype CSV in another order whose ID column is not first."""
+    rng = np.random.default_rng(0)
+    ids = [f"sub-{i:03d}" for i in range(24)]
+    np.savez(folder / "tc.npz", tc=rng.normal(size=(24, 6, 30)), subj_ids=np.array(ids))
+    with open(folder / "p.csv", "w", newline="") as f:
+        csv.writer(f).writerows([("age", "participant_id", "diagnosis")]
+                                + [(20 + k, ids[k], "SZ" if k % 2 else "HC") for k in rng.permutation(24)])
+    return ["--dataset", "files", "--data", str(folder / "tc.npz"), "--phenotype", str(folder / "p.csv"),
+            "--group-column", "diagnosis"]
+
+
+def test_run_says_what_it_trains_on_before_training(tmp_path, capsys):
+    files = _gift_style_files(tmp_path)
+    cli.main(["run", *files, "--layout", "components_time", "--subject-variable", "subj_ids", "--subject-column",
+              "participant_id", "--group-names", "SZ", "HC", "--hidden", "4", "--folds", "2", "--seeds", "1",
+              "--epochs", "1", "--batch-size", "4", "--indices", "0", "--permutations", "50", "-o",
+              str(tmp_path / "out"), "--verbose", "0"])
+    out = capsys.readouterr().out
+    summary = ["data     files: N = 24, 'tc' 24×6×30 read as [subjects, components, time] (given by layout), "
+               "transposed to [subjects, time, components]",
+               "         subjects matched by ID ('subj_ids')",
+               "         mlp input 24×15 (FNC features)",
+               "target   the groups themselves ('diagnosis'): classification into 2 classes",
+               "groups   SZ 12, HC 12",
+               "design   2 folds × 1 seed = 2 runs; folds vary the training samples (12 per fold, the rest "
+               "validate); seeds re-train on the same samples (new initialisation and batch order)"]
+    assert "\n".join(summary) in out and out.index(summary[0]) < out.index("runs done")
+    assert ts.load(tmp_path / "out" / "runs" / "fold0_seed0.h5").groups == ("SZ", "HC")
+
+
+def test_run_summary_of_a_simulated_dataset(tmp_path, capsys):
+    cli.main(["run", "--n", "40", "--hidden", "4", "--folds", "1", "--seeds", "2", "--epochs", "1", "--batch-size",
+              "8", "--indices", "0", "--permutations", "50", "-o", str(tmp_path), "--verbose", "0"])
+    out = capsys.readouterr().out
+    assert ("data     simulated_fmri: N = 40, 40×150×53 timecourses [subjects, time, components]\n"
+            "         mlp input 40×1378 (FNC features)\n"
+            "target   the groups themselves: classification into 2 classes\n"
+            "groups   HC 20, SZ 20\n"
+            "design   1 fold × 2 seeds = 2 runs; no cross-validation, every run trains on all 40 samples; seeds "
+            "re-train on the same samples (new initialisation and batch order)") in out
+
+
+def test_run_passes_the_file_options_and_refuses_a_doubtful_layout(tmp_path):
+    files = _gift_style_files(tmp_path)
+    arguments = ["run", *files, "--match-by-row", "--subject-pattern", r"^(\d+)_", "--variable", "ica.tc"]
+    options = cli._experiment(cli.build_parser().parse_args(arguments)).dataset_options
+    assert (options["match_by_row"], options["subject_pattern"], options["variable"]) == (True, r"^(\d+)_", "ica.tc")
+    with pytest.raises(SystemExit, match=r"autospec: .*holds 'subj_ids' .*--subject-variable subj_ids"):
+        cli.main(["run", *files, "-o", str(tmp_path / "out")])
+    with pytest.raises(SystemExit, match=r"autospec: .*'tc' 24×6×30: cannot tell time from components.*"
+                       "--layout components_time"):
+        cli.main(["run", *files, "--subject-variable", "subj_ids", "-o", str(tmp_path / "out")])
+    for flag in (["--layout", "fnc"], ["--match-by-row"], ["--group-names", "A", "B"]):
+        with pytest.raises(SystemExit, match=f"{flag[0]} does not apply to --dataset digits"):
+            cli.main(["run", "--dataset", "digits", *flag, "-o", str(tmp_path / "out")])

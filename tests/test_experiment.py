@@ -71,7 +71,7 @@ def test_autospec_run_writes_one_file_per_fold_and_seed_and_the_analysis(tmp_pat
     assert json.loads(meta["data"])["group_classes"] == [0, 1]
     # 240 samples, two folds: each run trains on 120, 3 full batches of 32 per epoch.
     assert len(runs[0]) == 2 * 3 and set(runs[0].records["epoch"]) == {0, 1}
-    assert all(0 < run.counts("0")[k] + run.counts("1")[k] <= 32 for run in runs for k in range(6))
+    assert all(0 < run.counts("digit 0")[k] + run.counts("digit 1")[k] <= 32 for run in runs for k in range(6))
     assert "val_loss" in runs[0].epochs["logs"][-1]
     with open(tmp_path / "analysis" / "tests.csv") as f:
         rows = list(csv.DictReader(f))

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import tf_autospec as ts
-from tf_autospec import store
+from tf_autospec import cli, store
 
 GROUPS = ["HC", "SZ"]
 
@@ -74,7 +74,7 @@ def test_a_fresh_fit_on_a_killed_run_is_refused_and_leaves_it_as_it_was(tmp_path
     assert killed.read_bytes() == before
 
 
-def test_a_second_fit_of_the_same_model_appends_and_is_recorded(recorded):
+def test_a_second_fit_of_the_same_model_appends_and_is_recorded(recorded, capsys):
     model = _model()
     callback = ts.AutoSpecCallback(recorded, overwrite=True)
     _fit(model, callback)  # replaces the file
@@ -93,6 +93,9 @@ def test_a_second_fit_of_the_same_model_appends_and_is_recorded(recorded):
     for resume in run.resumes:
         assert datetime.datetime.strptime(resume["time"], "%Y-%m-%dT%H:%M:%S%z")
         assert resume["metadata"] == {}
+    cli.main(["info", str(recorded)])
+    said = [line for line in capsys.readouterr().out.splitlines() if "resumed" in line]
+    assert len(said) == 3 and "at row 3 (optimizer_steps): steps +0, epochs +1" in said[0]
 
 
 def test_a_backup_and_restore_restart_appends(tmp_path):

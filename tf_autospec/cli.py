@@ -17,6 +17,9 @@ import sys
 
 import numpy as np
 
+from tf_autospec.data.files import LAYOUTS
+
+
 def _load(paths):
     from tf_autospec import store
 
@@ -61,6 +64,9 @@ def info(args):
         print(f"  versions tf_autospec {run.attributes.get('tf_autospec_version')}, TensorFlow "
               f"{run.attributes.get('tensorflow_version')}, Keras {run.attributes.get('keras_version')}")
         print(f"  metadata {json.dumps(run.metadata)}")
+        for resume in run.resumes:
+            print(f"  resumed  {resume['time']} at row {resume['first_row']} ({', '.join(resume['reasons'])}): "
+                  f"steps +{resume['step_offset']}, epochs +{resume['epoch_offset']}")
         rows = []
         for layer in run.layers:
             k = run.kernel_info[layer]
@@ -211,8 +217,10 @@ _DATASET_FLAGS = {
     "sinusoids": {"n": "n_sequences", "differ": "differ"},
     "mnist": {"n": "n_samples", "classes": "groups", "data_dir": "data_dir"},
     "digits": {"n": "n_samples", "classes": "groups"},
-    "files": {"data": "data", "phenotype": "phenotype", "group_column": "group_column",
-              "subject_column": "subject_column", "variable": "variable", "target": "target", "bins": "bins"},
+    "files": {"data": "data", "phenotype": "phenotype", "group_column": "group_column", "group_names": "group_names",
+              "subject_column": "subject_column", "variable": "variable", "layout": "layout",
+              "subject_variable": "subject_variable", "match_by_row": "match_by_row",
+              "subject_pattern": "subject_pattern", "target": "target", "bins": "bins"},
 }
 _MODEL_FLAGS = {"hidden": "hidden", "units": "units", "filters": "filters"}
 
@@ -367,10 +375,22 @@ def build_parser():
                       help="mnist, digits: N (the first N classes are the groups) or the list of classes")
     data.add_argument("--data-dir", help="mnist: TensorFlow Datasets folder holding a prepared copy")
     data.add_argument("--data", help="files: .npz/.h5/.mat file, or folder / glob of NIfTI time courses")
-    data.add_argument("--phenotype", help="files: phenotype CSV, one row per subject")
+    data.add_argument("--phenotype", help="files: phenotype CSV or TSV (participants.tsv), one row per subject")
     data.add_argument("--group-column", help="files: the CSV column that defines the groups")
+    data.add_argument("--group-names", nargs="+", metavar="NAME",
+                      help="files: declare the groups (and their order); other values are refused. Default: the "
+                      "values found, refusing typos and rare values. (--groups A B picks the two groups the "
+                      "analysis compares.)")
     data.add_argument("--subject-column", help="files: the CSV's subject ID column (default: the first)")
-    data.add_argument("--variable", help="files: the array to use when the file holds several")
+    data.add_argument("--variable", help="files: the array to use when the file holds several (struct field: ica.tc)")
+    data.add_argument("--layout", choices=LAYOUTS,
+                      help="files: how the array is stored; needed when its shape leaves a doubt "
+                      "(see docs/datasets.md)")
+    data.add_argument("--subject-variable", help="files: the array of subject IDs, if not 'subjects' or 'subject_ids'")
+    data.add_argument("--match-by-row", action="store_true", default=None,
+                      help="files: the data file holds no IDs; its rows are the CSV's rows, in order")
+    data.add_argument("--subject-pattern",
+                      help="files: regular expression whose first group is the subject ID in NIfTI file names")
     data.add_argument("--target", help="files: a CSV column to predict (default: the group)")
     data.add_argument("--bins", type=int, help="files: quantile bins for a numeric group column (default 2)")
     sizes = p.add_argument_group("model sizes")

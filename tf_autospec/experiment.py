@@ -14,6 +14,7 @@ import os
 import numpy as np
 
 from tf_autospec import data as datasets
+from tf_autospec.data.files import KIND_AXES
 
 DATASETS = ("simulated_fmri", "sinusoids", "mnist", "digits", "files")
 GROUPINGS = ("dataset", "random")
@@ -153,7 +154,66 @@ def _json_safe(info):
     return {k: v for k, v in info.items() if k != "subjects" and isinstance(v, (str, int, float, bool, list))}
 
 
-def run_experiment(experiment, output, overwrite=False, verbose=1, progress=None):
+def _shape(array):
+    return "×".join(map(str, np.shape(array)))
+
+
+def data_summary(experiment, dataset, x, y, labels, group_names, task, fold_of):
+    """What an experiment trains on, in a few lines: N, the data's shape and how it was read,
+    the target (and whether it is the groups themselves), the groups with their sizes, and
+    the design (folds vary the training samples, seeds re-train on the same ones).
+
+    Args:
+        experiment: the `Experiment`.
+        dataset: its `GroupedData`, as loaded.
+        x, y, labels, group_names: the model's inputs and targets, the group labels and names
+            used (shuffled ones for ``grouping="random"``).
+        task: the task trained.
+        fold_of: each sample's fold (-1 everywhere with one fold).
+
+    Returns:
+        The summary, lines joined with newlines.
+    """
+    info, n = dataset.info, len(x)
+    shape = _shape(dataset.x) + (f" {info['kind']} {KIND_AXES[info['kind']]}" if "kind" in info else "")
+    lines = [f"data     {experiment.dataset}: N = {n}, {info.get('read_as', shape)}"]
+    if "matched" in info:
+        lines.append(f"         subjects matched {info['matched']}")
+    if x.shape != dataset.x.shape:
+        features = " (FNC features)" if x.ndim == 2 and info.get("kind") in ("timecourses", "fnc") else ""
+        lines.append(f"         {experiment.model} input {_shape(x)}{features}")
+    name = f"{info['target']!r}" if "target" in info else "the dataset's targets"
+    if task == "autoencoding":
+        lines.append("target   the inputs themselves (autoencoding)")
+    elif task == "regression":
+        values = "one value" if np.size(y[0]) == 1 else f"{_shape(y[0])} values"
+        lines.append(f"target   {name}, regression ({values} per sample)")
+    elif np.array_equal(y, labels):
+        lines.append(f"target   the groups themselves{f' ({name})' if 'target' in info else ''}: "
+                     f"classification into {len(group_names)} classes")
+    else:
+        lines.append(f"target   {name}, not the groups: classification into {int(y.max()) + 1} classes")
+    sizes = ", ".join(f"{group} {int((labels == k).sum())}" for k, group in enumerate(group_names))
+    ungrouped = int((labels < 0).sum())
+    lines.append(f"groups   {sizes}" + (f"; {ungrouped} in no group (trained on, in no spectrum)" if ungrouped else "")
+                 + ("; random memberships (a null control)" if experiment.grouping == "random" else ""))
+    folds, seeds = experiment.folds, experiment.seeds
+    runs = f"{_count(folds, 'fold')} × {_count(seeds, 'seed')} = {_count(folds * seeds, 'run')}"
+    if folds == 1:
+        split = f"no cross-validation, every run trains on all {n} samples"
+    else:
+        train = sorted({int((fold_of != fold).sum()) for fold in range(folds)})
+        span = str(train[0]) if len(train) == 1 else f"{train[0]}-{train[-1]}"
+        split = f"folds vary the training samples ({span} per fold, the rest validate)"
+    lines.append(f"design   {runs}; {split}; seeds re-train on the same samples (new initialisation and batch order)")
+    return "\n".join(lines)
+
+
+def _count(k, noun):
+    return f"{k} {noun}{'s' if k != 1 else ''}"
+
+
+def run_experiment(experiment, output, overwrite=False, verbose=1, progress=None, summary=print):
     """Train every fold × seed of an experiment, one HDF5 file per run.
 
     Args:
@@ -162,6 +222,8 @@ def run_experiment(experiment, output, overwrite=False, verbose=1, progress=None
         overwrite: replace run files from an earlier experiment in the same folder.
         verbose: Keras ``fit`` verbosity for each run.
         progress: called as ``progress(done, total)`` after each run.
+        summary: called with `data_summary` once the data are loaded, before training
+            (default: printed, whatever ``verbose``); None says nothing.
 
     Returns:
         The paths of the run files.
@@ -192,6 +254,8 @@ def run_experiment(experiment, output, overwrite=False, verbose=1, progress=None
     if per_step:
         model_options.setdefault("per_step", True)
     fold_of = stratified_folds(labels, experiment.folds) if experiment.folds > 1 else np.full(len(x), -1)
+    if summary:
+        summary(data_summary(experiment, dataset, x, y, labels, group_names, task, fold_of))
     runs = [(fold, seed) for fold in range(experiment.folds) for seed in range(experiment.seeds)]
     # Only now that the data and options are known to be good: a smaller experiment must
     # not leave runs of the earlier one behind.

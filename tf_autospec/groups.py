@@ -20,6 +20,11 @@ _NEAR_MISSES = re.compile(r"groups?|grps?|group_?(labels?|ids?|names?|index|indi
 _NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?|[+-]?(nan|inf|infinity)", re.IGNORECASE)
 
 
+def looks_like_number(name):
+    """Whether a group name would read as a number (``1``, ``"2"``, ``"0.5"``, ``"nan"``)."""
+    return not isinstance(name, str) or bool(_NUMBER.fullmatch(name.strip()))
+
+
 def validate_group_names(groups):
     """Checks a group declaration and returns it as a tuple of strings.
 
@@ -45,7 +50,7 @@ def validate_group_names(groups):
             f"groups={groups!r}."
         )
     names = tuple(g.decode() if isinstance(g, bytes) else g for g in groups)
-    numeric = [n for n in names if not isinstance(n, str) or _NUMBER.fullmatch(n.strip())]
+    numeric = [n for n in names if looks_like_number(n)]
     if numeric:
         examples = [f"group {n}" for n in names[:3]]
         raise ValueError(
@@ -176,7 +181,7 @@ def labels_to_indices(labels, group_names):
         unknown = sorted({v for v in as_text if v not in lookup and v != str(UNASSIGNED)})
         if unknown:
             hint = ""
-            if any(_NUMBER.fullmatch(v.strip()) for v in unknown):
+            if any(looks_like_number(v) for v in unknown):
                 hint = (" Text labels are read as names only; give indices as integers "
                         "(e.g. labels.astype(int)).")
             raise ValueError(

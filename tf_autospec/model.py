@@ -214,6 +214,7 @@ class AutoSpecModel(keras.Model):
             )
         self.autospec_every_n_steps = int(every_n_steps)
         self._spectra_state = None
+        self._zero_sum_deltas = frozenset()
         self._batch_size_hint = None
         self._exchanges = {}
 
@@ -421,6 +422,7 @@ class AutoSpecModel(keras.Model):
             )
             with self.distribute_strategy.scope():
                 self._spectra_state = _SpectraState(kernels, len(self.groups))
+            self._zero_sum_deltas = _softmax_logit_kernels(self, kernels)
 
     @contextlib.contextmanager
     def _recording(self, tape):
@@ -470,10 +472,10 @@ class AutoSpecModel(keras.Model):
             loss_scale = self.optimizer.scale_loss(tf.constant(1.0, loss.dtype))
             deltas = [
                 [
-                    _unscaled(next(product_gradients), product, loss_scale)
+                    _unscaled(next(product_gradients), product, loss_scale, kernel.path in self._zero_sum_deltas)
                     for _, product in kernel_calls
                 ]
-                for kernel_calls in calls
+                for kernel, kernel_calls in zip(self._spectra_state.kernels, calls)
             ]
             step = tf.identity(self.optimizer.iterations)
             self.optimizer.apply_gradients(zip(weight_gradients, trainable_weights))
@@ -741,11 +743,58 @@ def _products_key(kernel, kernel_calls):
     return tuple(id(product) for _, product in kernel_calls), kernel.widths.get("delta")
 
 
-def _unscaled(gradient, product, loss_scale):
-    """``Δ`` without the loss scale, in float32 so that float16 values do not underflow."""
+def _unscaled(gradient, product, loss_scale, zero_sum):
+    """``Δ`` without the loss scale, in float32 so that float16 values do not underflow;
+    with ``zero_sum``, each row's mean removed (see `_softmax_logit_kernels`)."""
     if gradient is None:
         return tf.zeros_like(product, dtype=tf.float32)
-    return tf.cast(gradient, tf.float32) / tf.cast(loss_scale, tf.float32)
+    delta = tf.cast(gradient, tf.float32) / tf.cast(loss_scale, tf.float32)
+    if zero_sum:
+        delta -= tf.reduce_mean(delta, axis=-1, keepdims=True)
+    return delta
+
+
+_SOFTMAX_CROSSENTROPY = {
+    keras.losses.SparseCategoricalCrossentropy: keras.losses.sparse_categorical_crossentropy,
+    keras.losses.CategoricalCrossentropy: keras.losses.categorical_crossentropy,
+}
+
+
+def _softmax_logit_kernels(model, kernels):
+    """Paths of the kernels whose products the loss reads as softmax logits.
+
+    Under a softmax cross-entropy the gradient at the logits is ``p − y`` (scaled per
+    sample), whose rows sum to zero exactly: ``Δ``, and so ``G_g``, lose one rank. Keras
+    computes ``p − y`` in float32, and once the model is confident (``p ≈ 1``) the
+    subtraction leaves round-off of up to ``ε / (1 − p)`` relative to the row, far above
+    any numerical-rank tolerance: the zero singular value would come back as ~1e-2 × σ_1
+    and follow σ_1 between groups. Removing each row's mean restores the exact zero sum
+    (it changes ``Δ`` by its round-off only). Recognised: a functional or Sequential model
+    (or one wrapped) with one output, made by a Dense or EinsumDense layer with a linear
+    activation and a ``from_logits=True`` (sparse) categorical cross-entropy, or with a
+    softmax activation and one that is not from logits.
+    """
+    loss = model.loss
+    if isinstance(loss, str):
+        loss = keras.losses.get(loss)
+    if isinstance(loss, tuple(_SOFTMAX_CROSSENTROPY)):
+        from_logits = bool(loss._fn_kwargs.get("from_logits", False))
+    elif loss in _SOFTMAX_CROSSENTROPY.values():
+        from_logits = False
+    else:
+        return frozenset()
+    source = model.wrapped if isinstance(model, WrappedModel) else model
+    try:
+        outputs = source.outputs
+    except (AttributeError, ValueError):  # subclassed: no symbolic outputs
+        return frozenset()
+    if not outputs or len(outputs) != 1:
+        return frozenset()
+    layer = outputs[0]._keras_history[0]
+    activation = keras.activations.linear if from_logits else keras.activations.softmax
+    if getattr(layer, "activation", None) is not activation:
+        return frozenset()
+    return frozenset(k.path for k in kernels if k.layer is layer)
 
 
 class FunctionalAutoSpecModel(AutoSpecModel, Functional):
