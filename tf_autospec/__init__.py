@@ -17,6 +17,7 @@ if _keras.backend.backend() != "tensorflow":
 
 from tf_autospec.callback import AutoSpecCallback  # noqa: E402
 from tf_autospec.capture import LayerCapture, register  # noqa: E402
+from tf_autospec.groups import null_partitions  # noqa: E402
 from tf_autospec.model import AutoSpecModel, wrap  # noqa: E402
 from tf_autospec.results import StepSpectra  # noqa: E402
 from tf_autospec.spectra import KINDS  # noqa: E402
@@ -35,6 +36,7 @@ __all__ = [
     "StepSpectra",
     "StoreError",
     "load",
+    "null_partitions",
     "register",
     "wrap",
 ]

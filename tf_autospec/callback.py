@@ -25,10 +25,12 @@ def _layout(model, log_keys):
                 "fan_in": k.fan_in,
                 "fan_out": k.fan_out,
                 "widths": dict(k.widths),
+                "reads_model_input": k.path in model.input_kernels,
             }
             for k in model.tracked_kernels
         ],
         "log_keys": list(log_keys),
+        "null_partitions": model.autospec_null_partitions,
     }
 
 
@@ -233,12 +235,14 @@ class AutoSpecCallback(keras.callbacks.Callback):
             "kinds": list(run.kinds),
             "kernels": [(k, run.kernel_info[k]["fan_in"], run.kernel_info[k]["fan_out"]) for k in run.layers],
             "widths": run.widths,
+            "null_partitions": run.null_partitions,
         }
         current = {
             "groups": expected["groups"],
             "kinds": expected["kinds"],
             "kernels": [(k["path"], k["fan_in"], k["fan_out"]) for k in expected["kernels"]],
             "widths": {k["path"]: k["widths"] for k in expected["kernels"]},
+            "null_partitions": expected["null_partitions"],
         }
         differences = [
             f"{key}: file has {stored[key]}, model has {current[key]}"
@@ -323,6 +327,7 @@ class AutoSpecCallback(keras.callbacks.Callback):
                 "top_k": self.model.autospec_top_k,
                 "randomized": self.model.autospec_randomized,
                 "every_n_steps": self.model.autospec_every_n_steps,
+                "null_partitions": self.model.autospec_null_partitions,
             },
             "model_config": _model_config(self.model),
             "metadata": self.metadata,
@@ -369,12 +374,15 @@ class AutoSpecCallback(keras.callbacks.Callback):
         }
         for key in layout["log_keys"]:
             records[key] = np.array([p[4].get(key, np.nan) for p in pending], dtype=np.float64)
-        spectra = {key: np.stack([p[5].spectra[key] for p in pending]) for key in pending[0][5].spectra}
-        counts = np.stack([p[5].counts for p in pending])
-        self._submit(self._write, self._writer, records, spectra, counts)
+        steps = [p[5] for p in pending]
+        spectra = {key: np.stack([s.spectra[key] for s in steps]) for key in steps[0].spectra}
+        null_spectra = {key: np.stack([s.null_spectra[key] for s in steps]) for key in steps[0].null_spectra}
+        counts = np.stack([s.counts for s in steps])
+        null_counts = np.stack([s.null_counts for s in steps])
+        self._submit(self._write, self._writer, records, spectra, counts, null_spectra, null_counts)
 
-    def _write(self, writer, records, spectra, counts):
-        writer.append(records, spectra, counts)
+    def _write(self, writer, records, spectra, counts, null_spectra, null_counts):
+        writer.append(records, spectra, counts, null_spectra, null_counts)
         if self._tensorboard is not None:
             self._write_tensorboard(records["step"], spectra)
 

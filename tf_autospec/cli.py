@@ -9,7 +9,6 @@
 
 import argparse
 import base64
-import html
 import io
 import json
 import os
@@ -98,59 +97,60 @@ def plot_command(args):
         print(path)
 
 
-def _groups(run, requested):
-    if requested:
-        return requested
-    if len(run.groups) < 2:
-        raise SystemExit(f"autospec: {run.path} has one group ({run.groups[0]}); nothing to compare.")
-    return run.groups[:2]
-
-
 def _compare(runs, args):
+    """Tests every pair of groups (or ``--groups A B``); returns ``(pairs, rows)``."""
     from tf_autospec import stats
 
-    group_a, group_b = _groups(runs[0], args.groups)
+    pairs = stats.group_pairs(runs[0], *(args.groups or (None, None)))
+    group_a, group_b = (args.groups or (None, None))
     if len(runs) == 1:
-        print(f"1 run: testing {group_a} vs {group_b} within it (steps as repeated measures, "
-              f"block sign-flip test, blocks of {args.block} steps). Pass several runs to test across runs.")
-        rows = stats.within_run(runs[0], group_a, group_b, summaries=args.summaries, block=args.block,
-                                permutations=args.permutations)
+        reference = args.reference or "null"
+        print(f"1 run: testing {_pairs_text(pairs)} within it (steps as repeated measures, reference "
+              f"{reference}). Pass several runs to test across runs.")
+        rows = stats.within_run(runs[0], group_a, group_b, summaries=args.summaries, reference=reference,
+                                block=args.block, permutations=args.permutations)
     else:
         # sigma_1 is spectral_norm: the indices start at 2.
         summaries = list(args.summaries) + [f"sigma_{i}" for i in range(2, args.indices + 1)]
         combinations = len(runs[0].layers) * len(runs[0].kinds) * len(summaries)
-        rows = stats.across_runs(runs, group_a, group_b, summaries=summaries, permutations=args.permutations,
-                                 progress=_progress(combinations, "tests"))
-    return group_a, group_b, rows
+        rows = stats.across_runs(runs, group_a, group_b, summaries=summaries, reference=args.reference or "null",
+                                 permutations=args.permutations, progress=_progress(combinations, "tests"))
+    return pairs, rows
 
 
-def _heatmaps(runs, args, group_a, group_b, rows):
+def _pairs_text(pairs):
+    return ", ".join(f"{a} vs {b}" for a, b in pairs)
+
+
+def _heatmaps(runs, args, pairs, rows):
     from tf_autospec import plot
 
     if len(runs) < 2 or not args.indices:
         return
-    for layer in runs[0].layers:
-        for kind in runs[0].kinds:
-            figure = plot.difference_heatmap(runs, layer, group_a, group_b, kind=kind,
-                                             max_index=args.indices, rows=rows)
-            yield f"difference {layer} {kind}", f"heatmap_{layer.replace('/', '_')}_{kind}", figure
+    for group_a, group_b in pairs:
+        for layer in runs[0].layers:
+            for kind in runs[0].kinds:
+                figure = plot.difference_heatmap(runs, layer, group_a, group_b, kind=kind,
+                                                 max_index=args.indices, rows=rows)
+                name = f"heatmap_{group_a}_{group_b}_{layer}_{kind}".replace("/", "_").replace(" ", "_")
+                yield f"{group_a} − {group_b}: {layer} {kind}", name, figure
 
 
-def _write_comparison(runs, args, group_a, group_b, rows):
-    """Writes tests.csv, the overview and the heat maps; returns ``[(title, png path), ...]``
-    of the heat maps."""
-    from tf_autospec import plot, stats
+def _write_comparison(runs, args, pairs, rows):
+    """Writes tests.csv, the overview and the heat maps, prints what the tests found;
+    returns ``[(title, png path), ...]`` of the heat maps."""
+    from tf_autospec import plot, report, stats
 
     os.makedirs(args.output, exist_ok=True)
     csv_path = os.path.join(args.output, "tests.csv")
     stats.write_csv(rows, csv_path)
     print(csv_path)
-    significant = [r for r in rows if r["significant"]]
-    print(f"{len(rows)} tests, {len(significant)} significant at FDR 0.05.")
-    overview = plot.overview(runs, summary=args.summaries[0], groups=[group_a, group_b])
+    for line in report.console_summary(runs, pairs, rows):
+        print(line)
+    overview = plot.overview(runs, summary=args.summaries[0])
     print(plot.save(overview, os.path.join(args.output, "overview.png")))
     heatmaps = []
-    for title, name, figure in _heatmaps(runs, args, group_a, group_b, rows):
+    for title, name, figure in _heatmaps(runs, args, pairs, rows):
         heatmaps.append((title, plot.save(figure, os.path.join(args.output, f"{name}.png"))))
         print(heatmaps[-1][1])
     return heatmaps
@@ -183,37 +183,21 @@ def report(args):
     _write_report(runs, args, *_compare(runs, args))
 
 
-def _write_report(runs, args, group_a, group_b, rows, sections=None):
+def _write_report(runs, args, pairs, rows, sections=None):
     """Writes the HTML page; ``sections`` (``[(title, base64 PNG), ...]``) are drawn here when not given."""
+    from tf_autospec import report as report_module
+
     if sections is None:
         sections = [(name.replace("_", " "), _embedded(figure))
                     for name, figure in _figures(runs, args.summary, args.per_epoch)]
-        sections += [(title, _embedded(figure)) for title, _, figure in _heatmaps(runs, args, group_a, group_b, rows)]
-    significant = sorted((r for r in rows if r["significant"]),
-                         key=lambda r: r.get("q_value", r.get("q_welch", 1.0)))
-    columns = [c for c in ("layer", "kind", "summary", "epoch", "first_step", "last_step", "mean_a", "mean_b",
-                           "hedges_g", "p_welch", "p_permutation", "p_value", "q_welch", "q_permutation", "q_value",
-                           "count_a", "count_b")
-               if rows and c in rows[0]]
-    table = "".join(
-        "<tr>" + "".join(f"<td>{_cell(r[c])}</td>" for c in columns) + "</tr>" for r in significant
-    ) or f"<tr><td colspan='{len(columns)}'>No significant difference at FDR 0.05.</td></tr>"
-    page = _PAGE.format(
-        title=html.escape(f"AutoSpec report: {group_a} vs {group_b}"),
-        runs="".join(f"<li>{html.escape(r.path)} — {len(r)} steps, metadata {html.escape(json.dumps(r.metadata))}</li>" for r in runs),
-        design=html.escape(f"{len(runs)} run(s); {'tests across runs (Welch, permutation, Hedges g, BH FDR)' if len(runs) > 1 else 'within-run block sign-flip test, BH FDR'}; "
-                           f"{len(rows)} tests, {len(significant)} significant."),
-        header="".join(f"<th>{html.escape(c)}</th>" for c in columns),
-        table=table,
-        figures="".join(f"<h3>{html.escape(t)}</h3><img alt='{html.escape(t)}' src='data:image/png;base64,{b}'>" for t, b in sections),
-    )
-    with open(args.output, "w", encoding="utf-8") as f:
-        f.write(page)
+        sections += [(title, _embedded(figure)) for title, _, figure in _heatmaps(runs, args, pairs, rows)]
+    report_module.write(args.output, runs, pairs, rows, sections)
     print(args.output)
 
 
 _DATASET_FLAGS = {
-    "simulated_fmri": {"n": "n_subjects", "effect_size": "effect_size"},
+    "simulated_fmri": {"n": "n_subjects", "effect_size": "effect_size", "group_fraction": "group_fraction",
+                       "effect_pattern": "effect_pattern", "target": "target"},
     "sinusoids": {"n": "n_sequences", "differ": "differ"},
     "mnist": {"n": "n_samples", "classes": "groups", "data_dir": "data_dir"},
     "digits": {"n": "n_samples", "classes": "groups"},
@@ -256,7 +240,7 @@ def _experiment(args):
         dataset=args.dataset, model=args.model, task=args.task, grouping=args.grouping, folds=args.folds,
         seeds=args.seeds, epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate,
         dataset_options=dataset_options, model_options=_given(args, _MODEL_FLAGS),
-        autospec_options=autospec_options)
+        autospec_options=autospec_options, null_partitions=args.null_partitions)
 
 
 def run_command(args):
@@ -274,10 +258,9 @@ def run_command(args):
         raise SystemExit(f"autospec: {error}") from None
     runs = _load(paths)
     args.indices = args.indices if len(runs) > 1 else 0
-    group_a, group_b, rows = _compare(runs, args)
+    pairs, rows = _compare(runs, args)
     heatmaps = _write_comparison(
-        runs, argparse.Namespace(**{**vars(args), "output": os.path.join(args.output, "analysis")}),
-        group_a, group_b, rows)
+        runs, argparse.Namespace(**{**vars(args), "output": os.path.join(args.output, "analysis")}), pairs, rows)
     figures = os.path.join(args.output, "figures")
     os.makedirs(figures, exist_ok=True)
     sections = []
@@ -288,23 +271,7 @@ def run_command(args):
     # The report embeds the figures just written instead of drawing them again.
     sections = [(title, _embedded_file(path)) for title, path in sections + heatmaps]
     _write_report(runs, argparse.Namespace(**{**vars(args), "output": os.path.join(args.output, "report.html")}),
-                  group_a, group_b, rows, sections)
-
-
-def _cell(value):
-    if isinstance(value, float):
-        return "" if np.isnan(value) else f"{value:.3g}"
-    return html.escape(str(value))
-
-
-_PAGE = """<!doctype html>
-<html><head><meta charset="utf-8"><title>{title}</title>
-<style>body{{font-family:sans-serif;margin:2em;max-width:1200px}}table{{border-collapse:collapse;font-size:13px}}
-td,th{{border:1px solid #ccc;padding:3px 6px}}th{{background:#eee}}img{{max-width:100%}}</style></head>
-<body><h1>{title}</h1><h2>Runs</h2><ul>{runs}</ul><p>{design}</p>
-<h2>Significant findings</h2><table><tr>{header}</tr>{table}</table>
-<h2>Figures</h2>{figures}</body></html>
-"""
+                  pairs, rows, sections)
 
 
 def build_parser():
@@ -320,12 +287,17 @@ def build_parser():
         p.add_argument("--per-epoch", action="store_true", help="x axis in epochs instead of steps")
 
     def test_options(p):
-        p.add_argument("--groups", nargs=2, metavar=("A", "B"), help="the two groups (default: the first two)")
+        p.add_argument("--groups", nargs=2, metavar=("A", "B"), help="the two groups (default: every pair)")
+        p.add_argument("--reference", choices=["null", "runs", "steps"],
+                       help="what the groups are tested against: null (default) = random groups of the same "
+                       "sizes from the same subjects (needs runs recorded with null partitions); runs (across "
+                       "runs) or steps (within one run) = the older tests, valid only for groups of equal size "
+                       "on independent subjects")
         p.add_argument("--summaries", nargs="+", default=["spectral_norm", "nuclear_norm", "effective_rank"])
         p.add_argument("--indices", type=int, default=5,
                        help="across runs, also test singular values 2..N (σ_1 is spectral_norm); "
                        "not used within one run")
-        p.add_argument("--block", type=int, default=10, help="steps per block, within-run test")
+        p.add_argument("--block", type=int, default=10, help="steps per block, within-run test with --reference steps")
         p.add_argument("--permutations", type=int, default=2000)
 
     p = verbs.add_parser("plot", help="overview and per-layer figures")
@@ -369,7 +341,12 @@ def build_parser():
     p.add_argument("--verbose", type=int, default=1, choices=[0, 1, 2], help="Keras progress output per run")
     data = p.add_argument_group("dataset options")
     data.add_argument("--n", type=int, help="subjects / sequences / samples to use")
-    data.add_argument("--effect-size", type=float, help="simulated_fmri: FNC difference between groups (0: null)")
+    data.add_argument("--effect-size", type=float,
+                      help="simulated_fmri: FNC difference between the groups (default 0.3; 0: no group effect)")
+    data.add_argument("--group-fraction", type=float,
+                      help="simulated_fmri: fraction of subjects in the second group (default 0.4: 60/40)")
+    data.add_argument("--effect-pattern", choices=["domains", "one_edge"],
+                      help="simulated_fmri: the group effect on every edge between two domains, or on one edge")
     data.add_argument("--differ", choices=["frequency", "phase", "amplitude"], help="sinusoids: what differs")
     data.add_argument("--classes", type=int, nargs="+",
                       help="mnist, digits: N (the first N classes are the groups) or the list of classes")
@@ -391,7 +368,8 @@ def build_parser():
                       help="files: the data file holds no IDs; its rows are the CSV's rows, in order")
     data.add_argument("--subject-pattern",
                       help="files: regular expression whose first group is the subject ID in NIfTI file names")
-    data.add_argument("--target", help="files: a CSV column to predict (default: the group)")
+    data.add_argument("--target", help="files: a CSV column to predict (default: the group); simulated_fmri: "
+                      "condition (default: a trait independent of the group) or group")
     data.add_argument("--bins", type=int, help="files: quantile bins for a numeric group column (default 2)")
     sizes = p.add_argument_group("model sizes")
     sizes.add_argument("--hidden", type=int, nargs="+", help="mlp: hidden layer widths")
@@ -403,6 +381,9 @@ def build_parser():
     spec.add_argument("--randomized", action="store_true",
                       help="with --top-k: randomized top-k for wide layers (lower bounds; see docs/api.md)")
     spec.add_argument("--every-n-steps", type=int)
+    spec.add_argument("--null-partitions", type=int, default=20,
+                      help="random groups of the same sizes recorded in every run as the tests' reference "
+                      "(default 20; 0: none, then test with --reference runs)")
     figures_options(p)
     test_options(p)
     p.set_defaults(function=run_command)

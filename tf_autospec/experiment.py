@@ -39,6 +39,9 @@ class Experiment:
             ``effect_size``, ``data_dir``, ``data``, ``phenotype``, ``group_column``...).
         model_options: size arguments of the architecture (``hidden``, ``units``...).
         autospec_options: `AutoSpecModel` options (``kinds``, ``top_k``, ``randomized``, ``every_n_steps``).
+        null_partitions: null partitions recorded in every run (`tf_autospec.null_partitions`),
+            drawn once for the whole dataset so that every fold and seed sees the same ones;
+            the reference of the tests (``docs/analysis.md``). 0 records none.
     """
 
     dataset: str = "simulated_fmri"
@@ -53,6 +56,7 @@ class Experiment:
     dataset_options: dict = dataclasses.field(default_factory=dict)
     model_options: dict = dataclasses.field(default_factory=dict)
     autospec_options: dict = dataclasses.field(default_factory=dict)
+    null_partitions: int = 20
 
 
 def load_dataset(name, task=None, **options):
@@ -213,6 +217,31 @@ def _count(k, noun):
     return f"{k} {noun}{'s' if k != 1 else ''}"
 
 
+def _target_name(task, info):
+    if task == "autoencoding":
+        return "the inputs (autoencoding)"
+    return str(info.get("target") or {"digits": "the digit", "mnist": "the digit"}.get(info.get("dataset"), "y"))
+
+
+def evaluation_by_group(model, x, y, labels, group_names, task, split):
+    """How well the model does on each group's samples: accuracy for classification, mean
+    squared error otherwise.
+
+    Returns:
+        dict with ``metric``, ``split``, ``overall`` and ``by_group`` (``{name: value}``,
+        NaN for a group with no sample).
+    """
+    predictions = np.asarray(model.predict(x, verbose=0))
+    if task == "classification":
+        metric, per_sample = "accuracy", (np.argmax(predictions, axis=-1) == y).astype(float)
+    else:
+        metric = "mean squared error"
+        per_sample = np.mean(((predictions - y) ** 2).reshape(len(y), -1), axis=1)
+    by_group = {g: float(np.mean(per_sample[labels == k])) if np.any(labels == k) else float("nan")
+                for k, g in enumerate(group_names)}
+    return {"metric": metric, "split": split, "overall": float(np.mean(per_sample)), "by_group": by_group}
+
+
 def run_experiment(experiment, output, overwrite=False, verbose=1, progress=None, summary=print):
     """Train every fold × seed of an experiment, one HDF5 file per run.
 
@@ -232,6 +261,7 @@ def run_experiment(experiment, output, overwrite=False, verbose=1, progress=None
 
     import models
     import tf_autospec as ts
+    from tf_autospec import store
 
     if experiment.grouping not in GROUPINGS:
         raise ValueError(f"grouping must be one of {GROUPINGS}; received {experiment.grouping!r}.")
@@ -254,6 +284,10 @@ def run_experiment(experiment, output, overwrite=False, verbose=1, progress=None
     if per_step:
         model_options.setdefault("per_step", True)
     fold_of = stratified_folds(labels, experiment.folds) if experiment.folds > 1 else np.full(len(x), -1)
+    # Drawn once, before the folds: every run sees the same random groups of the same subjects.
+    partitioned = ts.null_partitions(labels, experiment.null_partitions)
+    options = {**experiment.autospec_options, "null_partitions": experiment.null_partitions}
+    target_is_group = task == "classification" and np.array_equal(y, labels)
     if summary:
         summary(data_summary(experiment, dataset, x, y, labels, group_names, task, fold_of))
     runs = [(fold, seed) for fold in range(experiment.folds) for seed in range(experiment.seeds)]
@@ -269,7 +303,7 @@ def run_experiment(experiment, output, overwrite=False, verbose=1, progress=None
         keras.utils.set_random_seed(seed)
         model = models.build(experiment.model, group_names, x.shape[1:], task=task, outputs=outputs,
                              optimizer=keras.optimizers.Adam(experiment.learning_rate),
-                             options=experiment.autospec_options, **model_options)
+                             options=options, **model_options)
         path = os.path.join(run_folder, f"fold{fold}_seed{seed}.h5")
         metadata = dict(dataset=experiment.dataset, model=experiment.model, task=task,
                         grouping=experiment.grouping, fold=fold, folds=experiment.folds, seed=seed,
@@ -277,16 +311,22 @@ def run_experiment(experiment, output, overwrite=False, verbose=1, progress=None
                         learning_rate=experiment.learning_rate, model_options=json.dumps(model_options),
                         autospec_options=json.dumps(experiment.autospec_options),
                         dataset_options=json.dumps(experiment.dataset_options, default=str),
-                        data=json.dumps(_json_safe(dataset.info)))
+                        data=json.dumps(_json_safe(dataset.info)), target=_target_name(task, dataset.info),
+                        target_is_group=bool(target_is_group),
+                        group_sizes={g: int(np.sum(labels[train] == k)) for k, g in enumerate(group_names)})
         if verbose:
             print(f"\nRun {done + 1}/{len(runs)}: {experiment.model} on {experiment.dataset}, "
                   f"fold {fold + 1}/{experiment.folds}, seed {seed}")
         validation = None
         if held_out.any():
             validation = ({"x": x[held_out], "group": labels[held_out]}, y[held_out])
-        model.fit(_batches(x[train], y[train], labels[train], experiment.batch_size, seed), epochs=experiment.epochs,
-                  shuffle=False, validation_data=validation, verbose=verbose,
+        model.fit(_batches(x[train], y[train], partitioned[train], experiment.batch_size, seed),
+                  epochs=experiment.epochs, shuffle=False, validation_data=validation, verbose=verbose,
                   callbacks=[ts.AutoSpecCallback(path, metadata=metadata, overwrite=True)])
+        evaluated = held_out if held_out.any() else train
+        store.annotate(path, "evaluation", evaluation_by_group(
+            model, x[evaluated], y[evaluated], labels[evaluated], group_names, task,
+            "validation" if held_out.any() else "training"))
         paths.append(path)
         if progress:
             progress(done + 1, len(runs))

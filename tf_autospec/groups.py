@@ -126,6 +126,76 @@ def refuse_group_input(model):
         )
 
 
+def null_partitions(labels, partitions, seed=0, subjects=None):
+    """Group labels with ``partitions`` null partitions: random relabelings of the
+    subjects that keep every group's size (and the subjects in no group).
+
+    Each partition's groups are what the real groups would be if the labels had been
+    dealt to the subjects at random. `AutoSpecModel(null_partitions=P)` records their
+    spectra beside the real ones, from the same rows of the same steps, and
+    `tf_autospec.stats` compares the real groups with them (``docs/analysis.md``). Draw
+    them once per dataset, before any split into folds, so that every run of an
+    experiment (every seed and fold) sees the same partitions of the same subjects.
+
+    Args:
+        labels: int group indices per sample, ``-1`` for samples in no group (e.g. from
+            `labels_to_indices`, or a dataset's ``labels``).
+        partitions: how many null partitions ``P``.
+        seed: the partitions are a function of the labels, subjects and seed.
+        subjects: a subject ID per sample (any hashable values), when a subject has
+            several samples (sessions, windows, augmentations): its samples keep one
+            label in every partition. Default: every sample is a subject.
+
+    Returns:
+        int32 ``[N, 1 + P]``: column 0 the labels, column ``p`` the ``p``-th relabeling;
+        pass it as the group labels (``fit(x, y, groups=...)`` or a ``"group"`` entry).
+
+    Raises:
+        ValueError: a subject's samples are in different groups.
+    """
+    labels = np.asarray(labels, dtype=np.int32)
+    if labels.ndim != 1:
+        raise ValueError(f"null_partitions takes one label per sample; received shape {labels.shape}.")
+    ids = np.arange(len(labels)) if subjects is None else np.asarray(subjects)
+    if len(ids) != len(labels):
+        raise ValueError(f"{len(ids)} subject IDs for {len(labels)} labels; give one per sample.")
+    _, first, inverse = np.unique(ids, return_index=True, return_inverse=True)
+    inverse = inverse.reshape(-1)
+    per_subject = labels[first]
+    mixed = np.flatnonzero(per_subject[inverse] != labels)
+    if mixed.size:
+        raise ValueError(
+            f"Subject {ids[mixed[0]]!r} has samples in different groups; a subject belongs to "
+            "one group (or to none, -1) in all its samples."
+        )
+    grouped = np.flatnonzero(per_subject >= 0)
+    rng = np.random.default_rng(seed)
+    out = np.empty((len(labels), 1 + partitions), dtype=np.int32)
+    out[:, 0] = labels
+    for column in range(1, 1 + partitions):
+        relabeled = per_subject.copy()
+        relabeled[grouped] = rng.permutation(per_subject[grouped])
+        out[:, column] = relabeled[inverse]
+    return out
+
+
+def partitions_error(columns, partitions):
+    """The error for labels whose columns do not match the model's null partitions."""
+    if partitions == 0:
+        return ValueError(
+            f"The group labels have {columns} columns (labels and null partitions), but the "
+            "model records no null partitions. Pass one label per sample, or build the model "
+            f"with null_partitions={columns - 1}."
+        )
+    return ValueError(
+        f"The model records {partitions} null partitions, so its group labels need "
+        f"1 + {partitions} columns; received {columns}. Give one label per sample as arrays "
+        "(the partitions are then drawn in fit), or draw them for the whole dataset: "
+        f"groups=tf_autospec.null_partitions(labels, {partitions}) (also as the 'group' entry "
+        "of a tf.data.Dataset)."
+    )
+
+
 def _as_label_array(labels):
     """Labels as a 1-D NumPy array of integers, floats or text (bytes decoded)."""
     if isinstance(labels, tf.Tensor):
@@ -133,9 +203,12 @@ def _as_label_array(labels):
     array = np.asarray(labels)
     if array.ndim == 2 and array.shape[1] == 1:
         array = array[:, 0]
+    if array.ndim == 2 and array.dtype.kind in "iu":
+        return array  # labels and null partitions (`null_partitions`): indices
     if array.ndim != 1:
         raise ValueError(
-            "Group labels must be a 1-D array with one label per sample; received "
+            "Group labels must be a 1-D array with one label per sample (or, with null "
+            "partitions, the integer array tf_autospec.null_partitions returns); received "
             f"shape {array.shape}."
         )
     if array.dtype.kind == "S":
@@ -223,7 +296,7 @@ def labels_to_indices_tensor(labels, group_names, check=True):
         int32 tensor ``[N]`` with values in ``-1..G-1``.
     """
     labels = tf.convert_to_tensor(labels)
-    if labels.shape.rank == 2:
+    if labels.shape.rank == 2 and labels.shape[1] == 1:
         labels = tf.squeeze(labels, axis=1)
     if labels.dtype == tf.string:
         matches = tf.equal(labels[:, None], tf.constant(group_names)[None, :])

@@ -22,29 +22,33 @@ class _SpectraState:
     """One float64 variable holding the last recorded step, so that a callback reads it
     in one copy.
 
-    Layout: ``[step, counts (G), finite flags (K), spectra...]`` where each (kernel, kind)
-    spectrum ``[G, width]`` follows the previous one, flattened. float64 holds the step
-    and the counts exactly. A second variable, ``recorded``, says whether the last step
-    that ran was recorded: the steps that do not record set it to 0.
+    Layout: ``[step, counts (G'), finite flags (K), spectra...]`` where each (kernel,
+    kind) spectrum ``[G', width]`` follows the previous one, flattened; ``G' = G · (1 +
+    null partitions)``, the real groups first. float64 holds the step and the counts
+    exactly. A second variable, ``recorded``, says whether the last step that ran was
+    recorded: the steps that do not record set it to 0.
     """
 
-    def __init__(self, kernels, num_groups):
+    def __init__(self, kernels, num_groups, null_partitions):
         self.kernels = kernels
         self.num_groups = num_groups
+        self.null_partitions = null_partitions
+        recorded_groups = num_groups * (1 + null_partitions)
+        self.recorded_groups = recorded_groups
         self.segments = []  # (kernel path, kind, start, width)
-        self.header_size = 1 + num_groups + len(kernels)
+        self.header_size = 1 + recorded_groups + len(kernels)
         start = self.header_size
         for kernel in kernels:
             for kind, width in kernel.widths.items():
                 self.segments.append((kernel.path, kind, start, width))
-                start += num_groups * width
+                start += recorded_groups * width
         self.warned_nonfinite = False
         # Under tf.distribute every replica holds the same values; the first one's are kept.
         self.recorded = tf.Variable(
             False, trainable=False, name="autospec_recorded", aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA
         )
         self.buffer = tf.Variable(
-            tf.concat([[-1.0], tf.ones([num_groups + len(kernels)], tf.float64),
+            tf.concat([[-1.0], tf.ones([recorded_groups + len(kernels)], tf.float64),
                        tf.fill([start - self.header_size], tf.constant(float("nan"), tf.float64))], 0),
             trainable=False,
             name="autospec_last_step",
@@ -53,7 +57,7 @@ class _SpectraState:
 
     def assign(self, step, counts, spectra, finite):
         """One write of the whole buffer. ``spectra`` maps (kernel path, kind) ->
-        ``[G, width]``; ``finite`` holds a bool per kernel."""
+        ``[G', width]``; ``finite`` holds a bool per kernel."""
         flat = [[tf.cast(step, tf.float64)], tf.cast(counts, tf.float64), tf.cast(tf.stack(finite), tf.float64)]
         flat += [tf.reshape(tf.cast(spectra[(path, kind)], tf.float64), [-1]) for path, kind, _, _ in self.segments]
         self.buffer.assign(tf.concat(flat, 0))
@@ -64,7 +68,7 @@ class _SpectraState:
             return None
         buffer = self.buffer.value().numpy()
         step = int(buffer[0])
-        finite = buffer[1 + self.num_groups : self.header_size]
+        finite = buffer[1 + self.recorded_groups : self.header_size]
         nonfinite = tuple(k.path for k, ok in zip(self.kernels, finite) if not ok)
         if nonfinite and not self.warned_nonfinite:
             self.warned_nonfinite = True
@@ -75,17 +79,22 @@ class _SpectraState:
                 tracking.AutoSpecWarning,
                 stacklevel=tracking.user_stacklevel(),
             )
+        partitions, groups_count = 1 + self.null_partitions, self.num_groups
+        counts = buffer[1 : 1 + self.recorded_groups].astype(np.int32).reshape(partitions, groups_count)
+        spectra = {
+            (path, kind): buffer[start : start + self.recorded_groups * width]
+            .reshape(partitions, groups_count, width)
+            .astype(np.float32)
+            for path, kind, start, width in self.segments
+        }
         return StepSpectra(
             step=step,
             groups=groups,
-            counts=buffer[1 : 1 + self.num_groups].astype(np.int32),
+            counts=counts[0],
             nonfinite=nonfinite,
-            spectra={
-                (path, kind): buffer[start : start + self.num_groups * width]
-                .reshape(self.num_groups, width)
-                .astype(np.float32)
-                for path, kind, start, width in self.segments
-            },
+            spectra={key: values[0] for key, values in spectra.items()},
+            null_counts=counts[1:],
+            null_spectra={key: values[1:] for key, values in spectra.items()},
         )
 
 
@@ -151,6 +160,15 @@ class AutoSpecModel(keras.Model):
             a lower bound within a documented distance of the exact one
             (`spectra.randomized_top_singular_values`). Default ``False``: exact.
         every_n_steps: record every n-th optimizer step (default 1: every step).
+        null_partitions: how many null partitions to record beside the groups (default
+            0): random relabelings of the subjects that keep every group's size, fixed for
+            the whole run (`tf_autospec.null_partitions`), whose spectra are computed at
+            every recorded step from the same rows. They are the reference of
+            `tf_autospec.stats` for "groups of these sizes drawn at random from these
+            subjects" (see ``docs/analysis.md``). Labels given as arrays get them drawn
+            here (every sample a subject, seed 0); labels from a `tf.data.Dataset`, or
+            several samples per subject, or CV folds, need them drawn once for the whole
+            dataset: ``groups=tf_autospec.null_partitions(labels, P, subjects=ids)``.
         **kwargs: passed to `keras.Model` (``name``, or ``inputs``/``outputs``).
 
     Example:
@@ -179,7 +197,7 @@ class AutoSpecModel(keras.Model):
 
     def __init__(
         self, *args, groups=None, layers=None, kinds=spectra.KINDS, top_k=None,
-        randomized=False, every_n_steps=1, **kwargs
+        randomized=False, every_n_steps=1, null_partitions=0, **kwargs
     ):
         # keras's Functional ignores keyword arguments it does not know: a misspelt option
         # would build a model that silently records with the default.
@@ -213,8 +231,14 @@ class AutoSpecModel(keras.Model):
                 f"every_n_steps must be a positive integer; received {every_n_steps!r}."
             )
         self.autospec_every_n_steps = int(every_n_steps)
+        if int(null_partitions) != null_partitions or null_partitions < 0:
+            raise ValueError(
+                f"null_partitions must be a whole number >= 0; received {null_partitions!r}."
+            )
+        self.autospec_null_partitions = int(null_partitions)
         self._spectra_state = None
         self._zero_sum_deltas = frozenset()
+        self.input_kernels = frozenset()
         self._batch_size_hint = None
         self._exchanges = {}
 
@@ -237,12 +261,32 @@ class AutoSpecModel(keras.Model):
             args = (self._model_inputs(args[0]),) + args[1:]
         return super().__call__(*args, **kwargs)
 
+    @property
+    def _recorded_groups(self):
+        """Groups whose spectra are computed: the real ones and every null partition's."""
+        return len(self.groups) * (1 + self.autospec_null_partitions)
+
     def _group_labels(self, x):
         if not isinstance(x, dict) or groups_module.GROUP_KEY not in x:
             raise groups_module.missing_labels_error(x, self.groups)
-        return groups_module.labels_to_indices_tensor(
+        labels = groups_module.labels_to_indices_tensor(
             x[groups_module.GROUP_KEY], self.groups, check=not self.jit_compile
         )
+        columns = 1 if labels.shape.rank == 1 else labels.shape[1]
+        if columns != 1 + self.autospec_null_partitions:
+            raise groups_module.partitions_error(columns, self.autospec_null_partitions)
+        return labels
+
+    def _indices(self, labels):
+        """Labels (NumPy side) as int32 indices, with this model's null partitions."""
+        indices = groups_module.labels_to_indices(labels, self.groups)
+        partitions = self.autospec_null_partitions
+        if partitions and indices.ndim == 1:
+            return groups_module.null_partitions(indices, partitions)
+        columns = 1 if indices.ndim == 1 else indices.shape[1]
+        if columns != 1 + partitions:
+            raise groups_module.partitions_error(columns, partitions)
+        return indices
 
     def _attach_groups(self, x, labels):
         if isinstance(x, (tf.data.Dataset, keras.utils.PyDataset)) or _is_iterator(x):
@@ -256,7 +300,7 @@ class AutoSpecModel(keras.Model):
                 "Group labels were given twice: as `groups=` and as the 'group' entry of x. "
                 "Give one of them."
             )
-        indices = groups_module.labels_to_indices(labels, self.groups)
+        indices = self._indices(labels)
         first = next(iter(tree.flatten(x)))
         if len(indices) != len(first):
             raise ValueError(
@@ -293,8 +337,7 @@ class AutoSpecModel(keras.Model):
             return x
         groups_module.check_group_entry(x, self.groups, required)
         if isinstance(x, dict) and groups_module.GROUP_KEY in x:
-            return {**x, groups_module.GROUP_KEY: groups_module.labels_to_indices(
-                x[groups_module.GROUP_KEY], self.groups)}
+            return {**x, groups_module.GROUP_KEY: self._indices(x[groups_module.GROUP_KEY])}
         return x
 
     def _batch_with_indices(self, batch, required):
@@ -421,7 +464,7 @@ class AutoSpecModel(keras.Model):
                 self, self.autospec_layers, self.autospec_kinds, self.autospec_top_k
             )
             with self.distribute_strategy.scope():
-                self._spectra_state = _SpectraState(kernels, len(self.groups))
+                self._spectra_state = _SpectraState(kernels, len(self.groups), self.autospec_null_partitions)
             self._zero_sum_deltas = _softmax_logit_kernels(self, kernels)
 
     @contextlib.contextmanager
@@ -465,6 +508,7 @@ class AutoSpecModel(keras.Model):
         trainable_weights = self.trainable_weights
         if trainable_weights:
             calls = [recording.calls_of(k.layer, k.name) for k in self._spectra_state.kernels]
+            self._note_input_kernels(x, calls)
             products = [product for kernel_calls in calls for _, product in kernel_calls]
             gradients = tape.gradient(loss, trainable_weights + products)
             weight_gradients = gradients[: len(trainable_weights)]
@@ -483,6 +527,16 @@ class AutoSpecModel(keras.Model):
         else:
             warnings.warn("The model does not have any trainable weights.")
         return self._reducible(self.compute_metrics(x, y, y_pred, sample_weight=sample_weight))
+
+    def _note_input_kernels(self, x, calls):
+        """Remembers, while the step is traced, the kernels whose layer reads the model's
+        input itself: their ``act`` spectrum is the data, not how the model trains
+        (`tf_autospec.stats` tests it in a family of its own)."""
+        model_inputs = tree.flatten(self._model_inputs(x))
+        self.input_kernels = frozenset(
+            kernel.path for kernel, kernel_calls in zip(self._spectra_state.kernels, calls)
+            if any(_reshaped_from(inputs, model_inputs) for inputs, _ in kernel_calls)
+        )
 
     def _unrecorded_train_step(self, data):
         x, _, _ = data_adapter_utils.unpack_x_y_sample_weight(data)
@@ -561,7 +615,7 @@ class AutoSpecModel(keras.Model):
         if not kernel_calls:
             return functools.partial(self._kernel_spectra, kernel, kernel_calls, kernel_deltas, exchange.grouping)
         spec = spectra.row_sums_spec(
-            kernel.capture.input_factor_type, kernel.fan_in, kernel.fan_out, kinds, len(self.groups)
+            kernel.capture.input_factor_type, kernel.fan_in, kernel.fan_out, kinds, self._recorded_groups
         )
         gathered_size = distributed.gathered_values(kernel_calls, kernel_deltas, exchange.global_batch)
         summed_size = distributed.summed_values(spec)
@@ -583,7 +637,7 @@ class AutoSpecModel(keras.Model):
 
     def _kernel_spectra(self, kernel, kernel_calls, kernel_deltas, grouping, kinds):
         if not kernel_calls:
-            groups = len(self.groups)
+            groups = self._recorded_groups
             nothing = {k: tf.fill([groups, w], float("nan")) for k, w in kernel.widths.items()}
             return nothing, tf.fill([groups], True)
         a, delta, rows_per_sample, rows_hint = self._factors(kernel, kernel_calls, kernel_deltas, grouping)
@@ -594,7 +648,7 @@ class AutoSpecModel(keras.Model):
     def _factors(self, kernel, kernel_calls, kernel_deltas, grouping):
         """The kernel's factors laid out per group, the rows per sample, and a bound of the
         rows per group when it is known while tracing (or ``None``)."""
-        groups = len(self.groups)
+        groups = self._recorded_groups
         layer, capture = kernel.layer, kernel.capture
 
         def grouped_rows(tensors, rows, fill):
@@ -650,7 +704,7 @@ class AutoSpecModel(keras.Model):
 
 
 _FUNCTIONAL_KERAS_ARGUMENTS = ("inputs", "outputs", "name", "trainable")
-_OPTIONS = ("groups", "layers", "kinds", "top_k", "randomized", "every_n_steps")
+_OPTIONS = ("groups", "layers", "kinds", "top_k", "randomized", "every_n_steps", "null_partitions")
 
 
 def _unknown_options(unknown):
@@ -741,6 +795,30 @@ def _rows_per_sample(kernel, kernel_deltas):
 
 def _products_key(kernel, kernel_calls):
     return tuple(id(product) for _, product in kernel_calls), kernel.widths.get("delta")
+
+
+# Operations that move or re-type values without changing them (Flatten, Reshape, casts).
+_DATA_PRESERVING_OPS = ("Identity", "Reshape", "Cast", "Transpose", "ExpandDims", "Squeeze")
+
+
+def _reshaped_from(tensor, sources, depth=16):
+    """Whether ``tensor`` is one of ``sources`` or made from one of them by operations that
+    only reshape or re-type it (a layer reading the model's input through Flatten)."""
+    for _ in range(depth):
+        if any(tensor is source or _same_graph_tensor(tensor, source) for source in sources):
+            return True
+        op = getattr(tensor, "op", None)
+        if op is None or op.type not in _DATA_PRESERVING_OPS:
+            return False
+        tensor = op.inputs[0]
+    return False
+
+
+def _same_graph_tensor(a, b):
+    try:
+        return a.graph is b.graph and a.name == b.name
+    except AttributeError:  # eager tensors have no graph
+        return False
 
 
 def _unscaled(gradient, product, loss_scale, zero_sum):

@@ -5,8 +5,8 @@
   percentiles.
 * `layer_panels`: grad, act and delta of one layer side by side.
 * `overview`: every layer (rows) × kind (columns).
-* `difference_heatmap`: Hedges' g between two groups per singular-value index × epoch,
-  FDR-significant cells marked.
+* `difference_heatmap`: the effect between two groups per singular-value index × epoch
+  (z against random groups of the same sizes, or Hedges' g), FDR-significant cells marked.
 
 Colours are the Okabe–Ito palette, readable with the common colour-vision deficiencies.
 """
@@ -123,10 +123,12 @@ def overview(runs, summary="spectral_norm", per_epoch=False, normalize=True, gro
 
 def difference_heatmap(runs, layer, group_a, group_b, kind="grad", max_index=10, alpha=0.05,
                        normalize=True, rows=None):
-    """Hedges' g of ``group_a`` − ``group_b`` per singular-value index × epoch.
+    """The effect of ``group_a`` − ``group_b`` per singular-value index × epoch.
 
     With several runs the cells come from `stats.across_runs` (summaries ``sigma_1`` …
-    ``sigma_<max_index>``); FDR-significant cells (Welch q ≤ ``alpha``) carry a dot.
+    ``sigma_<max_index>``): with null partitions the difference beyond random groups of
+    the same sizes, in SDs of its chance variation (``effect``, z); with
+    ``reference="runs"`` Hedges' g. FDR-significant cells (q ≤ ``alpha``) carry a dot.
 
     Args:
         rows: precomputed `stats.across_runs` rows to draw instead of testing again.
@@ -135,21 +137,24 @@ def difference_heatmap(runs, layer, group_a, group_b, kind="grad", max_index=10,
     width = min(max_index, runs[0].widths[layer][kind])
     names = [f"sigma_{i + 1}" for i in range(width)]
     if rows is None:
+        reference = "null" if min(run.null_partitions for run in runs) else "runs"
         rows = stats.across_runs(runs, group_a, group_b, layers=[layer], kinds=[kind], summaries=names,
-                                 normalize=normalize, alpha=alpha)
+                                 normalize=normalize, alpha=alpha, reference=reference)
     # σ_1 is the spectral norm: precomputed tables test it under that name only.
     index_of = {name: i for i, name in enumerate(names)}
     if not any(r["summary"] == "sigma_1" for r in rows):
         index_of["spectral_norm"] = 0
-    rows = [r for r in rows if r["layer"] == layer and r["kind"] == kind and r["summary"] in index_of]
+    rows = [r for r in rows if r["layer"] == layer and r["kind"] == kind and r["summary"] in index_of
+            and r["group_a"] == group_a and r["group_b"] == group_b]
     epochs = sorted({r["epoch"] for r in rows})
     grid = np.full((width, len(epochs)), np.nan)
     marks = []
     for r in rows:
         i, j = index_of[r["summary"]], epochs.index(r["epoch"])
-        grid[i, j] = r["hedges_g"]
+        grid[i, j] = r["effect"]
         if r["significant"]:
             marks.append((j, i))
+    effect = "z vs random groups of these sizes" if rows and rows[0]["test"].endswith("null") else "Hedges' g"
     figure, ax = plt.subplots(figsize=(max(4, 0.5 * len(epochs) + 2.5), max(3, 0.3 * width + 1.5)),
                               constrained_layout=True)
     bound = np.nanmax(np.abs(grid)) if np.isfinite(grid).any() else 1.0
@@ -161,8 +166,8 @@ def difference_heatmap(runs, layer, group_a, group_b, kind="grad", max_index=10,
     ax.set_yticks(range(1, width + 1))
     ax.set_xlabel("epoch")
     ax.set_ylabel("singular value index")
-    ax.set_title(f"{layer} {kind}\nHedges' g, {group_a} − {group_b} (• Welch FDR q ≤ {alpha})", fontsize=9)
-    figure.colorbar(image, ax=ax, label="Hedges' g")
+    ax.set_title(f"{layer} {kind}\n{group_a} − {group_b}: {effect} (• FDR q ≤ {alpha})", fontsize=9)
+    figure.colorbar(image, ax=ax, label=effect)
     return figure
 
 

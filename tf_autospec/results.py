@@ -17,9 +17,14 @@ class StepSpectra:
         groups: the declared group names; row ``i`` of each array is ``groups[i]``.
         counts: int ``[G]``, samples of each group in the batch.
         spectra: ``{(kernel_path, kind): float32 [G, width]}``, singular values in
-            descending order, NaN beyond the group's rank bound, for absent groups and
-            for groups whose inputs or gradients held NaN or Inf at this step.
+            descending order, 0 below the numerical rank (``docs/method.md``), NaN beyond
+            the group's rank bound, for absent groups and for groups whose inputs or
+            gradients held NaN or Inf at this step.
         nonfinite: kernel paths whose inputs or gradients held NaN or Inf at this step.
+        null_counts: int ``[P, G]``, samples of each group of each null partition
+            (``AutoSpecModel(null_partitions=P)``; ``[0, G]`` without).
+        null_spectra: ``{(kernel_path, kind): float32 [P, G, width]}``, the spectra of
+            the null partitions' groups, computed like ``spectra``.
 
     Example:
 
@@ -37,23 +42,33 @@ class StepSpectra:
     counts: np.ndarray
     spectra: dict
     nonfinite: tuple = ()
+    null_counts: np.ndarray = None
+    null_spectra: dict = None
 
     @property
     def kernels(self):
         """Kernel paths in model order."""
         return list(dict.fromkeys(path for path, _ in self.spectra))
 
-    def spectrum(self, kernel, kind, group):
-        """Singular values ``[width]`` of one kernel, kind and group (name or index)."""
+    def _index(self, group):
         if isinstance(group, (int, np.integer)) and 0 <= group < len(self.groups):
-            index = int(group)
-        elif group in self.groups:
-            index = self.groups.index(group)
-        else:
-            raise KeyError(f"Unknown group {group!r}; the groups are {list(self.groups)}.")
+            return int(group)
+        if group in self.groups:
+            return self.groups.index(group)
+        raise KeyError(f"Unknown group {group!r}; the groups are {list(self.groups)}.")
+
+    def _values(self, spectra, kernel, kind):
         try:
-            return self.spectra[(kernel, kind)][index]
+            return spectra[(kernel, kind)]
         except KeyError:
             raise KeyError(
                 f"No '{kind}' spectrum for '{kernel}'; recorded: {sorted(self.spectra)}."
             ) from None
+
+    def spectrum(self, kernel, kind, group):
+        """Singular values ``[width]`` of one kernel, kind and group (name or index)."""
+        return self._values(self.spectra, kernel, kind)[self._index(group)]
+
+    def null_spectrum(self, kernel, kind, group):
+        """Singular values ``[P, width]`` of ``group``'s counterpart in each null partition."""
+        return self._values(self.null_spectra or {}, kernel, kind)[:, self._index(group)]

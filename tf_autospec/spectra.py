@@ -53,35 +53,45 @@ RANDOMIZED_POWER_ITERATIONS = 2
 
 
 class SampleGrouping:
-    """Lays per-sample tensors out per group: ``[N, ...] -> [G, S, ...]``.
+    """Lays per-sample tensors out per group: ``[N, ...] -> [G', S, ...]``.
+
+    With null partitions (random relabelings of the subjects, see
+    `tf_autospec.groups.null_partitions`) each sample belongs to one group of every
+    partition: partition ``c`` has the recorded groups ``c·G .. c·G + G - 1``, so
+    ``G' = G · partitions``; partition 0 holds the real groups.
 
     Args:
-        labels: int32 ``[N]`` group indices, ``-1`` for samples in no group.
+        labels: int32 ``[N]`` group indices, ``-1`` for samples in no group; or
+            ``[N, partitions]``, one column per partition.
         num_groups: number of declared groups ``G``.
         static_shapes: mask instead of gather, so that ``S = N`` is static (XLA).
     """
 
     def __init__(self, labels, num_groups, static_shapes):
-        self.num_groups = num_groups
+        if labels.shape.rank == 1:
+            labels = labels[:, None]
+        partitions = labels.shape[1]
+        self.num_groups = num_groups * partitions
         self.static_shapes = static_shapes
-        self.one_hot = tf.one_hot(labels, num_groups, dtype=tf.int32)  # -1 -> zero row
+        recorded = tf.where(labels >= 0, labels + num_groups * tf.range(partitions)[None, :], -1)
+        # [N, G']: 1 where the sample is in the group; -1 -> no group.
+        self.one_hot = tf.reduce_sum(tf.one_hot(recorded, self.num_groups, dtype=tf.int32), axis=1)
         self.counts = tf.reduce_sum(self.one_hot, axis=0)
         if static_shapes:
-            self.members = tf.cast(tf.transpose(self.one_hot), tf.bool)  # [G, N]
+            self.members = tf.cast(tf.transpose(self.one_hot), tf.bool)  # [G', N]
             return
-        slot = tf.reduce_sum(tf.cumsum(self.one_hot, axis=0, exclusive=True) * self.one_hot, axis=1)
-        assigned = tf.where(labels >= 0)[:, 0]
-        positions = tf.stack(
-            [tf.gather(labels, assigned), tf.gather(slot, assigned)], axis=1
-        )
+        slot = tf.cumsum(self.one_hot, axis=0, exclusive=True)
+        membership = tf.where(self.one_hot > 0)  # [M, 2]: (sample, group)
+        positions = tf.stack([tf.cast(membership[:, 1], tf.int32), tf.gather_nd(slot, membership)], axis=1)
         largest = tf.reduce_max(self.counts)
         # Index 0 of the extended tensor is the fill row; sample i sits at i + 1.
         self.sample_index = tf.scatter_nd(
-            positions, tf.cast(assigned, tf.int32) + 1, tf.stack([num_groups, largest])
+            positions, tf.cast(membership[:, 0], tf.int32) + 1,
+            tf.stack([self.num_groups, largest]),
         )
 
     def apply(self, values, fill):
-        """Returns ``values`` laid out as ``[G, S, ...]``; empty slots hold ``fill``."""
+        """Returns ``values`` laid out as ``[G', S, ...]``; empty slots hold ``fill``."""
         if self.static_shapes:
             members = tf.reshape(
                 self.members, [self.num_groups, -1] + [1] * (values.shape.rank - 1)

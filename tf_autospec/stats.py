@@ -3,26 +3,47 @@
 Every test compares one summary (see `tf_autospec.summaries`) of two groups' spectra and
 returns a tidy table: a list of dicts, one row per test, that `write_csv` saves.
 
-* `within_run`: the steps of one run are repeated measures, correlated in time. The
-  per-step difference ``d_t = s_a(t) − s_b(t)`` is tested with a block sign-flip
-  permutation test: under the null hypothesis that the two groups are exchangeable,
-  each block of ``block`` consecutive differences is as likely to change sign, and
-  flipping whole blocks keeps the dependence within them.
-* `across_runs`: per layer × kind × summary × epoch, each run contributes one value per
-  group (the epoch's mean over its recorded steps). Welch's t test (the primary test:
-  ``significant`` is its BH q-value ≤ alpha; with the positive correlation of the two
-  values of one run it is conservative), a paired sign-flip permutation test of the
-  per-run differences (exact when ``2**runs`` is small), Hedges' g with a 95 %
-  confidence interval (normal approximation, se² = (n_a + n_b)/(n_a n_b) + g²/(2(n_a +
-  n_b)), which under-covers for very few runs), and Benjamini–Hochberg FDR over the
-  whole table.
+**The reference: random groups of the same sizes drawn from the same subjects**
+(``reference="null"``, the default). A run recorded with
+``AutoSpecModel(null_partitions=P)`` holds, beside the real groups, the spectra of P null
+partitions: random relabelings of the subjects that keep every group's size, fixed for
+the whole run (and, drawn once per dataset, for every run of an experiment), computed at
+every recorded step from the same rows (`tf_autospec.null_partitions`). A test statistic
+``T`` (the mean over runs of the per-run difference ``a − b`` of a summary, per epoch for
+`across_runs`, over a window of steps for `within_run`) is computed in the same way for
+the real groups (``T_0``) and for every null partition (``T_1 … T_P``). Under the null
+hypothesis that the group labels are exchangeable between subjects (no group effect;
+the groups are not the prediction target), ``T_0`` is one more draw from the
+distribution of ``T_1 … T_P``, whatever the dependence between steps, epochs, seeds and
+folds, and whatever the groups' sizes do to the spectra: the null partitions have the
+same sizes, the same rows, the same weights. So
+
+    z = (T_0 − mean(T_p)) / sd(T_p),   p = 2 · t_{P−1}.sf(|z| / √(1 + 1/P))
+
+(the prediction interval of a new draw from a normal distribution whose mean and SD are
+estimated from P draws; exact when the ``T`` are normal, as means over many steps and runs
+nearly are). ``z`` is also the effect size: the groups' difference beyond what groups of
+their sizes show by chance, in units of its chance variation. Subjects are the
+replicates: seeds re-train on the same subjects and only make each ``T`` less noisy.
+
+The older references, valid only for groups of equal size with runs on independent
+subjects, stay available by name and say so in their rows (``inference``):
+``reference="runs"`` in `across_runs` (Welch's t test between the runs' values, a paired
+sign-flip permutation test, Hedges' g) and ``reference="steps"`` in `within_run` (a block
+sign-flip permutation test of the per-step differences).
+
+**Families.** The first layer's ``act`` spectrum (of every kernel that reads the model's
+input) is the data itself, not how the model trains: those tests form their own
+Benjamini–Hochberg family (``family = "input data"``), apart from the others
+(``"training"``). A comparison of values that are all equal (such as the exact zeros past a
+matrix's numerical rank) is no test: NaN p, outside the family.
+
+**More than two groups**: every pair is compared (``group_a``, ``group_b`` left ``None``),
+all pairs in one FDR family per family.
 
 By default spectra are made per sample before summarizing (``normalize=True``): ``grad``
-divided by the group's sample count and ``act``/``delta`` by its square root. This does
-not make groups of different sizes comparable in every summary (the rank of a group's
-matrices grows with its rows, and a norm of a sum of noisy terms does not scale exactly
-with their number): every row reports the mean sample counts, and a warning is raised
-when they differ by more than 20 %. Compare groups of similar size, or subsample.
+divided by the group's sample count and ``act``/``delta`` by its square root (the null
+partitions' by theirs). This makes the plots comparable; the tests do not rely on it.
 """
 
 import csv
@@ -84,22 +105,36 @@ def sign_flip_p(values, permutations, rng):
     return float(np.mean(statistics >= observed - tolerance))
 
 
+def _per_sample(values, counts, kind, normalize):
+    if not normalize:
+        return values
+    with np.errstate(divide="ignore", invalid="ignore"):
+        scale = counts if kind == "grad" else np.sqrt(counts)
+        return values / np.where(scale > 0, scale, np.nan)[..., None]
+
+
 def normalized_spectrum(run, layer, kind, group, normalize=True):
-    """A run's spectrum, per sample when ``normalize`` (see the module docstring)."""
+    """A run's spectrum ``[n, k]``, per sample when ``normalize`` (see the module docstring)."""
     values = run.spectrum(layer, kind, group).astype(np.float64)
-    if normalize:
-        counts = run.counts(group).astype(np.float64)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            scale = counts if kind == "grad" else np.sqrt(counts)
-            values = values / np.where(scale > 0, scale, np.nan)[:, None]
-    return values
+    return _per_sample(values, run.counts(group).astype(np.float64), kind, normalize)
+
+
+def normalized_null_spectrum(run, layer, kind, group, normalize=True):
+    """``group``'s counterparts in the run's null partitions, ``[n, P, k]``, per sample
+    when ``normalize``."""
+    values = run.null_spectrum(layer, kind, group).astype(np.float64)
+    return _per_sample(values, run.null_counts(group).astype(np.float64), kind, normalize)
 
 
 FULL_SPECTRUM_SUMMARIES = ("nuclear_norm", "frobenius_norm", "effective_rank", "stable_rank", "top_energy")
+REFERENCES = ("null", "runs", "steps")
+FAMILIES = ("training", "input data")
+MINIMUM_NULL_PARTITIONS = 5
 
 
 class _Series:
-    """Summaries of normalized spectra, reading each spectrum from its file once.
+    """Summaries of normalized spectra (and of their null partitions'), reading each
+    spectrum from its file once.
 
     The tests run summary after summary on the same layer and kind; only that layer and
     kind's spectra are kept.
@@ -110,7 +145,8 @@ class _Series:
         self.layer_kind = None
         self.spectra = {}
 
-    def __call__(self, run, layer, kind, group, summary):
+    def __call__(self, run, layer, kind, group, summary, null=False):
+        """``[n]`` summaries of the group's spectra, or ``[n, P]`` of its null counterparts."""
         top_k = (run.attributes.get("options") or {}).get("top_k")
         if top_k is not None and summary.startswith(FULL_SPECTRUM_SUMMARIES):
             raise ValueError(
@@ -120,10 +156,39 @@ class _Series:
             )
         if self.layer_kind != (layer, kind):
             self.layer_kind, self.spectra = (layer, kind), {}
-        key = (id(run), group)
+        key = (id(run), group, null)
         if key not in self.spectra:
-            self.spectra[key] = normalized_spectrum(run, layer, kind, group, self.normalize)
+            read = normalized_null_spectrum if null else normalized_spectrum
+            self.spectra[key] = read(run, layer, kind, group, self.normalize)
         return summaries_module.summarize(self.spectra[key], summary)
+
+
+def null_test(observed, null):
+    """``observed`` against the same statistic of the null partitions.
+
+    Args:
+        observed: ``T_0``, the real groups' statistic.
+        null: ``[P]`` the null partitions' statistics (NaN entries are left out).
+
+    Returns:
+        dict with ``null_mean`` (what groups of these sizes show by chance), ``excess``
+        (``T_0 − null_mean``), ``effect`` (``z``: the excess in SDs of the null), and
+        ``p_value`` (two-sided, ``t`` with P − 1 degrees of freedom on ``z / √(1 + 1/P)``);
+        NaN when there is nothing to test (all values equal, fewer than 3 null values).
+    """
+    null = np.asarray(null, dtype=np.float64)
+    null = null[np.isfinite(null)]
+    out = {"null_mean": np.nan, "excess": np.nan, "effect": np.nan, "p_value": np.nan}
+    if not np.isfinite(observed) or len(null) < 3:
+        return out
+    mean, sd = float(np.mean(null)), float(np.std(null, ddof=1))
+    out.update(null_mean=mean, excess=float(observed - mean))
+    if sd == 0:
+        return out  # every partition gives the same value: nothing varies, nothing to test
+    z = (observed - mean) / sd
+    statistic = abs(z) / math.sqrt(1 + 1 / len(null))
+    out.update(effect=float(z), p_value=float(2 * scipy_stats.t.sf(statistic, df=len(null) - 1)))
+    return out
 
 
 def _check_groups(run, group_a, group_b):
@@ -132,6 +197,25 @@ def _check_groups(run, group_a, group_b):
             raise ValueError(f"Group {group!r} is not in {run.path} (groups {list(run.groups)}).")
     if group_a == group_b:
         raise ValueError("Compare two different groups.")
+
+
+def group_pairs(run, group_a=None, group_b=None):
+    """The pairs of groups to compare: the one given, or every pair of the run's groups."""
+    if (group_a is None) != (group_b is None):
+        raise ValueError("Give both group_a and group_b, or neither (every pair is compared).")
+    if group_a is not None:
+        _check_groups(run, group_a, group_b)
+        return [(group_a, group_b)]
+    if len(run.groups) < 2:
+        raise ValueError(f"{run.path} has one group ({run.groups[0]}); nothing to compare.")
+    return list(itertools.combinations(run.groups, 2))
+
+
+def family(run, layer, kind):
+    """``"input data"`` for the ``act`` spectrum of a kernel that reads the model's input
+    (the data itself), ``"training"`` otherwise."""
+    reads_input = run.kernel_info[layer].get("reads_model_input", False)
+    return FAMILIES[1] if kind == "act" and reads_input else FAMILIES[0]
 
 
 def _selection(run, layers, kinds):
@@ -151,65 +235,120 @@ def _check_not_empty(run):
         raise ValueError(f"{run.path} holds no recorded step; train with AutoSpecCallback first.")
 
 
-def within_run(run, group_a, group_b, layers=None, kinds=None, summaries=("spectral_norm",),
-               steps=None, block=10, permutations=2000, normalize=True, alpha=0.05, seed=0):
-    """Groups compared over a window of steps of one run (block sign-flip permutation test).
+def _check_reference(runs, reference, allowed):
+    if reference not in allowed:
+        raise ValueError(f"reference must be one of {allowed}; received {reference!r}.")
+    if reference != "null":
+        return
+    partitions = min(run.null_partitions for run in runs)
+    if partitions < MINIMUM_NULL_PARTITIONS:
+        other = [r for r in allowed if r != "null"][0]
+        raise ValueError(
+            f"{runs[0].path if partitions == runs[0].null_partitions else 'A run'} holds {partitions} null "
+            f"partitions; the test against random groups of the same sizes needs at least "
+            f"{MINIMUM_NULL_PARTITIONS} (20 recommended): record with AutoSpecModel(..., null_partitions=20) "
+            f"(autospec run --null-partitions 20). Without them, groups of different sizes differ in "
+            f"their spectra by size alone, and runs that re-train on the same subjects are not "
+            f"independent: reference={other!r} tests these runs as they are and is valid only for "
+            f"groups of equal size on independent subjects."
+        )
+
+
+def _inference(reference):
+    return {
+        "null": "subjects: random groups of the same sizes from the same subjects",
+        "runs": "these runs: equal group sizes and independent subjects assumed",
+        "steps": "these steps of this run: equal group sizes assumed",
+    }[reference]
+
+
+def _window_mean(values, window):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a group absent from every step: NaN
+        return np.nanmean(values[window], axis=0)
+
+
+def within_run(run, group_a=None, group_b=None, layers=None, kinds=None, summaries=("spectral_norm",),
+               steps=None, reference="null", block=10, permutations=2000, normalize=True, alpha=0.05, seed=0):
+    """Groups compared over a window of steps of one run.
 
     Args:
         run: a `tf_autospec.Run`.
-        group_a, group_b: the two group names.
+        group_a, group_b: the two group names; ``None`` compares every pair.
         layers, kinds: subsets to test (default: all in the run).
         summaries: summary names (`tf_autospec.summaries.summarize`).
         steps: ``(first, last)`` step window, inclusive; default all steps.
-        block: consecutive steps per sign-flip block (set it above the autocorrelation length).
-        permutations: random sign-flips (exact enumeration when ``2**blocks`` is smaller).
+        reference: ``"null"`` (default): the run's null partitions (see the module
+            docstring); ``"steps"``: a block sign-flip permutation test of the per-step
+            differences, valid only for groups of equal size.
+        block: with ``reference="steps"``, consecutive steps per sign-flip block.
+        permutations: with ``reference="steps"``, random sign-flips.
         normalize: per-sample spectra (see the module docstring).
         alpha: FDR level for the ``significant`` column.
         seed: random seed.
 
     Returns:
-        A list of row dicts, with BH q-values over the returned family and
-        ``smallest_p``, the smallest p-value the number of blocks allows (2 / 2**blocks):
-        a warning says when it is above ``alpha``, i.e. when nothing can be significant.
+        A list of row dicts, with BH q-values per family (``family``).
     """
     _check_not_empty(run)
-    _check_groups(run, group_a, group_b)
+    pairs = group_pairs(run, group_a, group_b)
+    _check_reference([run], reference, ("null", "steps"))
     layers, kinds = _selection(run, layers, kinds)
     step_numbers = run.records["step"]
     window = np.ones(len(run), bool)
     if steps is not None:
         window = (step_numbers >= steps[0]) & (step_numbers <= steps[1])
-    _warn_if_unbalanced([run], group_a, group_b)
     rng = np.random.default_rng(seed)
     series = _Series(normalize)
     rows = []
     for layer, kind, summary in itertools.product(layers, kinds, summaries):
-        a = series(run, layer, kind, group_a, summary)[window]
-        b = series(run, layer, kind, group_b, summary)[window]
-        both = np.isfinite(a) & np.isfinite(b)
-        difference = (a - b)[both]
-        row = {
-            "test": "within_run_block_sign_flip", "run": run.path, "layer": layer, "kind": kind,
-            "summary": summary, "group_a": group_a, "group_b": group_b,
-            "first_step": int(step_numbers[window][both][0]) if both.any() else None,
-            "last_step": int(step_numbers[window][both][-1]) if both.any() else None,
-            "n_steps": int(both.sum()), "block": block,
-            "mean_a": float(np.mean(a[both])) if both.any() else np.nan,
-            "mean_b": float(np.mean(b[both])) if both.any() else np.nan,
-            "difference": float(np.mean(difference)) if both.any() else np.nan,
-        }
-        blocks = [difference[i : i + block].sum() for i in range(0, len(difference), block)]
-        row["n_blocks"] = len(blocks)
-        row["smallest_p"] = 2.0 / 2 ** len(blocks) if blocks else np.nan
-        row["p_value"] = sign_flip_p(blocks, permutations, rng) if len(blocks) >= 2 else np.nan
-        rows.append(row)
-    if rows and min(r["smallest_p"] for r in rows) > alpha:
+        for a_name, b_name in pairs:
+            a = series(run, layer, kind, a_name, summary)[window]
+            b = series(run, layer, kind, b_name, summary)[window]
+            both = np.isfinite(a) & np.isfinite(b)
+            difference = (a - b)[both]
+            row = {
+                "test": f"within_run_{reference}", "inference": _inference(reference), "run": run.path,
+                "family": family(run, layer, kind), "layer": layer, "kind": kind, "summary": summary,
+                "group_a": a_name, "group_b": b_name,
+                "first_step": int(step_numbers[window][both][0]) if both.any() else None,
+                "last_step": int(step_numbers[window][both][-1]) if both.any() else None,
+                "n_steps": int(both.sum()),
+                "count_a": float(np.mean(run.counts(a_name)[window])),
+                "count_b": float(np.mean(run.counts(b_name)[window])),
+                "mean_a": float(np.mean(a[both])) if both.any() else np.nan,
+                "mean_b": float(np.mean(b[both])) if both.any() else np.nan,
+                "difference": float(np.mean(difference)) if both.any() else np.nan,
+            }
+            if reference == "null":
+                null_a = series(run, layer, kind, a_name, summary, null=True)[window]
+                null_b = series(run, layer, kind, b_name, summary, null=True)[window]
+                row.update(null_test(row["difference"], _window_mean(null_a - null_b, np.ones(len(null_a), bool))))
+            else:
+                blocks = [difference[i : i + block].sum() for i in range(0, len(difference), block)]
+                spread = np.std(difference, ddof=1) if len(difference) > 1 else 0.0
+                row.update(effect=float(np.mean(difference) / spread) if spread > 0 else np.nan, block=block, n_blocks=len(blocks), smallest_p=2.0 / 2 ** len(blocks) if blocks else np.nan,
+                           p_value=sign_flip_p(blocks, permutations, rng) if len(blocks) >= 2 else np.nan)
+            rows.append(row)
+    if reference == "steps" and rows and min(r["smallest_p"] for r in rows) > alpha:
         warnings.warn(
             f"Only {max(r['n_blocks'] for r in rows)} blocks of {block} steps: no p-value can go below "
             f"{min(r['smallest_p'] for r in rows):.3g} > alpha={alpha}. Use a smaller block or more steps."
         )
     _add_fdr(rows, "p_value", ["p_value"], alpha)
+    _withhold_when_target(rows, [run])
     return rows
+
+
+def _withhold_when_target(rows, runs):
+    """No finding is claimed when the groups are the prediction target (metadata
+    ``target_is_group``, which `autospec run` writes): the loss pulls each class towards
+    its own label, so the groups' gradients differ by construction, and random groups,
+    which mix the classes, are no reference for that."""
+    if any(run.metadata.get("target_is_group") for run in runs):
+        for row in rows:
+            row["inference"] = "none: the groups are the prediction target (differences by construction)"
+            row["significant"] = False
 
 
 def _check_comparable(runs):
@@ -229,56 +368,50 @@ def _check_comparable(runs):
                 )
 
 
-def _warn_if_unbalanced(runs, group_a, group_b):
-    mean_a = np.mean([np.mean(run.counts(group_a)) for run in runs])
-    mean_b = np.mean([np.mean(run.counts(group_b)) for run in runs])
-    if max(mean_a, mean_b) > 1.2 * min(mean_a, mean_b):
-        warnings.warn(
-            f"Groups differ in size ({group_a}: {mean_a:.1f}, {group_b}: {mean_b:.1f} samples per step on "
-            "average); rank-based summaries and norms depend on group size even per sample. Compare "
-            "groups of similar size, or subsample."
-        )
-    return mean_a, mean_b
-
-
 def _epoch_means(values, run):
+    """``{epoch: mean over the epoch's steps}`` of per-step ``values`` ``[n, ...]``."""
     epochs = run.records["epoch"]
     out = {}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # an epoch without the group: NaN
         for epoch in np.unique(epochs):
-            out[int(epoch)] = float(np.nanmean(values[epochs == epoch]))
+            out[int(epoch)] = np.nanmean(values[epochs == epoch], axis=0)
     return out
 
 
-def across_runs(runs, group_a, group_b, layers=None, kinds=None, summaries=("spectral_norm",),
-                epochs=None, permutations=2000, normalize=True, alpha=0.05, seed=0, progress=None):
-    """Groups compared across runs, per layer × kind × summary × epoch.
+def across_runs(runs, group_a=None, group_b=None, layers=None, kinds=None, summaries=("spectral_norm",),
+                epochs=None, reference="null", permutations=2000, normalize=True, alpha=0.05, seed=0,
+                progress=None):
+    """Groups compared across runs, per layer × kind × summary × epoch (and pair of groups).
 
     Args:
         runs: `tf_autospec.Run`s of the same model and groups (seeds, folds).
-        group_a, group_b: the two group names.
+        group_a, group_b: the two group names; ``None`` compares every pair.
         layers, kinds: subsets to test (default: all).
         summaries: summary names, e.g. ``"spectral_norm"`` or ``"sigma_3"`` for a
             singular-value index.
         epochs: epochs to test (default: every epoch present in all runs).
-        permutations: random permutations (exact enumeration when fewer splits exist).
+        reference: ``"null"`` (default): the runs' null partitions (see the module
+            docstring); ``"runs"``: Welch's t test between the runs' values with a paired
+            permutation test and Hedges' g, valid only for groups of equal size on
+            independent subjects.
+        permutations: with ``reference="runs"``, random permutations.
         normalize: per-sample spectra (see the module docstring).
         alpha: FDR level for the ``significant`` column.
         seed: random seed.
         progress: optional callable ``progress(done, total)``.
 
     Returns:
-        A list of row dicts with Welch's t, the paired permutation p, Hedges' g and its
-        95 % CI, the mean sample counts of the groups, and BH q-values over the whole
-        table (``q_welch``, ``q_permutation``); ``significant`` when ``q_welch`` ≤
-        ``alpha``. The exact paired permutation p cannot go below ``2 / 2**runs``.
+        A list of row dicts: the groups' mean values and sample counts, the difference
+        ``T_0``, and with the null reference ``null_mean``, ``excess``, ``effect`` (z) and
+        ``p_value``; BH q-values per family (``q_value``), ``significant`` when ``q_value``
+        ≤ ``alpha``.
     """
     runs = list(runs)
     _check_comparable(runs)
-    _check_groups(runs[0], group_a, group_b)
+    pairs = group_pairs(runs[0], group_a, group_b)
+    _check_reference(runs, reference, ("null", "runs"))
     layers, kinds = _selection(runs[0], layers, kinds)
-    count_a, count_b = _warn_if_unbalanced(runs, group_a, group_b)
     rng = np.random.default_rng(seed)
     # Singular-value indices past a spectrum's width do not exist for that layer and kind.
     combinations = [
@@ -289,43 +422,77 @@ def across_runs(runs, group_a, group_b, layers=None, kinds=None, summaries=("spe
     series = _Series(normalize)
     rows = []
     for done, (layer, kind, summary) in enumerate(combinations):
-        per_run = [
-            tuple(_epoch_means(series(run, layer, kind, group, summary), run) for group in (group_a, group_b))
-            for run in runs
-        ]
-        common = set.intersection(*[set(a) & set(b) for a, b in per_run])
-        if epochs is not None and set(epochs) - common:
-            raise ValueError(
-                f"Epochs {sorted(set(epochs) - common)} are not recorded for both groups in every run "
-                f"(common epochs: {sorted(common)})."
-            )
-        for epoch in sorted(common if epochs is None else epochs):
-            paired_a = np.array([values[0][epoch] for values in per_run])
-            paired_b = np.array([values[1][epoch] for values in per_run])
-            both = np.isfinite(paired_a) & np.isfinite(paired_b)
-            a, b = paired_a[np.isfinite(paired_a)], paired_b[np.isfinite(paired_b)]
-            row = {
-                "test": "across_runs", "layer": layer, "kind": kind, "summary": summary,
-                "epoch": epoch, "group_a": group_a, "group_b": group_b,
-                "n_a": len(a), "n_b": len(b), "n_pairs": int(both.sum()),
-                "count_a": count_a, "count_b": count_b,
-                "mean_a": float(np.mean(a)) if len(a) else np.nan,
-                "mean_b": float(np.mean(b)) if len(b) else np.nan,
-            }
-            if len(a) >= 2 and len(b) >= 2 and np.ptp(np.concatenate([a, b])) > 0:
-                welch = scipy_stats.ttest_ind(a, b, equal_var=False)
-                row.update(t=float(welch.statistic), df=float(welch.df), p_welch=float(welch.pvalue))
-            else:
-                row.update(t=np.nan, df=np.nan, p_welch=np.nan)
-            differences = (paired_a - paired_b)[both]
-            row["p_permutation"] = sign_flip_p(differences, permutations, rng) if both.sum() >= 2 else np.nan
-            g, low, high = hedges_g(a, b)
-            row.update(hedges_g=g, g_ci_low=low, g_ci_high=high)
-            rows.append(row)
+        for a_name, b_name in pairs:
+            rows += _epoch_rows(runs, series, layer, kind, summary, a_name, b_name, epochs, reference,
+                                permutations, rng)
         if progress is not None:
             progress(done + 1, len(combinations))
-    _add_fdr(rows, "p_welch", ["p_welch", "p_permutation"], alpha)
+    _add_fdr(rows, "p_value", ["p_value"] if reference == "null" else ["p_value", "p_permutation"], alpha)
+    _withhold_when_target(rows, runs)
     return rows
+
+
+def _epoch_rows(runs, series, layer, kind, summary, a_name, b_name, epochs, reference, permutations, rng):
+    """The rows of one layer, kind, summary and pair of groups, one per epoch."""
+    per_run = [
+        tuple(_epoch_means(series(run, layer, kind, group, summary), run) for group in (a_name, b_name))
+        for run in runs
+    ]
+    common = set.intersection(*[set(a) & set(b) for a, b in per_run])
+    if epochs is not None and set(epochs) - common:
+        raise ValueError(
+            f"Epochs {sorted(set(epochs) - common)} are not recorded for both groups in every run "
+            f"(common epochs: {sorted(common)})."
+        )
+    if reference == "null":
+        null_per_run = [
+            _epoch_means(series(run, layer, kind, a_name, summary, null=True)
+                         - series(run, layer, kind, b_name, summary, null=True), run)
+            for run in runs
+        ]
+    counts = {g: float(np.mean([np.mean(run.counts(g)) for run in runs])) for g in (a_name, b_name)}
+    rows = []
+    for epoch in sorted(common if epochs is None else epochs):
+        paired_a = np.array([values[0][epoch] for values in per_run])
+        paired_b = np.array([values[1][epoch] for values in per_run])
+        both = np.isfinite(paired_a) & np.isfinite(paired_b)
+        a, b = paired_a[np.isfinite(paired_a)], paired_b[np.isfinite(paired_b)]
+        row = {
+            "test": f"across_runs_{reference}", "inference": _inference(reference),
+            "family": family(runs[0], layer, kind), "layer": layer, "kind": kind, "summary": summary,
+            "epoch": epoch, "group_a": a_name, "group_b": b_name, "n_runs": int(both.sum()),
+            "count_a": counts[a_name], "count_b": counts[b_name],
+            "mean_a": float(np.mean(a)) if len(a) else np.nan,
+            "mean_b": float(np.mean(b)) if len(b) else np.nan,
+            "difference": float(np.mean((paired_a - paired_b)[both])) if both.any() else np.nan,
+        }
+        if reference == "null":
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)  # a partition absent in an epoch
+                null = np.nanmean(np.stack([values[epoch] for values in null_per_run]), axis=0)
+            row.update(null_test(row["difference"], null))
+        else:
+            row.update(_runs_test(paired_a, paired_b, permutations, rng))
+        rows.append(row)
+    return rows
+
+
+def _runs_test(paired_a, paired_b, permutations, rng):
+    """Welch's t test between the runs' values, the paired sign-flip permutation test of
+    their differences, and Hedges' g (``reference="runs"``)."""
+    both = np.isfinite(paired_a) & np.isfinite(paired_b)
+    a, b = paired_a[np.isfinite(paired_a)], paired_b[np.isfinite(paired_b)]
+    out = {}
+    if len(a) >= 2 and len(b) >= 2 and np.ptp(np.concatenate([a, b])) > 0:
+        welch = scipy_stats.ttest_ind(a, b, equal_var=False)
+        out.update(t=float(welch.statistic), df=float(welch.df), p_value=float(welch.pvalue))
+    else:
+        out.update(t=np.nan, df=np.nan, p_value=np.nan)
+    differences = (paired_a - paired_b)[both]
+    out["p_permutation"] = sign_flip_p(differences, permutations, rng) if both.sum() >= 2 else np.nan
+    g, low, high = hedges_g(a, b)
+    out.update(effect=g, g_ci_low=low, g_ci_high=high)
+    return out
 
 
 def _q_name(column):
@@ -333,10 +500,13 @@ def _q_name(column):
 
 
 def _add_fdr(rows, primary, columns, alpha):
-    """BH q-values for each p column; ``significant`` from the primary column's."""
-    for column in columns:
-        for row, value in zip(rows, benjamini_hochberg([row[column] for row in rows])):
-            row[_q_name(column)] = float(value)
+    """BH q-values for each p column, within each family; ``significant`` from the
+    primary column's."""
+    for name in FAMILIES:
+        members = [row for row in rows if row["family"] == name]
+        for column in columns:
+            for row, value in zip(members, benjamini_hochberg([row[column] for row in members])):
+                row[_q_name(column)] = float(value)
     for row in rows:
         q = row[_q_name(primary)]
         row["significant"] = bool(np.isfinite(q) and q <= alpha)

@@ -151,6 +151,8 @@ class RunWriter:
         f.attrs["groups"] = json.dumps(list(layout["groups"]))
         f.attrs["kinds"] = json.dumps(list(layout["kinds"]))
         f.attrs["kernels"] = json.dumps([k["path"] for k in layout["kernels"]])
+        partitions = layout.get("null_partitions", 0)
+        f.attrs["null_partitions"] = partitions
         for key, value in attributes.items():
             f.attrs[key] = value if isinstance(value, str) else json.dumps(value)
         records = f.create_group("records")
@@ -165,31 +167,45 @@ class RunWriter:
         _extendable(epochs, "logs", (), h5py.string_dtype(), 64)
         for kernel in layout["kernels"]:
             group = f.require_group(f"kernels/{kernel['path']}")
-            for key in ("path", "layer", "layer_class", "fan_in", "fan_out"):
-                group.attrs[key] = kernel[key]
+            for key in ("path", "layer", "layer_class", "fan_in", "fan_out", "reads_model_input"):
+                group.attrs[key] = kernel.get(key, False)
             group.attrs["rank_bound"] = min(kernel["fan_in"], kernel["fan_out"])  # of G_g
             for kind, width in kernel["widths"].items():
                 _extendable(group, kind, (len(layout["groups"]), width), "f4")
+                if partitions:
+                    _extendable(f.require_group(f"null/{kernel['path']}"), kind,
+                                (partitions, len(layout["groups"]), width), "f4")
+        if partitions:
+            _extendable(f["null"], "counts", (partitions, len(layout["groups"])), "i4", 1024)
         f.flush()
 
     @property
     def num_records(self):
         return self.file["records/step"].shape[0]
 
-    def append(self, records, spectra, counts):
+    def append(self, records, spectra, counts, null_spectra, null_counts):
         """Appends rows and flushes, so that every row written is on disk.
 
         Args:
             records: dict column -> 1-D array (``RECORD_COLUMNS`` and log keys).
             spectra: dict (kernel path, kind) -> ``[n, G, width]``.
             counts: int ``[n, G]``.
+            null_spectra: dict (kernel path, kind) -> ``[n, P, G, width]``, the null
+                partitions' spectra (ignored when the run has none).
+            null_counts: int ``[n, P, G]``.
         """
         f = self.file
+        partitions = self.layout.get("null_partitions", 0)
         try:
             for kernel in self.layout["kernels"]:
                 for kind in kernel["widths"]:
-                    _append(f[f"kernels/{kernel['path']}/{kind}"], spectra[(kernel["path"], kind)])
+                    key = (kernel["path"], kind)
+                    _append(f[f"kernels/{kernel['path']}/{kind}"], spectra[key])
+                    if partitions:
+                        _append(f[f"null/{kernel['path']}/{kind}"], null_spectra[key])
             _append(f["counts"], counts)
+            if partitions:
+                _append(f["null/counts"], null_counts)
             for key in self.layout["log_keys"]:
                 _append(f[f"records/logs/{key}"], records[key])
             for column in RECORD_COLUMNS:  # "step" last: readers trust rows up to its length
@@ -235,6 +251,30 @@ def recover(path):
     os.replace(temporary, path)
 
 
+def annotate(path, name, value):
+    """Adds a JSON attribute to a closed run file (e.g. an evaluation made after training);
+    `Run.attributes` holds it.
+
+    Args:
+        path: the run file, not open for writing.
+        name: the attribute; not one the writer sets.
+        value: JSON-serialisable.
+    """
+    if name in _WRITER_ATTRIBUTES:
+        raise ValueError(f"'{name}' is written by the run's writer; choose another attribute name.")
+    with reading(path) as f:
+        check_ours(f, path)
+    try:
+        with h5py.File(path, "a") as f:
+            f.attrs[name] = json.dumps(value)
+    except OSError as error:
+        raise StoreError(f"Cannot annotate '{path}' ({error}); is it still being written?") from None
+
+
+_WRITER_ATTRIBUTES = ("format", "format_version", "groups", "kinds", "kernels", "null_partitions", "options",
+                      "metadata", "model_config", "created", "resumes")
+
+
 def _copy(name, obj, target, rows):
     """Copies one object, cutting per-row datasets to the rows complete in every column."""
     if isinstance(obj, h5py.Group):
@@ -276,6 +316,8 @@ class Run:
         epochs: dict with ``"epoch"`` and ``"logs"`` (one dict per finished epoch,
             including validation metrics).
         metadata: the user metadata given to `AutoSpecCallback`.
+        null_partitions: how many null partitions were recorded beside the groups
+            (``null_spectrum``, ``null_counts``); 0 for none.
         resumes: one dict per ``fit`` appended to the file after the first (see
             ``docs/hdf5-format.md``): ``"time"``, ``"reasons"`` (``"initial_epoch"``,
             ``"optimizer_steps"``, ``"resume=True"``), the fit's first ``"epoch"`` and
@@ -303,6 +345,7 @@ class Run:
             self.layers = list(self.attributes["kernels"])
             self.metadata = self.attributes.get("metadata") or {}
             self.resumes = self.attributes.get("resumes") or []
+            self.null_partitions = int(self.attributes.get("null_partitions") or 0)
             # Columns are written in a fixed order with "step" last: its length counts
             # the complete rows, even while a writer is appending.
             self._rows = f["records/step"].shape[0]
@@ -310,6 +353,7 @@ class Run:
             for key in f["records/logs"]:
                 self.records[key] = f[f"records/logs/{key}"][: self._rows]
             self._counts = f["counts"][: self._rows]
+            self._null_counts = f["null/counts"][: self._rows] if self.null_partitions else None
             self.kernel_info = {
                 layer: {k: _plain(v) for k, v in f[f"kernels/{layer}"].attrs.items()}
                 for layer in self.layers
@@ -350,6 +394,27 @@ class Run:
     def counts(self, group):
         """Samples of ``group`` in each recorded step's batch, ``[n_records]``."""
         return self._counts[:, self._group_index(group)]
+
+    def _check_null(self):
+        if not self.null_partitions:
+            raise KeyError(
+                f"{self.path} holds no null partitions; record with "
+                "AutoSpecModel(..., null_partitions=P) (autospec run --null-partitions P)."
+            )
+
+    def null_spectrum(self, layer, kind, group):
+        """``group``'s counterparts in the null partitions: singular values
+        ``[n_records, P, k]`` (see `tf_autospec.null_partitions`)."""
+        self._check(layer, kind)
+        self._check_null()
+        index = self._group_index(group)
+        with reading(self.path) as f:
+            return f[f"null/{layer}/{kind}"][: self._rows, :, index, :]
+
+    def null_counts(self, group):
+        """Samples of ``group``'s counterpart in each null partition, ``[n_records, P]``."""
+        self._check_null()
+        return self._null_counts[:, :, self._group_index(group)]
 
     def epoch_spectrum(self, layer, kind, group, reduce="mean"):
         """Per-epoch aggregate of a spectrum over the epoch's recorded steps.

@@ -4,10 +4,13 @@
   neural signals are drawn as AR(1) processes (coefficient 0.7) whose cross-component
   correlation is the group's functional network connectivity (FNC): components are split
   into ``n_domains`` domains, correlation ``within`` inside a domain and 0 between domains.
-  In the second group the correlation between the first two domains is raised by
-  ``effect_size`` (0 gives a null dataset). Each signal is convolved with a canonical
-  double-gamma HRF (TR = 2 s), scaled by a subject-specific amplitude (lognormal, σ 0.2)
-  and given Gaussian noise (``noise`` × its standard deviation). Target: the group.
+  In the second group (40 % of the subjects by default) the correlation between the first
+  two domains is raised by ``effect_size`` (0 gives a dataset with no group effect); in the
+  second level of an independent, balanced condition the correlation between the third
+  and fourth domains is raised by ``condition_effect``. Each signal is convolved with a
+  canonical double-gamma HRF (TR = 2 s), scaled by a subject-specific amplitude
+  (lognormal, σ 0.2) and given Gaussian noise (``noise`` × its standard deviation).
+  Target: the condition (or the group).
 * `sinusoids`: sequences ``a·sin(2π f t + φ) + noise`` whose frequency, phase or
   amplitude differs between groups; targets for next-step regression or classification.
 * `random_groups`: group labels assigned at random, a null control for any dataset.
@@ -47,32 +50,62 @@ def _hrf(tr=2.0, length=32.0):
     return response / response.sum()
 
 
-def _fnc(n_components, n_domains, within, extra):
+def _between(domain, first, second):
+    """bool ``[C, C]``: the pairs of components of two domains (both orders)."""
+    return ((domain[:, None] == first) & (domain[None, :] == second)) | (
+        (domain[:, None] == second) & (domain[None, :] == first)
+    )
+
+
+def _fnc(n_components, n_domains, within, group_effect, condition_effect, pattern):
+    """The FNC of one cell of the design: ``group_effect`` added between the first two
+    domains (``pattern="domains"``) or to one edge between the first and the last
+    component (``"one_edge"``, components of two domains that are otherwise uncorrelated);
+    ``condition_effect`` added between the third and fourth domains."""
     domain = np.arange(n_components) * n_domains // n_components
     correlation = np.where(domain[:, None] == domain[None, :], within, 0.0)
-    between_first_two = ((domain[:, None] == 0) & (domain[None, :] == 1)) | (
-        (domain[:, None] == 1) & (domain[None, :] == 0)
-    )
-    correlation = correlation + extra * between_first_two
+    if pattern == "domains":
+        correlation = correlation + group_effect * _between(domain, 0, 1)
+    else:
+        correlation[0, -1] = correlation[-1, 0] = correlation[0, -1] + group_effect
+    correlation = correlation + condition_effect * _between(domain, 2, 3)
     np.fill_diagonal(correlation, 1.0)
     if np.linalg.eigvalsh(correlation)[0] <= 0:
         raise ValueError(
-            f"effect_size={extra} with within={within} makes the connectivity matrix not positive "
-            "definite; use a smaller effect size."
+            f"effect_size={group_effect}, condition_effect={condition_effect} with within={within} make the "
+            "connectivity matrix not positive definite; use smaller effects."
         )
     return correlation
 
 
+TARGETS = ("condition", "group")
+EFFECT_PATTERNS = ("domains", "one_edge")
+
+
 def simulated_fmri(n_subjects=200, n_components=53, n_timepoints=150, group_names=("HC", "SZ"),
-                   effect_size=0.3, n_domains=7, within=0.4, noise=0.5, seed=0):
+                   effect_size=0.3, group_fraction=0.4, target="condition", condition_effect=0.3,
+                   effect_pattern="domains", n_domains=7, within=0.4, noise=0.5, seed=0):
     """SimTB-style ICA time courses of two groups whose FNC differs by ``effect_size``.
 
+    Every subject has a group (``group_names``; a fraction ``group_fraction`` in the second)
+    and, independently, a condition (two levels, balanced within each group, e.g. a task
+    or a trait) that changes other connections. The model predicts the condition by
+    default, so that how it learns can be compared between the groups without the groups
+    being what it is taught to separate.
+
     Args:
-        n_subjects: subjects, split evenly between the two groups (the rest to the first).
+        n_subjects: subjects.
         n_components: ICA components (53, as in common fMRI ICA templates).
         n_timepoints: volumes per subject (TR = 2 s).
         group_names: names of the two groups; the second carries the effect.
-        effect_size: added correlation between the first two domains in the second group.
+        effect_size: added correlation in the second group (0 gives a dataset with no
+            group effect), between the first two domains or on one edge (``effect_pattern``).
+        group_fraction: fraction of the subjects in the second group (0.4: 60/40).
+        target: ``"condition"`` (default) or ``"group"``: what ``y`` holds.
+        condition_effect: added correlation between the third and fourth domains in the
+            second condition.
+        effect_pattern: ``"domains"`` (every edge between the first two domains) or
+            ``"one_edge"`` (the edge between the first and the last component).
         n_domains: functional domains the components fall into.
         within: correlation between components of one domain.
         noise: Gaussian noise standard deviation relative to the signal's.
@@ -80,19 +113,33 @@ def simulated_fmri(n_subjects=200, n_components=53, n_timepoints=150, group_name
 
     Returns:
         `GroupedData` with ``x`` float32 ``[subjects, timepoints, components]`` (each time
-        course z-scored), ``y`` = ``labels`` = the group index.
+        course z-scored), ``labels`` the group index and ``y`` the condition (or the group).
     """
     if len(group_names) != 2:
         raise ValueError(f"simulated_fmri makes two groups; received {group_names}.")
+    if target not in TARGETS:
+        raise ValueError(f"target must be one of {TARGETS}; received {target!r}.")
+    if effect_pattern not in EFFECT_PATTERNS:
+        raise ValueError(f"effect_pattern must be one of {EFFECT_PATTERNS}; received {effect_pattern!r}.")
+    if not 0 < group_fraction < 1:
+        raise ValueError(f"group_fraction must be between 0 and 1; received {group_fraction}.")
     rng = np.random.default_rng(seed)
-    labels = (np.arange(n_subjects) >= (n_subjects + 1) // 2).astype(np.int32)
+    labels = (np.arange(n_subjects) >= round(n_subjects * (1 - group_fraction))).astype(np.int32)
     rng.shuffle(labels)
-    factors = [np.linalg.cholesky(_fnc(n_components, n_domains, within, extra)) for extra in (0.0, effect_size)]
+    condition = np.empty(n_subjects, dtype=np.int32)
+    for group in (0, 1):
+        members = np.flatnonzero(labels == group)
+        condition[members] = rng.permutation(np.arange(len(members)) % 2)
+    factors = {
+        (group, level): np.linalg.cholesky(_fnc(n_components, n_domains, within, effect_size * group,
+                                                condition_effect * level, effect_pattern))
+        for group in (0, 1) for level in (0, 1)
+    }
     hrf = _hrf()
     burn_in = 20
     x = np.empty((n_subjects, n_timepoints, n_components), dtype=np.float32)
-    for subject, group in enumerate(labels):
-        innovations = rng.normal(size=(n_timepoints + burn_in, n_components)) @ factors[group].T
+    for subject, (group, level) in enumerate(zip(labels, condition)):
+        innovations = rng.normal(size=(n_timepoints + burn_in, n_components)) @ factors[group, level].T
         neural = np.empty_like(innovations)
         neural[0] = innovations[0]
         for t in range(1, len(innovations)):
@@ -102,8 +149,11 @@ def simulated_fmri(n_subjects=200, n_components=53, n_timepoints=150, group_name
         bold = bold + noise * bold.std(axis=0) * rng.normal(size=bold.shape)
         x[subject] = (bold - bold.mean(axis=0)) / bold.std(axis=0)
     info = dict(dataset="simulated_fmri", kind="timecourses", n_components=n_components, n_timepoints=n_timepoints,
-                effect_size=effect_size, n_domains=n_domains, within=within, noise=noise, seed=seed, tr=2.0)
-    return GroupedData(x, labels.copy(), labels, tuple(group_names), info)
+                effect_size=effect_size, group_fraction=group_fraction, condition_effect=condition_effect,
+                effect_pattern=effect_pattern, target=target, n_domains=n_domains, within=within, noise=noise,
+                seed=seed, tr=2.0)
+    y = condition if target == "condition" else labels.copy()
+    return GroupedData(x, y, labels, tuple(group_names), info)
 
 
 def sinusoids(n_sequences=512, length=50, group_names=("low", "high"), differ="frequency", task="next_step",
