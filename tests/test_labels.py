@@ -252,3 +252,54 @@ def test_warnings_point_at_the_users_line():
     assert ours, "expected the BatchNormalization warnings"
     for warning in ours:
         assert warning.filename == __file__, (warning.filename, str(warning.message))
+
+
+def test_unordered_group_declarations_are_refused():
+    # A set's order changes between processes: label 0 would name another group in another run.
+    for declared in ({"HC", "SZ", "BP"}, frozenset({"HC", "SZ"}), {"HC": 0, "SZ": 1}.keys()):
+        with pytest.raises(ValueError, match="list or tuple.*order can change"):
+            ts.wrap(_sequential(), groups=declared)
+
+
+def test_unsigned_labels_are_read_by_value_everywhere():
+    x, y = _data(24)
+    model = _compile(ts.wrap(_sequential(), groups=["a", "b", "c"]))
+    wrapped = np.array([0, 1, 2] * 8, np.uint64)
+    wrapped[0] = 2**64 - 1  # was cast to -1, "in no group", in silence
+    with pytest.raises(ValueError, match="outside 0..2"):
+        model.fit(x, y, groups=wrapped, verbose=0)
+    for dtype in (np.uint8, np.uint16, np.uint32, np.uint64):
+        labels = (np.arange(24) % 3).astype(dtype)
+        model.fit(tf.data.Dataset.from_tensor_slices(({"x": x, "group": labels}, y)).batch(24), verbose=0)
+        np.testing.assert_array_equal(model.last_spectra.counts, [8, 8, 8], err_msg=str(dtype))
+
+
+def test_bool_labels_and_bool_options_are_refused():
+    x, y = _data(24)
+    model = _compile(ts.wrap(_sequential(), groups=["a", "b"]))
+    bools = tf.data.Dataset.from_tensor_slices(({"x": x, "group": np.arange(24) % 2 == 0}, y)).batch(24)
+    with pytest.raises(ValueError, match="integers .* or group names; received bool"):
+        model.fit(bools, verbose=0)
+    for option in ("every_n_steps", "top_k", "null_partitions"):
+        with pytest.raises(ValueError, match=option):
+            ts.wrap(_sequential(), groups=["a", "b"], **{option: True})
+
+
+def test_evaluate_refuses_bad_labels_inside_tf_data_as_fit_does():
+    x, y = _data(24)
+    model = _compile(ts.wrap(_sequential(), groups=["HC", "SZ"]))
+    model.fit(x, y, groups=np.arange(24) % 2, verbose=0)
+    typo = tf.data.Dataset.from_tensor_slices(({"x": x, "group": np.array(["HC"] * 23 + ["sz"])}, y)).batch(24)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="Unknown group labels"):
+        model.evaluate(typo, verbose=0)
+
+
+def test_a_models_own_input_is_never_taken_for_a_misspelt_group_key():
+    features, cohort = keras.Input((FEATURES,), name="x"), keras.Input((1,), name="cohort")
+    outputs = keras.layers.Dense(2)(keras.layers.Concatenate()([features, cohort]))
+    model = _compile(ts.AutoSpecModel(inputs={"x": features, "cohort": cohort}, outputs=outputs, groups=["a", "b"]))
+    x, y = _data(20)
+    inputs = {"x": x, "cohort": np.ones((20, 1), "float32")}
+    model.fit({**inputs, "group": np.arange(20) % 2}, y, verbose=0)
+    assert model.predict(inputs, verbose=0).shape == (20, 2)
+    model.evaluate(inputs, y, verbose=0)

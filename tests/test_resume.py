@@ -14,10 +14,11 @@ from tf_autospec import cli, store
 GROUPS = ["HC", "SZ"]
 
 
-def _model():
+def _model(**options):
     inputs = keras.Input((6,))
     hidden = keras.layers.Dense(8, activation="relu", name="hidden")(inputs)
-    model = ts.AutoSpecModel(inputs=inputs, outputs=keras.layers.Dense(2, name="out")(hidden), groups=GROUPS)
+    model = ts.AutoSpecModel(inputs=inputs, outputs=keras.layers.Dense(2, name="out")(hidden), groups=GROUPS,
+                             **options)
     model.compile(optimizer="sgd", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     return model
 
@@ -170,3 +171,30 @@ def test_a_file_without_records_is_replaced_by_a_fresh_fit(tmp_path, monkeypatch
     run = ts.load(path)
     np.testing.assert_array_equal(run.records["step"], np.arange(3))
     assert run.metadata == {"try": 2} and run.resumes == []
+
+
+@pytest.mark.parametrize("option", [{"every_n_steps": 2}, {"randomized": True, "top_k": 2}, {"null_partitions": 3}])
+def test_a_resume_with_other_recording_options_is_refused(tmp_path, option):
+    # Exact values and randomized lower bounds, or every step and every other one, must not
+    # be mixed under one label in the file.
+    path = tmp_path / "run.h5"
+    first = {"top_k": 2} if "randomized" in option else {}
+    _fit(_model(**first), ts.AutoSpecCallback(path))
+    before = path.read_bytes()
+    keras.backend.clear_session()
+    with pytest.raises(store.StoreError, match="options: file has"):
+        _fit(_model(**option), ts.AutoSpecCallback(path, resume=True))
+    assert path.read_bytes() == before
+
+
+def test_an_epochs_row_is_on_disk_when_the_epoch_ends(tmp_path):
+    # A process killed right after an epoch ended lost that epoch's row (its write was
+    # still in the background thread); the next callback now finds it in the file.
+    path, seen = tmp_path / "run.h5", []
+
+    class ReadAtEpochEnd(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            seen.append(list(ts.load(path).epochs["epoch"]))
+
+    _fit(_model(), ts.AutoSpecCallback(path), ReadAtEpochEnd(), epochs=3)
+    assert seen == [[0], [0, 1], [0, 1, 2]]

@@ -34,6 +34,18 @@ def _layout(model, log_keys):
     }
 
 
+def _options(model):
+    """The model's AutoSpec options, as the run file stores them."""
+    return {
+        "layers": None if model.autospec_layers is None else list(model.autospec_layers),
+        "kinds": list(model.autospec_kinds),
+        "top_k": model.autospec_top_k,
+        "randomized": model.autospec_randomized,
+        "every_n_steps": model.autospec_every_n_steps,
+        "null_partitions": model.autospec_null_partitions,
+    }
+
+
 def _model_config(model):
     try:
         return model.to_json()
@@ -236,6 +248,7 @@ class AutoSpecCallback(keras.callbacks.Callback):
             "kernels": [(k, run.kernel_info[k]["fan_in"], run.kernel_info[k]["fan_out"]) for k in run.layers],
             "widths": run.widths,
             "null_partitions": run.null_partitions,
+            "options": run.attributes.get("options"),
         }
         current = {
             "groups": expected["groups"],
@@ -243,6 +256,7 @@ class AutoSpecCallback(keras.callbacks.Callback):
             "kernels": [(k["path"], k["fan_in"], k["fan_out"]) for k in expected["kernels"]],
             "widths": {k["path"]: k["widths"] for k in expected["kernels"]},
             "null_partitions": expected["null_partitions"],
+            "options": json.loads(json.dumps(_options(self.model))),
         }
         differences = [
             f"{key}: file has {stored[key]}, model has {current[key]}"
@@ -299,6 +313,7 @@ class AutoSpecCallback(keras.callbacks.Callback):
         if self._writer is None:  # no step recorded yet: the epoch's logs still go in
             self._open_writer(sorted(k for k in epoch_logs if not k.startswith("val_")))
         self._submit(self._writer.append_epoch, epoch + self._epoch_offset, epoch_logs)
+        self._wait()  # the epoch's row is on disk before the next epoch starts (a kill loses none)
 
     def on_train_end(self, logs=None):
         try:
@@ -321,14 +336,7 @@ class AutoSpecCallback(keras.callbacks.Callback):
             "tf_autospec_version": _version(),
             "tensorflow_version": tf.__version__,
             "keras_version": keras.__version__,
-            "options": {
-                "layers": None if self.model.autospec_layers is None else list(self.model.autospec_layers),
-                "kinds": list(self.model.autospec_kinds),
-                "top_k": self.model.autospec_top_k,
-                "randomized": self.model.autospec_randomized,
-                "every_n_steps": self.model.autospec_every_n_steps,
-                "null_partitions": self.model.autospec_null_partitions,
-            },
+            "options": _options(self.model),
             "model_config": _model_config(self.model),
             "metadata": self.metadata,
             "created": _now(),

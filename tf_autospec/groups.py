@@ -43,6 +43,13 @@ def validate_group_names(groups):
         ValueError: when no group is declared, a name is not text, is empty, looks like a
             number, or is repeated.
     """
+    if isinstance(groups, (set, frozenset, dict, type({}.keys()))):
+        raise ValueError(
+            f"Declare the groups in a list or tuple; received a {type(groups).__name__} "
+            f"{sorted(map(str, groups))}, whose order can change from one process to the next, "
+            "so that the label 0 could name another group in another run. E.g. "
+            f"groups={sorted(map(str, groups))}."
+        )
     if groups is None or isinstance(groups, (str, bytes)) or len(groups) == 0:
         raise ValueError(
             "AutoSpecModel needs the set of groups up front, e.g. "
@@ -81,7 +88,7 @@ def missing_labels_error(x, group_names):
     )
 
 
-def check_group_entry(x, group_names, required):
+def check_group_entry(x, group_names, required, input_names=()):
     """Refuses inputs whose group labels sit under another key than ``"group"``, and
     (when ``required``) inputs without labels.
 
@@ -89,12 +96,13 @@ def check_group_entry(x, group_names, required):
         x: the inputs of one entry point, or a dataset's element spec of them.
         group_names: the declared names.
         required: whether the labels must be there (training).
+        input_names: the model's own input names (never taken for a misspelt key).
 
     Raises:
         ValueError: naming the key found and the reserved key ``"group"``.
     """
     if isinstance(x, dict) and GROUP_KEY not in x:
-        misspelt = sorted(k for k in x if isinstance(k, str) and _NEAR_MISSES.fullmatch(k))
+        misspelt = sorted(k for k in x if isinstance(k, str) and _NEAR_MISSES.fullmatch(k) and k not in input_names)
         if misspelt:
             raise ValueError(
                 f"The inputs have an entry {misspelt[0]!r}, and no '{GROUP_KEY}' entry: AutoSpec "
@@ -111,14 +119,7 @@ def refuse_group_input(model):
     Args:
         model: a built functional or Sequential `keras.Model`.
     """
-    structure = getattr(model, "_inputs_struct", None)
-    names = list(structure) if isinstance(structure, dict) else []
-    try:
-        inputs = model.inputs or []
-    except (AttributeError, ValueError):  # a subclassed or unbuilt model: no inputs yet
-        inputs = []
-    names += [getattr(i, "name", None) for i in inputs]
-    if GROUP_KEY in names:
+    if GROUP_KEY in input_names(model):
         raise ValueError(
             f"Model '{model.name}' has an input named '{GROUP_KEY}', the key AutoSpec reserves "
             "for the group labels of each sample. Rename that input, e.g. "
@@ -194,6 +195,18 @@ def partitions_error(columns, partitions):
         f"groups=tf_autospec.null_partitions(labels, {partitions}) (also as the 'group' entry "
         "of a tf.data.Dataset)."
     )
+
+
+def input_names(model):
+    """The names of a model's inputs (dict keys and input tensors' names); empty for a
+    subclassed or unbuilt model."""
+    structure = getattr(model, "_inputs_struct", None)
+    names = list(structure) if isinstance(structure, dict) else []
+    try:
+        inputs = model.inputs or []
+    except (AttributeError, ValueError):  # a subclassed or unbuilt model: no inputs yet
+        inputs = []
+    return names + [getattr(i, "name", None) for i in inputs]
 
 
 def _as_label_array(labels):
@@ -273,14 +286,14 @@ def labels_to_indices(labels, group_names):
             raise ValueError("Group labels must be whole numbers (group indices).")
     elif array.dtype.kind not in "iu":
         raise ValueError(f"Group labels must be integers or group names; got dtype {array.dtype}.")
-    indices = array.astype(np.int64)
-    bad = sorted(set(indices[(indices < UNASSIGNED) | (indices >= len(group_names))].tolist()))
+    # Checked before the cast: a uint64 2**64 - 1 would wrap to -1, "in no group".
+    bad = sorted(set(array[(array < UNASSIGNED) | (array >= len(group_names))].tolist()))
     if bad:
         raise ValueError(
             f"Group labels {bad[:5]} are outside 0..{len(group_names) - 1} "
             f"(groups {list(group_names)}); use -1 for samples in no group."
         )
-    return indices.astype(np.int32)
+    return array.astype(np.int32)
 
 
 def labels_to_indices_tensor(labels, group_names, check=True):
@@ -298,6 +311,10 @@ def labels_to_indices_tensor(labels, group_names, check=True):
     labels = tf.convert_to_tensor(labels)
     if labels.shape.rank == 2 and labels.shape[1] == 1:
         labels = tf.squeeze(labels, axis=1)
+    if labels.dtype == tf.bool:
+        raise ValueError("Group labels must be integers (group indices) or group names; received bool.")
+    if labels.dtype.is_unsigned:
+        labels = tf.cast(labels, tf.int64)  # so that -1 compares as -1
     if labels.dtype == tf.string:
         matches = tf.equal(labels[:, None], tf.constant(group_names)[None, :])
         known = tf.reduce_any(matches, axis=1)

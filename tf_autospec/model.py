@@ -217,7 +217,7 @@ class AutoSpecModel(keras.Model):
             layers = [layers]
         self.autospec_layers = None if layers is None else tuple(layers)
         self.autospec_kinds = tracking.check_kinds(kinds)
-        if top_k is not None and (int(top_k) != top_k or top_k < 1):
+        if top_k is not None and (isinstance(top_k, bool) or int(top_k) != top_k or top_k < 1):
             raise ValueError(f"top_k must be None or a positive integer; received {top_k!r}.")
         self.autospec_top_k = None if top_k is None else int(top_k)
         if randomized and top_k is None:
@@ -226,18 +226,17 @@ class AutoSpecModel(keras.Model):
                 "e.g. AutoSpecModel(..., top_k=10, randomized=True)."
             )
         self.autospec_randomized = bool(randomized)
-        if int(every_n_steps) != every_n_steps or every_n_steps < 1:
+        if isinstance(every_n_steps, bool) or int(every_n_steps) != every_n_steps or every_n_steps < 1:
             raise ValueError(
                 f"every_n_steps must be a positive integer; received {every_n_steps!r}."
             )
         self.autospec_every_n_steps = int(every_n_steps)
-        if int(null_partitions) != null_partitions or null_partitions < 0:
+        if isinstance(null_partitions, bool) or int(null_partitions) != null_partitions or null_partitions < 0:
             raise ValueError(
                 f"null_partitions must be a whole number >= 0; received {null_partitions!r}."
             )
         self.autospec_null_partitions = int(null_partitions)
         self._spectra_state = None
-        self._zero_sum_deltas = frozenset()
         self.input_kernels = frozenset()
         self._batch_size_hint = None
         self._exchanges = {}
@@ -266,14 +265,16 @@ class AutoSpecModel(keras.Model):
         """Groups whose spectra are computed: the real ones and every null partition's."""
         return len(self.groups) * (1 + self.autospec_null_partitions)
 
-    def _group_labels(self, x):
+    def _group_labels(self, x, training=True):
+        """The step's labels as int32 indices, checked; in training with the model's null
+        partitions as columns."""
         if not isinstance(x, dict) or groups_module.GROUP_KEY not in x:
             raise groups_module.missing_labels_error(x, self.groups)
         labels = groups_module.labels_to_indices_tensor(
             x[groups_module.GROUP_KEY], self.groups, check=not self.jit_compile
         )
         columns = 1 if labels.shape.rank == 1 else labels.shape[1]
-        if columns != 1 + self.autospec_null_partitions:
+        if training and columns != 1 + self.autospec_null_partitions:
             raise groups_module.partitions_error(columns, self.autospec_null_partitions)
         return labels
 
@@ -333,12 +334,15 @@ class AutoSpecModel(keras.Model):
             return _converted_batches(x, functools.partial(self._batch_with_indices, required=required))
         if isinstance(x, tf.data.Dataset):
             groups_module.check_group_entry(x.element_spec[0] if isinstance(x.element_spec, tuple)
-                                            else x.element_spec, self.groups, required)
+                                            else x.element_spec, self.groups, required, self._input_names())
             return x
-        groups_module.check_group_entry(x, self.groups, required)
+        groups_module.check_group_entry(x, self.groups, required, self._input_names())
         if isinstance(x, dict) and groups_module.GROUP_KEY in x:
             return {**x, groups_module.GROUP_KEY: self._indices(x[groups_module.GROUP_KEY])}
         return x
+
+    def _input_names(self):
+        return groups_module.input_names(self)
 
     def _batch_with_indices(self, batch, required):
         """One batch ``x`` or ``(x, y[, sample_weight])`` of a PyDataset or generator, its
@@ -465,7 +469,6 @@ class AutoSpecModel(keras.Model):
             )
             with self.distribute_strategy.scope():
                 self._spectra_state = _SpectraState(kernels, len(self.groups), self.autospec_null_partitions)
-            self._zero_sum_deltas = _softmax_logit_kernels(self, kernels)
 
     @contextlib.contextmanager
     def _recording(self, tape):
@@ -514,12 +517,13 @@ class AutoSpecModel(keras.Model):
             weight_gradients = gradients[: len(trainable_weights)]
             product_gradients = iter(gradients[len(trainable_weights) :])
             loss_scale = self.optimizer.scale_loss(tf.constant(1.0, loss.dtype))
+            logits = _softmax_logits(self.loss, y_pred, products)
             deltas = [
                 [
-                    _unscaled(next(product_gradients), product, loss_scale, kernel.path in self._zero_sum_deltas)
+                    _unscaled(next(product_gradients), product, loss_scale, any(product is p for p in logits))
                     for _, product in kernel_calls
                 ]
-                for kernel, kernel_calls in zip(self._spectra_state.kernels, calls)
+                for kernel_calls in calls
             ]
             step = tf.identity(self.optimizer.iterations)
             self.optimizer.apply_gradients(zip(weight_gradients, trainable_weights))
@@ -549,6 +553,9 @@ class AutoSpecModel(keras.Model):
         return self._reducible(logs)
 
     def test_step(self, data):
+        x, _, _ = data_adapter_utils.unpack_x_y_sample_weight(data)
+        if isinstance(x, dict) and groups_module.GROUP_KEY in x:
+            self._group_labels(x, training=False)  # bad labels are refused in evaluate as in fit
         return self._reducible(super().test_step(data))
 
     def _reducible(self, logs):
@@ -823,7 +830,7 @@ def _same_graph_tensor(a, b):
 
 def _unscaled(gradient, product, loss_scale, zero_sum):
     """``Δ`` without the loss scale, in float32 so that float16 values do not underflow;
-    with ``zero_sum``, each row's mean removed (see `_softmax_logit_kernels`)."""
+    with ``zero_sum``, each row's mean removed (see `_softmax_logits`)."""
     if gradient is None:
         return tf.zeros_like(product, dtype=tf.float32)
     delta = tf.cast(gradient, tf.float32) / tf.cast(loss_scale, tf.float32)
@@ -832,47 +839,38 @@ def _unscaled(gradient, product, loss_scale, zero_sum):
     return delta
 
 
-_SOFTMAX_CROSSENTROPY = {
-    keras.losses.SparseCategoricalCrossentropy: keras.losses.sparse_categorical_crossentropy,
-    keras.losses.CategoricalCrossentropy: keras.losses.categorical_crossentropy,
-}
+_SOFTMAX_CROSSENTROPIES = (keras.losses.SparseCategoricalCrossentropy, keras.losses.CategoricalCrossentropy)
+_OPS_AFTER_THE_SOFTMAX = ("Identity", "Cast")
 
 
-def _softmax_logit_kernels(model, kernels):
-    """Paths of the kernels whose products the loss reads as softmax logits.
+def _softmax_logits(loss, y_pred, products):
+    """The captured products that the loss reads as softmax logits, found while the step is
+    traced (any way the model is built).
 
-    Under a softmax cross-entropy the gradient at the logits is ``p − y`` (scaled per
-    sample), whose rows sum to zero exactly: ``Δ``, and so ``G_g``, lose one rank. Keras
-    computes ``p − y`` in float32, and once the model is confident (``p ≈ 1``) the
-    subtraction leaves round-off of up to ``ε / (1 − p)`` relative to the row, far above
-    any numerical-rank tolerance: the zero singular value would come back as ~1e-2 × σ_1
-    and follow σ_1 between groups. Removing each row's mean restores the exact zero sum
-    (it changes ``Δ`` by its round-off only). Recognised: a functional or Sequential model
-    (or one wrapped) with one output, made by a Dense or EinsumDense layer with a linear
-    activation and a ``from_logits=True`` (sparse) categorical cross-entropy, or with a
-    softmax activation and one that is not from logits.
+    Under a softmax the gradient at the logits, ``Jᵀv`` with ``J = diag(p) − ppᵀ``, has
+    rows that sum to zero exactly, whatever the loss; so has ``p − y``, the gradient of a
+    cross-entropy from logits. ``Δ``, and so ``G_g``, then lose one rank. Keras computes
+    ``p − y`` in float32, and once the model is confident (``p ≈ 1``) the subtraction leaves
+    round-off of up to ``ε / (1 − p)`` relative to the row, far above any numerical-rank
+    tolerance: the zero singular value would come back as up to ~1e-2 × σ_1 and follow σ_1
+    between groups. `_unscaled` removes each row's mean from these products' ``Δ``, which
+    restores the exact zero sum and changes ``Δ`` by its round-off only.
+
+    Recognised: the model's single output is a softmax of a product (a softmax activation,
+    a `keras.layers.Softmax` layer), with any loss; or is the product itself (a linear
+    output layer) with a Keras (sparse) categorical cross-entropy ``from_logits=True``. A
+    custom loss function that applies the softmax itself is not recognised.
     """
-    loss = model.loss
-    if isinstance(loss, str):
-        loss = keras.losses.get(loss)
-    if isinstance(loss, tuple(_SOFTMAX_CROSSENTROPY)):
-        from_logits = bool(loss._fn_kwargs.get("from_logits", False))
-    elif loss in _SOFTMAX_CROSSENTROPY.values():
-        from_logits = False
-    else:
-        return frozenset()
-    source = model.wrapped if isinstance(model, WrappedModel) else model
-    try:
-        outputs = source.outputs
-    except (AttributeError, ValueError):  # subclassed: no symbolic outputs
-        return frozenset()
-    if not outputs or len(outputs) != 1:
-        return frozenset()
-    layer = outputs[0]._keras_history[0]
-    activation = keras.activations.linear if from_logits else keras.activations.softmax
-    if getattr(layer, "activation", None) is not activation:
-        return frozenset()
-    return frozenset(k.path for k in kernels if k.layer is layer)
+    outputs = tree.flatten(y_pred)
+    if len(outputs) != 1 or not products:
+        return []
+    output = outputs[0]
+    while getattr(output, "op", None) is not None and output.op.type in _OPS_AFTER_THE_SOFTMAX:
+        output = output.op.inputs[0]
+    if getattr(output, "op", None) is not None and output.op.type == "Softmax":
+        return [p for p in products if _reshaped_from(output.op.inputs[0], [p])]
+    from_logits = isinstance(loss, _SOFTMAX_CROSSENTROPIES) and bool(loss._fn_kwargs.get("from_logits"))
+    return [p for p in products if from_logits and _reshaped_from(output, [p])]
 
 
 class FunctionalAutoSpecModel(AutoSpecModel, Functional):
