@@ -154,7 +154,8 @@ def difference_heatmap(runs, layer, group_a, group_b, kind="grad", max_index=10,
         grid[i, j] = r["effect"]
         if r["significant"]:
             marks.append((j, i))
-    effect = "z vs random groups of these sizes" if rows and rows[0]["test"].endswith("null") else "Hedges' g"
+    against_null = bool(rows) and rows[0]["test"].endswith("null")
+    effect = "z vs random groups of these sizes" if against_null else "Hedges' g"
     figure, ax = plt.subplots(figsize=(max(4, 0.5 * len(epochs) + 2.5), max(3, 0.3 * width + 1.5)),
                               constrained_layout=True)
     bound = np.nanmax(np.abs(grid)) if np.isfinite(grid).any() else 1.0
@@ -167,7 +168,7 @@ def difference_heatmap(runs, layer, group_a, group_b, kind="grad", max_index=10,
     ax.set_xlabel("epoch")
     ax.set_ylabel("singular value index")
     ax.set_title(f"{layer} {kind}\n{group_a} − {group_b}: {effect} (• FDR q ≤ {alpha})", fontsize=9)
-    figure.colorbar(image, ax=ax, label=effect)
+    figure.colorbar(image, ax=ax, label="z" if against_null else effect)
     return figure
 
 

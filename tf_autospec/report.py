@@ -189,12 +189,12 @@ def write(path, runs, pairs, rows, sections):
         members = [r for r in rows if r["family"] == name]
         if not members:
             continue
-        what = ("the first layers' input spectra: the data itself, not how the model trains"
-                if name == "input data" else "how the model trains: gradients and the signals they are made of")
+        what = ("The first layers' input spectra: the data itself, not how the model trains"
+                if name == "input data" else "How the model trains: gradients and the signals they are made of")
         listed = [f for f in found if f["family"] == name]
+        merged = f", {len(listed)} findings once their epochs are merged, strongest first" if listed else ""
         parts.append(f"<h2>{html.escape(name.capitalize())}</h2><p>{html.escape(what)}. {len(members)} tests, "
-                     f"{sum(r['significant'] for r in members)} significant at FDR 0.05"
-                     f"{'; strongest first' if listed else ''}.</p>")
+                     f"{sum(r['significant'] for r in members)} significant at FDR 0.05{merged}.</p>")
         if listed:
             parts.append(_table(
                 ["groups", "layer", "kind", "summary", "epochs", "effect", "smallest q"],
