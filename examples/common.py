@@ -19,7 +19,8 @@ def arguments(description, **defaults):
 
 
 def analyse(paths, output, group_a, group_b, title):
-    """Overview figure, per-layer panels, Welch/permutation tests and difference heat maps.
+    """Overview figure, per-layer panels, tests against random groups of the same sizes
+    (the runs' null partitions) and difference heat maps.
 
     Args:
         paths: HDF5 runs of one model (seeds or folds).

@@ -249,8 +249,8 @@ def _check_reference(runs, reference, allowed):
             f"{MINIMUM_NULL_PARTITIONS} (20 recommended): record with AutoSpecModel(..., null_partitions=20) "
             f"(autospec run --null-partitions 20). Without them, groups of different sizes differ in "
             f"their spectra by size alone, and runs that re-train on the same subjects are not "
-            f"independent: reference={other!r} tests these runs as they are and is valid only for "
-            f"groups of equal size on independent subjects."
+            f"independent: reference={other!r} (autospec compare --reference {other}) tests these runs "
+            f"as they are and is valid only for groups of equal size on independent subjects."
         )
 
 
