@@ -1,9 +1,10 @@
 """Models and data shared by the tf.distribute tests, and the script their subprocesses run.
 
 ``python distributed_scenario.py mirrored OUT``: two logical CPU devices; the model,
-recorded every step, is fitted under `MirroredStrategy` and on one device; every
-recorded step of each goes to ``OUT/<mirrored|single>.npz``, and what the replicas
-exchanged to ``OUT/exchange.json``.
+recorded every step with ``NULL_PARTITIONS`` null partitions, is fitted under
+`MirroredStrategy` and on one device; every recorded step of each (the groups' and the null
+partitions' spectra) goes to ``OUT/<mirrored|single>.npz``, and what the replicas exchanged
+to ``OUT/exchange.json``.
 
 ``python distributed_scenario.py worker OUT`` (with ``TF_CONFIG`` set): one worker of a
 `MultiWorkerMirroredStrategy`; it fits the model, recorded every 2 steps, from a
@@ -26,6 +27,7 @@ GROUPS = ["a", "b", "c", "absent"]
 GLOBAL_BATCH = 16
 SAMPLES = 32
 EPOCHS = 2
+NULL_PARTITIONS = 2  # in the MirroredStrategy case
 
 
 def labels():
@@ -34,7 +36,7 @@ def labels():
     return np.array([0, 0, 0, 1, 2, -1, 0, 1, 0, 0, 1, 0, -1, 1, 0, 0] * 2, dtype=np.int32)
 
 
-def build(every_n_steps):
+def build(every_n_steps, null_partitions=0):
     """A compiled AutoSpecModel with deterministic weights (build it in the strategy's scope).
 
     An image branch, Conv2D over 12×12×2 (its sums, ~3k values, are exchanged rather than
@@ -49,7 +51,8 @@ def build(every_n_steps):
     read = keras.layers.LSTM(3, name="lstm")(keras.layers.Embedding(20, 4, name="embedding")(tokens))
     outputs = keras.layers.Dense(3, name="out")(keras.layers.Concatenate()([seen, read]))
     model = ts.AutoSpecModel(
-        inputs=[image, tokens], outputs=outputs, groups=GROUPS, every_n_steps=every_n_steps
+        inputs=[image, tokens], outputs=outputs, groups=GROUPS, every_n_steps=every_n_steps,
+        null_partitions=null_partitions,
     )
     rng = np.random.default_rng(7)
     model.set_weights([rng.normal(scale=0.4, size=w.shape).astype("float32") for w in model.get_weights()])
@@ -91,10 +94,15 @@ def fit(model, callbacks, dataset=False):
 
 
 def as_arrays(steps):
-    """``{"step": [n], "counts": [n, G], "<kernel path, / as ~>|<kind>": [n, G, width]}``."""
+    """``{"step": [n], "counts": [n, G], "<kernel path, / as ~>|<kind>": [n, G, width]}``, and
+    with null partitions ``"null_counts": [n, P, G]``, ``"null:<kernel path>|<kind>": [n, P, G, width]``."""
     out = {"step": np.array([s.step for s in steps]), "counts": np.stack([s.counts for s in steps])}
     for key in steps[0].spectra:
         out["|".join(key).replace("/", "~")] = np.stack([s.spectra[key] for s in steps])
+    if len(steps[0].null_counts):
+        out["null_counts"] = np.stack([s.null_counts for s in steps])
+        for key in steps[0].null_spectra:
+            out["null:" + "|".join(key).replace("/", "~")] = np.stack([s.null_spectra[key] for s in steps])
     return out
 
 
@@ -106,12 +114,12 @@ def run_mirrored(out):
         collect = Collect()
         if where == "mirrored":
             with strategy.scope():
-                model = build(every_n_steps=1)
+                model = build(every_n_steps=1, null_partitions=NULL_PARTITIONS)
             fit(model, [collect])
             with open(os.path.join(out, "exchange.json"), "w") as f:
                 json.dump(model.distributed_exchange, f)
         else:
-            fit(build(every_n_steps=1), [collect])
+            fit(build(every_n_steps=1, null_partitions=NULL_PARTITIONS), [collect])
         np.savez(os.path.join(out, f"{where}.npz"), **as_arrays(collect.steps))
 
 

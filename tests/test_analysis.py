@@ -7,7 +7,8 @@ import pytest
 from scipy import stats as scipy_stats
 
 from tf_autospec import stats, summaries
-from tf_autospec.calibration import simulated_run
+from tf_autospec import report
+from tf_autospec.calibration import simulated_run, simulated_subjects
 
 
 def test_summaries_match_numpy_on_matrices():
@@ -46,62 +47,121 @@ def test_bh_and_hedges_match_references():
     assert low < g < high
 
 
+def _population(rng, fraction=0.5, n_subjects=40):
+    labels, _ = simulated_subjects(rng, n_subjects, fraction)
+    return labels
+
+
 def test_across_runs_finds_a_planted_difference_and_only_there(tmp_path):
+    # 70/30 groups, 8 seeds of the same 40 subjects, SZ's rows 1.5 × larger in layer1 only:
+    # against random groups of the same sizes the difference is found there and nowhere else.
     rng = np.random.default_rng(1)
-    runs = [simulated_run(tmp_path / f"r{i}.h5", rng, shift=0.5, shift_layer="layer1/kernel") for i in range(8)]
-    rows = stats.across_runs(runs, "HC", "SZ", summaries=("spectral_norm", "nuclear_norm"), permutations=500)
+    labels = _population(rng, fraction=0.3)
+    runs = [simulated_run(tmp_path / f"r{i}.h5", rng, labels, shift=0.5, shift_layer="layer1/kernel")
+            for i in range(8)]
+    rows = stats.across_runs(runs, "HC", "SZ", summaries=("spectral_norm", "nuclear_norm"))
     assert len(rows) == 3 * 2 * 3
+    assert {r["test"] for r in rows} == {"across_runs_null"} and {r["family"] for r in rows} == {"training"}
     found = {row["layer"] for row in rows if row["significant"]}
     assert found == {"layer1/kernel"}
-    row = next(r for r in rows if r["layer"] == "layer1/kernel")
-    assert row["hedges_g"] < 0 and row["g_ci_high"] < 0  # SZ larger
+    planted = [r for r in rows if r["layer"] == "layer1/kernel"]
+    assert all(r["significant"] and r["effect"] < 0 and r["excess"] < 0 for r in planted)  # SZ larger
+    # A smaller group has larger per-sample norms by size alone: the null partitions show it.
+    assert all(r["null_mean"] < 0 for r in rows if r["layer"] == "layer0/kernel" and r["summary"] == "spectral_norm")
+    row = planted[0]
+    assert row["excess"] == pytest.approx(row["difference"] - row["null_mean"])
+    assert row["count_a"] > 2 * row["count_b"]
 
 
 def test_across_runs_matches_scipy_welch(tmp_path):
     rng = np.random.default_rng(2)
-    runs = [simulated_run(tmp_path / f"r{i}.h5", rng) for i in range(5)]
-    rows = stats.across_runs(runs, "HC", "SZ", layers=["layer0/kernel"], normalize=False)
+    labels = _population(rng)
+    runs = [simulated_run(tmp_path / f"r{i}.h5", rng, labels) for i in range(5)]
+    rows = stats.across_runs(runs, "HC", "SZ", layers=["layer0/kernel"], normalize=False, reference="runs")
     row = rows[0]
-    a = [np.nanmean(summaries.spectral_norm(r.spectrum("layer0/kernel", "grad", "HC"))[:8]) for r in runs]
-    b = [np.nanmean(summaries.spectral_norm(r.spectrum("layer0/kernel", "grad", "SZ"))[:8]) for r in runs]
+    first_epoch = runs[0].records["epoch"] == 0
+    a = [np.nanmean(summaries.spectral_norm(r.spectrum("layer0/kernel", "act", "HC"))[first_epoch]) for r in runs]
+    b = [np.nanmean(summaries.spectral_norm(r.spectrum("layer0/kernel", "act", "SZ"))[first_epoch]) for r in runs]
     expected = scipy_stats.ttest_ind(a, b, equal_var=False)
-    assert row["epoch"] == 0 and row["p_welch"] == pytest.approx(expected.pvalue)
+    assert row["test"] == "across_runs_runs" and row["inference"].startswith("these runs")
+    assert row["epoch"] == 0 and row["p_value"] == pytest.approx(expected.pvalue)
     assert row["t"] == pytest.approx(expected.statistic)
+    assert row["effect"] == pytest.approx(stats.hedges_g(np.array(a), np.array(b))[0])
+
+
+def test_null_test_is_a_prediction_interval():
+    null = np.array([0.1, -0.3, 0.2, 0.0, -0.1, 0.4, -0.2])
+    result = stats.null_test(1.0, null)
+    z = (1.0 - null.mean()) / null.std(ddof=1)
+    assert result["effect"] == pytest.approx(z) and result["excess"] == pytest.approx(1.0 - null.mean())
+    assert result["p_value"] == pytest.approx(2 * scipy_stats.t.sf(z / np.sqrt(1 + 1 / 7), df=6))
+    assert np.isnan(stats.null_test(1.0, [0.5, 0.5, 0.5])["p_value"])  # nothing varies: no test
+    assert np.isnan(stats.null_test(1.0, [0.1, np.nan])["p_value"])  # too few null values
 
 
 def test_null_calibration_fdr_false_positive_rate(tmp_path):
-    # Random groups, no true difference: with BH at 0.05 the chance of any rejection in
-    # the family (= FDR under the complete null) stays near or below 0.05.
-    rng = np.random.default_rng(3)
+    # No group effect, subjects with their own signatures, 6 seeds of each population: with
+    # the defaults (random groups of the same sizes as reference, BH at 0.05) the chance of
+    # any rejection in the family (= FDR under the complete null) stays near or below 0.05.
     repetitions, rejected = 20, 0
     for repetition in range(repetitions):
-        runs = [simulated_run(tmp_path / f"n{repetition}_{i}.h5", rng) for i in range(6)]
-        rows = stats.across_runs(runs, "HC", "SZ", permutations=200, seed=repetition)
+        rng = np.random.default_rng(300 + repetition)
+        labels = _population(rng)
+        runs = [simulated_run(tmp_path / f"n{repetition}_{i}.h5", rng, labels, partition_seed=repetition)
+                for i in range(6)]
+        rows = stats.across_runs(runs, "HC", "SZ", seed=repetition)
         rejected += any(row["significant"] for row in rows)
-    assert rejected / repetitions <= 0.15  # 20 repetitions: ≤ 3 (benchmark: 200 repetitions)
+    assert rejected / repetitions <= 0.15  # 20 repetitions: ≤ 3 (benchmark: docs/analysis.md)
 
 
-def test_within_run_block_test_detects_a_shift_and_not_noise(tmp_path):
+def test_within_run_detects_a_shift_and_not_noise(tmp_path):
     rng = np.random.default_rng(4)
-    shifted = simulated_run(tmp_path / "s.h5", rng, shift=0.6, shift_layer="layer2/kernel", epochs=4, steps=20)
-    rows = stats.within_run(shifted, "HC", "SZ", block=5)
+    labels = _population(rng, n_subjects=80)
+    shifted = simulated_run(tmp_path / "s.h5", rng, labels, shift=0.6, shift_layer="layer2/kernel", epochs=4,
+                            batch=8)
+    assert len(shifted) == 40
+    rows = stats.within_run(shifted, "HC", "SZ")
+    assert {r["test"] for r in rows} == {"within_run_null"}
     assert {r["layer"] for r in rows if r["significant"]} == {"layer2/kernel"}
+    # The older block sign-flip test of the per-step differences, by name.
+    rows = stats.within_run(shifted, "HC", "SZ", reference="steps", block=5)
+    assert {r["test"] for r in rows} == {"within_run_steps"}
+    assert {r["layer"] for r in rows if r["significant"]} == {"layer2/kernel"}
+    # A window of steps: the steps where both groups are in the batch (a batch of 8 of 80
+    # subjects may hold one group only).
+    both = (shifted.counts("HC") > 0) & (shifted.counts("SZ") > 0)
+    steps = shifted.records["step"][both & (shifted.records["step"] >= 10) & (shifted.records["step"] <= 29)]
+    assert 16 <= len(steps) <= 20
     with pytest.warns(UserWarning, match="4 blocks of 5 steps"):
-        window = stats.within_run(shifted, "HC", "SZ", steps=(10, 29), block=5)
-    assert all(r["n_steps"] == 20 and r["first_step"] == 10 for r in window)
+        window = stats.within_run(shifted, "HC", "SZ", steps=(10, 29), reference="steps", block=5)
+    for window in (window, stats.within_run(shifted, "HC", "SZ", steps=(10, 29))):
+        assert all(r["n_steps"] == len(steps) and (r["first_step"], r["last_step"]) == (steps[0], steps[-1])
+                   for r in window)
 
 
 def test_clear_messages_for_bad_selections(tmp_path):
     rng = np.random.default_rng(5)
-    one = simulated_run(tmp_path / "a.h5", rng)
+    labels = _population(rng)
+    one = simulated_run(tmp_path / "a.h5", rng, labels)
     with pytest.raises(ValueError, match="at least 2 runs"):
         stats.across_runs([one], "HC", "SZ")
-    other = simulated_run(tmp_path / "b.h5", rng, groups=("HC", "BP"))
+    other = simulated_run(tmp_path / "b.h5", rng, labels, groups=("HC", "BP"))
     with pytest.raises(ValueError, match="groups"):
         stats.across_runs([one, other], "HC", "SZ")
     with pytest.raises(ValueError, match="not in"):
         stats.within_run(one, "HC", "XX")
-    empty = simulated_run(tmp_path / "e.h5", rng, epochs=0)
+    with pytest.raises(ValueError, match="Give both group_a and group_b"):
+        stats.within_run(one, "HC")
+    with pytest.raises(ValueError, match="reference must be one of"):
+        stats.within_run(one, reference="runs")
+    # Without enough null partitions the default test refuses, naming the fix.
+    few = [simulated_run(tmp_path / f"few{i}.h5", rng, labels, null_partitions=2) for i in range(2)]
+    with pytest.raises(ValueError, match=r"holds 2 null partitions.*null_partitions=20.*reference='runs'"):
+        stats.across_runs(few)
+    with pytest.raises(ValueError, match=r"holds 2 null partitions.*reference='steps'"):
+        stats.within_run(few[0])
+    assert stats.across_runs(few, reference="runs")  # the older test still runs, by name
+    empty = simulated_run(tmp_path / "e.h5", rng, labels, epochs=0)
     with pytest.raises(ValueError, match="no recorded step"):
         stats.within_run(empty, "HC", "SZ")
     with pytest.raises(ValueError, match="empty table"):
@@ -109,10 +169,11 @@ def test_clear_messages_for_bad_selections(tmp_path):
 
 
 def test_run_summary_per_step_and_per_epoch(tmp_path):
-    run = simulated_run(tmp_path / "r.h5", np.random.default_rng(6))
-    per_step = run.summary("layer0/kernel", "grad", "SZ", "nuclear_norm")
-    np.testing.assert_allclose(per_step, np.nansum(run.spectrum("layer0/kernel", "grad", "SZ"), axis=1), rtol=1e-6)
-    epochs, per_epoch = run.summary("layer0/kernel", "grad", "SZ", "nuclear_norm", reduce="median")
+    rng = np.random.default_rng(6)
+    run = simulated_run(tmp_path / "r.h5", rng, _population(rng), batch=5)  # 8 steps per epoch
+    per_step = run.summary("layer0/kernel", "act", "SZ", "nuclear_norm")
+    np.testing.assert_allclose(per_step, np.nansum(run.spectrum("layer0/kernel", "act", "SZ"), axis=1), rtol=1e-6)
+    epochs, per_epoch = run.summary("layer0/kernel", "act", "SZ", "nuclear_norm", reduce="median")
     np.testing.assert_allclose(per_epoch[1], np.median(per_step[8:16]))
     assert json.loads(json.dumps(list(map(int, epochs)))) == [0, 1, 2]
 
@@ -121,27 +182,36 @@ def test_figures_have_labels_legends_and_save_in_three_formats(tmp_path):
     from tf_autospec import plot
 
     rng = np.random.default_rng(7)
-    runs = [simulated_run(tmp_path / f"f{i}.h5", rng, shift=0.8, shift_layer="layer0/kernel") for i in range(6)]
-    figure = plot.trajectories(runs, "layer0/kernel", summary="sigma_1", per_epoch=True)
+    labels = _population(rng)
+    runs = [simulated_run(tmp_path / f"f{i}.h5", rng, labels, shift=0.8, shift_layer="layer0/kernel")
+            for i in range(6)]
+    figure = plot.trajectories(runs, "layer0/kernel", kind="act", summary="sigma_1", per_epoch=True)
     ax = figure.axes[0]
     assert ax.get_xlabel() == "epoch" and "sigma 1 per sample" in ax.get_ylabel()
     assert [t.get_text() for t in ax.get_legend().get_texts()] == ["HC", "SZ"]
-    heat = plot.difference_heatmap(runs, "layer0/kernel", "HC", "SZ", max_index=3)
+    heat = plot.difference_heatmap(runs, "layer0/kernel", "HC", "SZ", kind="act", max_index=3)
     assert heat.axes[0].get_ylabel() == "singular value index" and len(heat.axes[0].lines) >= 1  # dots
+    assert "random groups" in heat.axes[0].get_title()
     # A table from `autospec compare` tests σ_1 as spectral_norm: the heat map's first row comes from it.
-    from tf_autospec import stats
-
-    rows = stats.across_runs(runs, "HC", "SZ", layers=["layer0/kernel"], kinds=["grad"],
-                             summaries=["spectral_norm", "sigma_2", "sigma_3"], permutations=50)
-    grid = plot.difference_heatmap(runs, "layer0/kernel", "HC", "SZ", max_index=3, rows=rows).axes[0].images[0]
-    expected = [r["hedges_g"] for r in rows if r["summary"] == "spectral_norm"]
+    rows = stats.across_runs(runs, "HC", "SZ", layers=["layer0/kernel"], kinds=["act"],
+                             summaries=["spectral_norm", "sigma_2", "sigma_3"])
+    grid = plot.difference_heatmap(runs, "layer0/kernel", "HC", "SZ", kind="act", max_index=3,
+                                   rows=rows).axes[0].images[0]
+    expected = [r["effect"] for r in rows if r["summary"] == "spectral_norm"]
     np.testing.assert_allclose(np.asarray(grid.get_array())[0], expected)
+    # With the older reference, by name, the cells are Hedges' g.
+    rows = stats.across_runs(runs, "HC", "SZ", layers=["layer0/kernel"], kinds=["act"],
+                             summaries=["spectral_norm", "sigma_2", "sigma_3"], reference="runs", permutations=50)
+    heat = plot.difference_heatmap(runs, "layer0/kernel", "HC", "SZ", kind="act", max_index=3, rows=rows)
+    np.testing.assert_allclose(np.asarray(heat.axes[0].images[0].get_array())[0],
+                               [r["effect"] for r in rows if r["summary"] == "spectral_norm"])
+    assert "Hedges' g" in heat.axes[0].get_title()
     for extension in ("png", "pdf", "svg"):
         path = tmp_path / f"o.{extension}"
         plot.save(plot.overview(runs), path)
         assert path.stat().st_size > 5000
     with pytest.raises(ValueError, match="no recorded step"):
-        plot.overview([simulated_run(tmp_path / "empty.h5", rng, epochs=0)])
+        plot.overview([simulated_run(tmp_path / "empty.h5", rng, labels, epochs=0)])
 
 
 def test_sign_flip_p_is_exact_and_paired(tmp_path):
@@ -154,7 +224,8 @@ def test_sign_flip_p_is_exact_and_paired(tmp_path):
 
 def test_truncated_spectra_refuse_full_spectrum_summaries(tmp_path):
     rng = np.random.default_rng(8)
-    runs = [simulated_run(tmp_path / f"t{i}.h5", rng) for i in range(3)]
+    labels = _population(rng)
+    runs = [simulated_run(tmp_path / f"t{i}.h5", rng, labels) for i in range(3)]
     for run in runs:
         run.attributes["options"] = {"top_k": 2}
     with pytest.raises(ValueError, match="truncated spectrum"):
@@ -164,8 +235,15 @@ def test_truncated_spectra_refuse_full_spectrum_summaries(tmp_path):
 
 def test_unbalanced_groups_and_too_few_blocks_are_said(tmp_path):
     rng = np.random.default_rng(9)
-    run = simulated_run(tmp_path / "u.h5", rng, epochs=1, steps=6)
-    run._counts[:, 1] = 2  # SZ much smaller than HC (8)
-    with pytest.warns(UserWarning, match="differ in size"), pytest.warns(UserWarning, match="no p-value can go below"):
-        rows = stats.within_run(run, "HC", "SZ", block=3)
+    run = simulated_run(tmp_path / "u.h5", rng, _population(rng, fraction=0.2), epochs=1, batch=6)
+    # The older per-step test says what it assumes, and when it cannot reach alpha.
+    with pytest.warns(UserWarning, match="no p-value can go below"):
+        rows = stats.within_run(run, "HC", "SZ", reference="steps", block=3)
     assert rows[0]["n_blocks"] == 2 and rows[0]["smallest_p"] == 0.5
+    assert all("equal group sizes assumed" in r["inference"] for r in rows)
+    # The default test says what it compares against; the summary says how unbalanced the groups are.
+    rows = stats.within_run(run, "HC", "SZ")
+    assert all(r["inference"].startswith("subjects: random groups of the same sizes") for r in rows)
+    counts = run.counts("HC").mean(), run.counts("SZ").mean()
+    lines = report.console_summary([run], [("HC", "SZ")], rows)
+    assert f"(imbalance {counts[0] / counts[1]:.2f}:1)" in lines[1] and counts[0] > 2 * counts[1]

@@ -26,7 +26,7 @@ def runs(tmp_path_factory):
         inputs = keras.Input((6,))
         hidden = keras.layers.Dense(8, activation="relu", name="hidden")(inputs)
         model = ts.AutoSpecModel(inputs=inputs, outputs=keras.layers.Dense(2, name="out")(hidden),
-                                 groups=["HC", "SZ"])
+                                 groups=["HC", "SZ"], null_partitions=20)
         model.compile(optimizer="adam", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
         path = folder / f"seed{seed}.h5"
         model.fit(x, y, groups=groups, batch_size=32, epochs=2, verbose=0,
@@ -54,22 +54,39 @@ def test_compare_across_runs_writes_csv_and_heatmaps(runs, tmp_path, capsys):
     cli.main(["compare", *runs, "-o", str(tmp_path), "--indices", "2", "--permutations", "200"])
     with open(tmp_path / "tests.csv") as f:
         rows = list(csv.DictReader(f))
-    assert {r["test"] for r in rows} == {"across_runs"}
+    assert {r["test"] for r in rows} == {"across_runs_null"}
+    assert {(r["group_a"], r["group_b"]) for r in rows} == {("HC", "SZ")}
     assert {r["layer"] for r in rows} == {"hidden/kernel", "out/kernel"}
+    # The first layer's act is the input data, in a family of its own.
+    assert {(r["layer"], r["kind"]) for r in rows if r["family"] == "input data"} == {("hidden/kernel", "act")}
     act = [r for r in rows if r["kind"] == "act" and r["summary"] == "spectral_norm"]
-    # Inputs scaled by 2 in SZ: Welch (the primary test) finds it in both layers.
-    assert act and all(r["significant"] == "True" and float(r["hedges_g"]) < 0 for r in act)
+    # Inputs scaled by 2 in SZ: beyond random groups of the same sizes, in both layers.
+    assert len(act) == 4 and all(r["significant"] == "True" and float(r["effect"]) < 0 for r in act)
     assert not any(r["summary"] == "sigma_1" for r in rows)
-    assert (tmp_path / "heatmap_hidden_kernel_grad.png").exists()
-    assert "significant at FDR 0.05" in capsys.readouterr().out
+    assert (tmp_path / "heatmap_HC_SZ_hidden_kernel_grad.png").exists()
+    out = capsys.readouterr().out
+    assert "significant at FDR 0.05" in out and "random groups of the same sizes" in out
+    # The older test, by name: Welch between the runs, Hedges' g.
+    cli.main(["compare", *runs, "-o", str(tmp_path / "runs"), "--indices", "0", "--reference", "runs",
+              "--permutations", "200"])
+    with open(tmp_path / "runs" / "tests.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert {r["test"] for r in rows} == {"across_runs_runs"}
+    act = [r for r in rows if r["kind"] == "act" and r["summary"] == "spectral_norm"]
+    assert act and all(r["significant"] == "True" and float(r["effect"]) < 0 for r in act)
+    assert "assume groups of equal size" in capsys.readouterr().out
 
 
 def test_compare_one_run_says_it_tests_within_the_run(runs, tmp_path, capsys):
-    cli.main(["compare", runs[0], "-o", str(tmp_path), "--block", "1"])
+    cli.main(["compare", runs[0], "-o", str(tmp_path)])
     assert "testing HC vs SZ within it" in capsys.readouterr().out
     with open(tmp_path / "tests.csv") as f:
-        assert {r["test"] for r in csv.DictReader(f)} == {"within_run_block_sign_flip"}
+        assert {r["test"] for r in csv.DictReader(f)} == {"within_run_null"}
     assert (tmp_path / "overview.png").stat().st_size > 5000
+    cli.main(["compare", runs[0], "-o", str(tmp_path / "steps"), "--reference", "steps", "--block", "1"])
+    assert "testing HC vs SZ within it" in capsys.readouterr().out
+    with open(tmp_path / "steps" / "tests.csv") as f:
+        assert {r["test"] for r in csv.DictReader(f)} == {"within_run_steps"}
 
 
 def test_report_is_one_self_contained_page(runs, tmp_path):
@@ -77,7 +94,10 @@ def test_report_is_one_self_contained_page(runs, tmp_path):
     cli.main(["report", *runs, "-o", str(page), "--indices", "2", "--permutations", "200"])
     text = page.read_text()
     assert text.count("data:image/png;base64,") >= 4 and "src='http" not in text
-    assert "<tr><td>hidden/kernel</td><td>act</td><td>spectral_norm</td>" in text
+    finding = "<tr><td>HC − SZ</td><td>hidden/kernel</td><td>act</td><td>spectral_norm</td>"
+    assert text.index("<h2>Training</h2>") < text.index("<h2>Input data</h2>") < text.index(finding) \
+        < text.index("<h2>Figures</h2>")
+    assert "Group sizes: HC" in text and "random groups of the same sizes" in text
 
 
 def test_errors_are_clear(runs, tmp_path):
@@ -138,10 +158,18 @@ def test_run_summary_of_a_simulated_dataset(tmp_path, capsys):
     out = capsys.readouterr().out
     assert ("data     simulated_fmri: N = 40, 40×150×53 timecourses [subjects, time, components]\n"
             "         mlp input 40×1378 (FNC features)\n"
-            "target   the groups themselves: classification into 2 classes\n"
-            "groups   HC 20, SZ 20\n"
+            "target   'condition', not the groups: classification into 2 classes\n"
+            "groups   HC 24, SZ 16\n"
             "design   1 fold × 2 seeds = 2 runs; no cross-validation, every run trains on all 40 samples; seeds "
             "re-train on the same samples (new initialisation and batch order)") in out
+    # After the runs, the summary of the comparison: what was compared, against what, what was found.
+    assert ("compared HC vs SZ; 2 runs (1 fold × 2 seeds); seeds re-train on the same subjects" in out
+            and "groups   HC 24, SZ 16 subjects (imbalance 1.50:1)\n"
+            "target   The model predicts condition, not the groups.\n"
+            "tests    Each difference is tested against the same difference between random groups of the same "
+            "sizes" in out)
+    assert out.index("runs done") < out.index("compared HC vs SZ")
+    assert "significant at FDR 0.05" in out
 
 
 def test_run_passes_the_file_options_and_refuses_a_doubtful_layout(tmp_path):

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 import distributed_scenario as scenario
+import tf_autospec as ts
 from tf_autospec import load
 
 SCENARIO = os.path.join(os.path.dirname(__file__), "distributed_scenario.py")
@@ -28,8 +29,8 @@ def _assert_same_spectra(distributed_steps, single_steps):
     kernel and kind."""
     np.testing.assert_array_equal(distributed_steps["step"], single_steps["step"])
     np.testing.assert_array_equal(distributed_steps["counts"], single_steps["counts"])
-    keys = [k for k in single_steps if "|" in k]
-    assert sorted(k for k in distributed_steps if "|" in k) == sorted(keys)
+    keys = [k for k in single_steps if "|" in k and not k.startswith("null:")]
+    assert sorted(k for k in distributed_steps if "|" in k and not k.startswith("null:")) == sorted(keys)
     for key in keys:
         got, want = distributed_steps[key], single_steps[key]  # [steps, groups, width]
         np.testing.assert_array_equal(np.isnan(got), np.isnan(want), err_msg=key)
@@ -37,6 +38,29 @@ def _assert_same_spectra(distributed_steps, single_steps):
         assert np.isnan(want[:, 3]).all() and np.isfinite(want[:, :3, 0]).all(), key
         scale = want[:, :3, :1]
         assert (np.nan_to_num(np.abs(got[:, :3] - want[:, :3])) <= 1e-4 * scale).all(), key
+
+
+def _assert_same_null_spectra(distributed_steps, single_steps, partitions):
+    """The null partitions' spectra ``[steps, P, groups, width]`` as on one device: same
+    counts (those of `tf_autospec.null_partitions`' relabelings, batch by batch) and NaN
+    pattern, values within 1e-4 × σ_max of each step, partition, group, kernel and kind."""
+    counts = single_steps["null_counts"]
+    np.testing.assert_array_equal(distributed_steps["null_counts"], counts)
+    relabeled = ts.null_partitions(scenario.labels(), partitions)[:, 1:]
+    batches = relabeled.reshape(-1, scenario.GLOBAL_BATCH, partitions)  # shuffle=False: batch by batch
+    expected = [[np.bincount(batch[:, p][batch[:, p] >= 0], minlength=len(scenario.GROUPS)) for p in range(partitions)]
+                for batch in batches]
+    np.testing.assert_array_equal(counts, np.concatenate([expected] * scenario.EPOCHS))
+    keys = [k for k in single_steps if k.startswith("null:")]
+    assert keys and sorted(k for k in distributed_steps if k.startswith("null:")) == sorted(keys)
+    for key in keys:
+        got, want = distributed_steps[key], single_steps[key]  # [steps, P, groups, width]
+        assert want.shape[1] == partitions, key
+        np.testing.assert_array_equal(np.isnan(got), np.isnan(want), err_msg=key)
+        # A group of a partition is NaN exactly where it has no sample in the batch.
+        np.testing.assert_array_equal(np.isnan(want[..., 0]), counts == 0, err_msg=key)
+        scale = np.nan_to_num(want[..., :1])
+        assert (np.nan_to_num(np.abs(got - want)) <= 1e-4 * scale).all(), key
 
 
 def test_mirrored_strategy_gives_the_global_batch_spectra(tmp_path):
@@ -48,19 +72,30 @@ def test_mirrored_strategy_gives_the_global_batch_spectra(tmp_path):
     single = dict(np.load(tmp_path / "single.npz"))
     assert list(single["step"]) == [0, 1, 2, 3]  # every step
     assert (single["counts"][:, 2] > 0).all()  # group "c", on one replica only, is recorded
-    _assert_same_spectra(dict(np.load(tmp_path / "mirrored.npz")), single)
-    _assert_exchanges(json.loads((tmp_path / "exchange.json").read_text()))
+    mirrored = dict(np.load(tmp_path / "mirrored.npz"))
+    _assert_same_spectra(mirrored, single)
+    # The null partitions' groups, recorded beside the real ones, also as on one device.
+    _assert_same_null_spectra(mirrored, single, scenario.NULL_PARTITIONS)
+    _assert_exchanges(json.loads((tmp_path / "exchange.json").read_text()),
+                      recorded_groups=len(scenario.GROUPS) * (1 + scenario.NULL_PARTITIONS))
 
 
-def _assert_exchanges(exchange):
-    """Both exchanges ran, each where it moves fewer values (16 samples, 4 groups)."""
-    assert exchange["conv/kernel"] == {"exchange": "sums", "values": 4 * (2 + 18 * 4 + 2 * 18**2 + 2 * 4**2)}
+def _assert_exchanges(exchange, recorded_groups=len(scenario.GROUPS)):
+    """Both exchanges ran, each where it moves fewer values (16 samples; the sums grow with
+    the recorded groups: 4 groups, and 4 × 3 with two null partitions)."""
+    g = recorded_groups
+    assert exchange["conv/kernel"] == {"exchange": "sums", "values": g * (2 + 18 * 4 + 2 * 18**2 + 2 * 4**2)}
     assert exchange["hidden/kernel"] == {"exchange": "rows", "values": 16 * (10 * 10 * 4 + 5)}
-    # An Embedding's AᵀA is diagonal: 20 float64 per group, fewer than 16 × (10 ids + 10 × 4 Δ).
-    assert exchange["embedding/embeddings"] == {"exchange": "sums", "values": 4 * (2 + 20 * 4 + 2 * 20 + 2 * 4**2)}
-    assert exchange["lstm/lstm_cell/kernel"]["exchange"] == "sums"
     assert exchange["lstm/lstm_cell/recurrent_kernel"]["exchange"] == "sums"
     assert exchange["out/kernel"]["exchange"] == "rows"
+    if g == len(scenario.GROUPS):
+        # An Embedding's AᵀA is diagonal: 20 float64 per group, fewer than 16 × (10 ids + 10 × 4 Δ).
+        assert exchange["embedding/embeddings"] == {"exchange": "sums", "values": g * (2 + 20 * 4 + 2 * 20 + 2 * 4**2)}
+        assert exchange["lstm/lstm_cell/kernel"]["exchange"] == "sums"
+    else:
+        # With 12 recorded groups, the rows of 16 samples are fewer values than the sums.
+        assert exchange["embedding/embeddings"] == {"exchange": "rows", "values": 16 * (10 + 10 * 4)}
+        assert exchange["lstm/lstm_cell/kernel"] == {"exchange": "rows", "values": 16 * 10 * (4 + 12)}
 
 
 def _free_port():

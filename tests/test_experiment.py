@@ -76,7 +76,12 @@ def test_autospec_run_writes_one_file_per_fold_and_seed_and_the_analysis(tmp_pat
     with open(tmp_path / "analysis" / "tests.csv") as f:
         rows = list(csv.DictReader(f))
     assert rows and {r["layer"] for r in rows} == set(runs[0].layers)
-    for path in ("report.html", "figures/overview.png", "analysis/overview.png", "analysis/heatmap_conv2d_kernel_grad.png"):
+    # Every run records the null partitions (default 20), the reference of the default tests.
+    assert all(r.null_partitions == 20 for r in runs)
+    assert {r["test"] for r in rows} == {"across_runs_null"} and {(r["group_a"], r["group_b"]) for r in rows} == {
+        ("digit 0", "digit 1")}
+    for path in ("report.html", "figures/overview.png", "analysis/overview.png",
+                 "analysis/heatmap_digit_0_digit_1_conv2d_kernel_grad.png"):
         assert (tmp_path / path).stat().st_size > 1000
     page = (tmp_path / "report.html").read_text()
     drawn = os.listdir(tmp_path / "figures") + [n for n in os.listdir(tmp_path / "analysis") if n.startswith("heatmap")]

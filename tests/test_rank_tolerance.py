@@ -164,10 +164,13 @@ def test_distributed_row_sums_and_rows_give_exact_zeros(tmp_path):
 
 def _run_with_zero_sigma_2(path, rng, **options):
     """A simulated run of two singular values per spectrum whose layer0 σ_2 is 0 in both
-    groups at every step, as a rank-1 gradient now stores it."""
-    run = simulated_run(path, rng, width=2, **options)
+    groups, and in every null partition's groups, at every step, as a rank-1 spectrum now
+    stores it."""
+    labels = np.repeat([0, 1], 20)
+    run = simulated_run(path, rng, labels, width=2, **options)
     with h5py.File(path, "r+") as f:
-        f["kernels/layer0/kernel/grad"][:, :, 1] = 0.0
+        f["kernels/layer0/kernel/act"][:, :, 1] = 0.0
+        f["null/layer0/kernel/act"][..., 1] = 0.0
     return run
 
 
@@ -176,29 +179,35 @@ def test_sign_flip_of_all_zero_differences_is_not_a_test():
     assert stats.sign_flip_p(np.r_[np.zeros(5), 1.0], 1000, np.random.default_rng(0)) == pytest.approx(1.0)
 
 
-def test_across_runs_does_not_test_all_zero_values(tmp_path):
+@pytest.mark.parametrize("reference, untested", [
+    ("null", ("p_value", "q_value", "effect")),
+    ("runs", ("p_value", "p_permutation", "q_value", "q_permutation", "effect")),
+])
+def test_across_runs_does_not_test_all_zero_values(tmp_path, reference, untested):
     rng = np.random.default_rng(4)
     runs = [_run_with_zero_sigma_2(tmp_path / f"r{i}.h5", rng, shift=2.0, shift_layer="layer1/kernel")
             for i in range(4)]
-    rows = stats.across_runs(runs, "HC", "SZ", summaries=("sigma_1", "sigma_2"), permutations=100)
+    rows = stats.across_runs(runs, "HC", "SZ", summaries=("sigma_1", "sigma_2"), reference=reference,
+                             permutations=100)
     zero = [r for r in rows if r["layer"] == "layer0/kernel" and r["summary"] == "sigma_2"]
     assert len(zero) == 3  # one per epoch
     for row in zero:
         assert row["mean_a"] == row["mean_b"] == 0.0
-        for column in ("p_welch", "p_permutation", "q_welch", "q_permutation", "hedges_g"):
+        for column in untested:
             assert np.isnan(row[column]), column
         assert not row["significant"]
     tested = [r for r in rows if r not in zero]
     assert any(r["significant"] for r in tested)  # the planted difference
     # The BH family is the tested rows only.
-    for column in ("welch", "permutation"):
-        q = stats.benjamini_hochberg([r[f"p_{column}"] for r in tested])
-        np.testing.assert_allclose([r[f"q_{column}"] for r in tested], q)
+    for column in [c for c in untested if c.startswith("p_")]:
+        q = stats.benjamini_hochberg([r[column] for r in tested])
+        np.testing.assert_allclose([r[column.replace("p_", "q_", 1)] for r in tested], q)
 
 
-def test_within_run_does_not_test_all_zero_values(tmp_path):
-    run = _run_with_zero_sigma_2(tmp_path / "w.h5", np.random.default_rng(5), epochs=4, steps=20)
-    rows = stats.within_run(run, "HC", "SZ", summaries=("sigma_1", "sigma_2"), block=5)
+@pytest.mark.parametrize("reference", ["null", "steps"])
+def test_within_run_does_not_test_all_zero_values(tmp_path, reference):
+    run = _run_with_zero_sigma_2(tmp_path / "w.h5", np.random.default_rng(5), epochs=20, batch=8)
+    rows = stats.within_run(run, "HC", "SZ", summaries=("sigma_1", "sigma_2"), reference=reference, block=5)
     zero = next(r for r in rows if r["layer"] == "layer0/kernel" and r["summary"] == "sigma_2")
     assert zero["difference"] == 0.0 and np.isnan(zero["p_value"]) and np.isnan(zero["q_value"])
     assert not zero["significant"]

@@ -50,12 +50,13 @@ class Keep(keras.callbacks.Callback):
 
 def test_round_trip_holds_every_step_exactly(tmp_path):
     path = tmp_path / "run.h5"
-    model, keep = _model(), Keep()
+    model, keep = _model(null_partitions=2), Keep()
     x, y, labels = _data()
     model.fit(x, y, groups=labels, batch_size=16, epochs=2, verbose=0,
               validation_data=({"x": x, "group": labels}, y),
               callbacks=[keep, ts.AutoSpecCallback(path, metadata={"fold": 3, "site": "NM"})])
     run = ts.load(path)
+    assert run.null_partitions == 2
     assert run.groups == tuple(GROUPS) and run.kinds == ts.KINDS
     assert run.layers == ["hidden/kernel", "out/kernel"]
     assert len(run) == 6
@@ -69,13 +70,18 @@ def test_round_trip_holds_every_step_exactly(tmp_path):
             for g, group in enumerate(GROUPS):
                 expected = np.stack([s.spectra[(layer, kind)][g] for s in keep.steps])
                 np.testing.assert_array_equal(run.spectrum(layer, kind, group), expected)
+                # The null partitions' spectra [steps, P, width], as recorded.
+                np.testing.assert_array_equal(run.null_spectrum(layer, kind, group),
+                                              np.stack([s.null_spectra[(layer, kind)][:, g] for s in keep.steps]))
     np.testing.assert_array_equal(run.counts("SZ"), [s.counts[1] for s in keep.steps])
+    np.testing.assert_array_equal(run.null_counts("SZ"), [s.null_counts[:, 1] for s in keep.steps])
+    assert np.all(run.null_counts("absent") == 0) and run.null_counts("HC").shape == (6, 2)
     assert np.all(run.counts("absent") == 0) and np.all(np.isnan(run.spectrum("out/kernel", "grad", "absent")))
     assert run.metadata == {"fold": 3, "site": "NM"}
     assert run.attributes["tensorflow_version"] == tf.__version__
     assert run.attributes["keras_version"] == keras.__version__
     assert run.attributes["options"] == {"layers": None, "kinds": list(ts.KINDS), "top_k": None, "randomized": False,
-                                        "every_n_steps": 1}
+                                        "every_n_steps": 1, "null_partitions": 2}
     assert run.attributes["model_config"]["class_name"]
     assert run.kernel_info["hidden/kernel"]["fan_in"] == 6 and run.kernel_info["hidden/kernel"]["rank_bound"] == 6
     assert [e["val_loss"] > 0 for e in run.epochs["logs"]] == [True, True]

@@ -101,7 +101,11 @@ class GlobalBatch:
     def gather(self, tensors):
         """Each per-sample tensor of this replica, concatenated with the others' (the
         order of the labels in `grouping`)."""
-        return [self.replicas.all_gather(_placed(tensor), axis=0) for tensor in tensors]
+        # all_gather may lose the per-sample dimensions' static sizes, which the factors need.
+        return [
+            tf.ensure_shape(self.replicas.all_gather(_placed(tensor), axis=0), [None, *tensor.shape[1:]])
+            for tensor in tensors
+        ]
 
     def gather_once(self, key, tensors):
         """`gather`, done once per ``key`` in a step (an LSTM's two kernels share ``Δ``)."""

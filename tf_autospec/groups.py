@@ -166,7 +166,7 @@ def null_partitions(labels, partitions, seed=0, subjects=None):
     mixed = np.flatnonzero(per_subject[inverse] != labels)
     if mixed.size:
         raise ValueError(
-            f"Subject {ids[mixed[0]]!r} has samples in different groups; a subject belongs to "
+            f"Subject {str(ids[mixed[0]])!r} has samples in different groups; a subject belongs to "
             "one group (or to none, -1) in all its samples."
         )
     grouped = np.flatnonzero(per_subject >= 0)

@@ -254,6 +254,21 @@ def _check_reference(runs, reference, allowed):
         )
 
 
+def _warn_if_unbalanced(runs, pairs, reference):
+    """The older references assume groups of equal size: say so when they are not."""
+    if reference == "null":
+        return
+    for a, b in pairs:
+        mean_a = np.mean([np.mean(run.counts(a)) for run in runs])
+        mean_b = np.mean([np.mean(run.counts(b)) for run in runs])
+        if max(mean_a, mean_b) > 1.2 * min(mean_a, mean_b):
+            warnings.warn(
+                f"Groups differ in size ({a}: {mean_a:.1f}, {b}: {mean_b:.1f} samples per step on average), "
+                f"and reference={reference!r} assumes equal sizes: size alone changes spectra, even per sample. "
+                "Record null partitions and use the default reference."
+            )
+
+
 def _inference(reference):
     return {
         "null": "subjects: random groups of the same sizes from the same subjects",
@@ -293,6 +308,7 @@ def within_run(run, group_a=None, group_b=None, layers=None, kinds=None, summari
     _check_not_empty(run)
     pairs = group_pairs(run, group_a, group_b)
     _check_reference([run], reference, ("null", "steps"))
+    _warn_if_unbalanced([run], pairs, reference)
     layers, kinds = _selection(run, layers, kinds)
     step_numbers = run.records["step"]
     window = np.ones(len(run), bool)
@@ -411,6 +427,7 @@ def across_runs(runs, group_a=None, group_b=None, layers=None, kinds=None, summa
     _check_comparable(runs)
     pairs = group_pairs(runs[0], group_a, group_b)
     _check_reference(runs, reference, ("null", "runs"))
+    _warn_if_unbalanced(runs, pairs, reference)
     layers, kinds = _selection(runs[0], layers, kinds)
     rng = np.random.default_rng(seed)
     # Singular-value indices past a spectrum's width do not exist for that layer and kind.
