@@ -191,7 +191,7 @@ def test_the_first_kernels_act_is_the_input_data_family(tmp_path):
 
 
 def test_groups_that_follow_the_target_are_recognised():
-    from tf_autospec.experiment import groups_follow_the_target
+    from tf_autospec.groups import follows_the_target as groups_follow_the_target
 
     digits = np.array([0, 1, 2, 3, 4, 0, 1, 2])
     as_groups = np.where(digits < 2, digits, -1)  # digits 0 and 1 as groups, the others in none

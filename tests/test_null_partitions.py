@@ -144,3 +144,75 @@ def test_labels_with_the_wrong_number_of_columns_are_refused_clearly():
     np.testing.assert_array_equal(drawn.last_spectra.null_counts, given.last_spectra.null_counts)
     for key, values in given.last_spectra.null_spectra.items():
         np.testing.assert_allclose(drawn.last_spectra.null_spectra[key], values, rtol=1e-6, err_msg=str(key))
+
+
+def _run(tmp_path, name, groups, x=None, y=None):
+    """A short recorded run of the test model; returns it loaded."""
+    keras.backend.clear_session()
+    x_default, y_default = _data()
+    model = _model(null_partitions=5)
+    path = tmp_path / f"{name}.h5"
+    model.fit(x_default if x is None else x, y_default if y is None else y, groups=groups, batch_size=N,
+              epochs=2, verbose=0, callbacks=[ts.AutoSpecCallback(path)])
+    return ts.load(path)
+
+
+def test_runs_with_other_random_groups_are_not_compared(tmp_path):
+    # Partitions drawn by fit from different samples (folds made by hand) are different
+    # random groups: their comparison gave 8 of 12 "significant" tests on null data.
+    labels = np.array([0, 1, 2] * (N // 3) + [0] * (N % 3))
+    same = [_run(tmp_path, f"seed{i}", labels) for i in range(2)]
+    assert same[0].attributes["null_partitions_origin"]["given"] is False
+    ts.stats.across_runs(same)  # the same arrays: the same partitions
+    other_sample = _run(tmp_path, "fold", labels[::-1].copy())
+    with pytest.raises(ValueError, match="not the same random groups.*drew theirs in fit from different samples"):
+        ts.stats.across_runs([same[0], other_sample])
+    given = _run(tmp_path, "given", groups_module.null_partitions(labels, 5, seed=7))
+    assert given.attributes["null_partitions_origin"] == {"given": True}
+    with pytest.raises(ValueError, match="the others were given them"):
+        ts.stats.across_runs([same[0], given])
+    fewer_path = tmp_path / "fewer.h5"
+    keras.backend.clear_session()
+    fewer = _model(null_partitions=6)
+    fewer.fit(*_data(), groups=labels, batch_size=N, epochs=1, verbose=0, callbacks=[ts.AutoSpecCallback(fewer_path)])
+    with pytest.raises(ValueError, match="different numbers of null partitions"):
+        ts.stats.across_runs([same[0], ts.load(fewer_path)])
+
+
+def test_partitions_are_never_drawn_from_one_batch():
+    # A subject's random group would change from batch to batch.
+    x, y = _data()
+    model = _model()
+
+    class Batches(keras.utils.PyDataset):
+        def __len__(self):
+            return 2
+
+        def __getitem__(self, index):
+            part = slice(index * 7, (index + 1) * 7)
+            return {"x": x[part], "group": LABELS[part]}, y[part]
+
+    with pytest.raises(ValueError, match="null partitions, so its group labels need 1 \\+ 3 columns"):
+        model.fit(Batches(), epochs=1, verbose=0)
+    with pytest.raises(ValueError, match="1 \\+ 3 columns"):
+        model.train_on_batch({"x": x, "group": LABELS}, y)
+    model.train_on_batch({"x": x, "group": groups_module.null_partitions(LABELS, PARTITIONS)}, y)
+
+
+def test_groups_that_are_the_target_are_recorded_and_claim_nothing(tmp_path):
+    x, _ = _data()
+    classes = np.array([0, 1] * (N // 2))
+    runs = []
+    for seed in range(2):
+        keras.backend.clear_session()
+        inputs = keras.Input((5,))
+        model = ts.AutoSpecModel(inputs=inputs, outputs=keras.layers.Dense(2)(inputs), groups=("c0", "c1"),
+                                 null_partitions=5)
+        model.compile(optimizer="sgd", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        path = tmp_path / f"target{seed}.h5"
+        model.fit(x, classes, groups=classes, batch_size=N, epochs=2, verbose=0, callbacks=[ts.AutoSpecCallback(path)])
+        runs.append(ts.load(path))
+    assert runs[0].attributes["target_is_group"] is True
+    rows = ts.stats.across_runs(runs)
+    assert rows and not any(r["significant"] for r in rows)
+    assert all(r["inference"].startswith("none: the groups are the prediction target") for r in rows)

@@ -337,6 +337,8 @@ class AutoSpecCallback(keras.callbacks.Callback):
             "tensorflow_version": tf.__version__,
             "keras_version": keras.__version__,
             "options": _options(self.model),
+            "null_partitions_origin": self.model.null_partitions_origin,
+            "target_is_group": self.model.target_is_group,
             "model_config": _model_config(self.model),
             "metadata": self.metadata,
             "created": _now(),

@@ -217,21 +217,6 @@ def _count(k, noun):
     return f"{k} {noun}{'s' if k != 1 else ''}"
 
 
-def groups_follow_the_target(y, labels):
-    """Whether the groups are the classes the model is taught, or one follows from the
-    other: no class is shared by two groups (digits as groups), or each group holds one
-    class (the diagnosis predicted). Their gradients then differ by construction.
-
-    Args:
-        y: int class per sample.
-        labels: group index per sample (``-1``: in no group, left out).
-    """
-    grouped = labels >= 0
-    pairs = set(zip(np.asarray(y)[grouped].tolist(), labels[grouped].tolist()))
-    classes, groups = [c for c, _ in pairs], [g for _, g in pairs]
-    return len(set(classes)) == len(classes) or len(set(groups)) == len(groups)
-
-
 def _target_name(task, info):
     if task == "autoencoding":
         return "the inputs (autoencoding)"
@@ -302,7 +287,7 @@ def run_experiment(experiment, output, overwrite=False, verbose=1, progress=None
     # Drawn once, before the folds: every run sees the same random groups of the same subjects.
     partitioned = ts.null_partitions(labels, experiment.null_partitions)
     options = {**experiment.autospec_options, "null_partitions": experiment.null_partitions}
-    target_is_group = task == "classification" and groups_follow_the_target(y, labels)
+    target_is_group = task == "classification" and bool(ts.groups.follows_the_target(y, labels))
     if summary:
         summary(data_summary(experiment, dataset, x, y, labels, group_names, task, fold_of))
     runs = [(fold, seed) for fold in range(experiment.folds) for seed in range(experiment.seeds)]
@@ -328,7 +313,8 @@ def run_experiment(experiment, output, overwrite=False, verbose=1, progress=None
                         dataset_options=json.dumps(experiment.dataset_options, default=str),
                         data=json.dumps(_json_safe(dataset.info)), target=_target_name(task, dataset.info),
                         target_is_group=bool(target_is_group),
-                        group_sizes={g: int(np.sum(labels[train] == k)) for k, g in enumerate(group_names)})
+                        group_sizes={g: int(np.sum(labels[train] == k)) for k, g in enumerate(group_names)},
+                        group_sizes_all={g: int(np.sum(labels == k)) for k, g in enumerate(group_names)})
         if verbose:
             print(f"\nRun {done + 1}/{len(runs)}: {experiment.model} on {experiment.dataset}, "
                   f"fold {fold + 1}/{experiment.folds}, seed {seed}")

@@ -180,6 +180,30 @@ def null_partitions(labels, partitions, seed=0, subjects=None):
     return out
 
 
+def follows_the_target(y, labels):
+    """Whether the groups are the classes the model is taught, or one follows from the
+    other: no class is shared by two groups (digits as groups), or each group holds one
+    class (the diagnosis predicted). Their gradients then differ by construction.
+
+    Args:
+        y: class per sample (ints, or one-hot rows).
+        labels: group index per sample (``-1``: in no group, left out).
+
+    Returns:
+        bool, or ``None`` when ``y`` is not classes (regression targets).
+    """
+    y = np.asarray(y)
+    if y.ndim == 2 and y.shape[1] > 1 and np.all((y == 0) | (y == 1)):
+        y = y.argmax(axis=1)
+    y = y.reshape(len(y), -1)[:, 0] if y.ndim == 2 and y.shape[1] == 1 else y
+    if y.ndim != 1 or not (y.dtype.kind in "iub" or np.all(y == np.round(y))):
+        return None
+    grouped = labels >= 0
+    pairs = set(zip(y[grouped].tolist(), labels[grouped].tolist()))
+    classes, groups = [c for c, _ in pairs], [g for _, g in pairs]
+    return len(set(classes)) == len(classes) or len(set(groups)) == len(groups)
+
+
 def partitions_error(columns, partitions):
     """The error for labels whose columns do not match the model's null partitions."""
     if partitions == 0:

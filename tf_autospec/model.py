@@ -2,6 +2,7 @@
 
 import contextlib
 import functools
+import hashlib
 import warnings
 
 import keras
@@ -238,6 +239,8 @@ class AutoSpecModel(keras.Model):
         self.autospec_null_partitions = int(null_partitions)
         self._spectra_state = None
         self.input_kernels = frozenset()
+        self.null_partitions_origin = None
+        self.target_is_group = None
         self._batch_size_hint = None
         self._exchanges = {}
 
@@ -278,16 +281,37 @@ class AutoSpecModel(keras.Model):
             raise groups_module.partitions_error(columns, self.autospec_null_partitions)
         return labels
 
-    def _indices(self, labels):
-        """Labels (NumPy side) as int32 indices, with this model's null partitions."""
+    def _indices(self, labels, draw=True):
+        """Labels (NumPy side) as int32 indices, with this model's null partitions: drawn
+        here from one label per sample when ``draw`` (the arrays of one fit hold every
+        sample), else they must be given."""
         indices = groups_module.labels_to_indices(labels, self.groups)
         partitions = self.autospec_null_partitions
-        if partitions and indices.ndim == 1:
+        if partitions and indices.ndim == 1 and draw:
             return groups_module.null_partitions(indices, partitions)
         columns = 1 if indices.ndim == 1 else indices.shape[1]
         if columns != 1 + partitions:
             raise groups_module.partitions_error(columns, partitions)
         return indices
+
+    def _note_training_labels(self, x, y, given_partitions):
+        """Remembers, for the run file, where this fit's null partitions come from and
+        whether the groups follow the target (`tf_autospec.stats` uses both)."""
+        labels = x.get(groups_module.GROUP_KEY) if isinstance(x, dict) else None
+        arrays = isinstance(labels, np.ndarray)
+        columns = labels.reshape(len(labels), -1) if arrays else None
+        if not self.autospec_null_partitions:
+            self.null_partitions_origin = None
+        elif not arrays or given_partitions:  # with the labels: nothing to check them against
+            self.null_partitions_origin = {"given": True}
+        else:
+            fingerprint = hashlib.sha1(np.ascontiguousarray(columns, dtype=np.int32).tobytes()).hexdigest()
+            self.null_partitions_origin = {"given": False, "samples": len(labels), "fingerprint": fingerprint}
+        if not arrays:
+            self.target_is_group = None
+            return
+        self.target_is_group = None if y is None or isinstance(y, (dict, list, tuple)) else \
+            groups_module.follows_the_target(y, columns[:, 0])
 
     def _attach_groups(self, x, labels):
         if isinstance(x, (tf.data.Dataset, keras.utils.PyDataset)) or _is_iterator(x):
@@ -312,7 +336,7 @@ class AutoSpecModel(keras.Model):
             return {**x, groups_module.GROUP_KEY: indices}
         return {"x": x, groups_module.GROUP_KEY: indices}
 
-    def _with_indices(self, x, groups=None, required=False):
+    def _with_indices(self, x, groups=None, required=False, draw=True):
         """The inputs of any Keras entry point with their group labels as int32 indices.
 
         Labels given as ``groups=`` or as the ``"group"`` entry of arrays are converted here
@@ -325,6 +349,9 @@ class AutoSpecModel(keras.Model):
             x: the inputs, as given to ``fit``, ``evaluate``, ``predict`` or ``*_on_batch``.
             groups: labels given as an argument, or ``None``.
             required: whether labels must be present (training).
+            draw: whether null partitions may be drawn from these labels (not from one
+                batch of a PyDataset or generator: a subject's label in a partition
+                would change from batch to batch).
         """
         if groups is not None:
             return self._attach_groups(x, groups)
@@ -338,7 +365,7 @@ class AutoSpecModel(keras.Model):
             return x
         groups_module.check_group_entry(x, self.groups, required, self._input_names())
         if isinstance(x, dict) and groups_module.GROUP_KEY in x:
-            return {**x, groups_module.GROUP_KEY: self._indices(x[groups_module.GROUP_KEY])}
+            return {**x, groups_module.GROUP_KEY: self._indices(x[groups_module.GROUP_KEY], draw=draw)}
         return x
 
     def _input_names(self):
@@ -348,8 +375,8 @@ class AutoSpecModel(keras.Model):
         """One batch ``x`` or ``(x, y[, sample_weight])`` of a PyDataset or generator, its
         labels converted (`_with_indices`)."""
         if isinstance(batch, tuple):
-            return (self._with_indices(batch[0], required=required),) + batch[1:]
-        return self._with_indices(batch, required=required)
+            return (self._with_indices(batch[0], required=required, draw=False),) + batch[1:]
+        return self._with_indices(batch, required=required, draw=False)
 
     def fit(self, x=None, y=None, *args, groups=None, validation_data=None, **kwargs):
         """`keras.Model.fit`, plus ``groups``: one group label per sample of ``x``.
@@ -358,7 +385,10 @@ class AutoSpecModel(keras.Model):
         pipelines, PyDatasets and generators use). ``validation_data`` may carry the same
         entry. Labels are indices ``0..G-1`` (``-1`` = in no group) or the group names.
         """
+        given = groups if groups is not None else x.get(groups_module.GROUP_KEY) if isinstance(x, dict) else None
+        given_partitions = np.ndim(given) == 2 and np.shape(given)[1] > 1
         x = self._with_indices(x, groups, required=True)
+        self._note_training_labels(x, y, given_partitions)
         x, first_batch = _peeked(x)
         if validation_data is not None:
             validation_data = self._validation_with_indices(validation_data)
@@ -384,8 +414,9 @@ class AutoSpecModel(keras.Model):
         return super().predict(self._with_indices(x), *args, **kwargs)
 
     def train_on_batch(self, x, y=None, *args, **kwargs):
-        """`keras.Model.train_on_batch`, recording the step's spectra (labels as in ``fit``)."""
-        x = self._with_indices(x, required=True)
+        """`keras.Model.train_on_batch`, recording the step's spectra (labels as in ``fit``;
+        with null partitions, the labels carry them: one batch is not the whole dataset)."""
+        x = self._with_indices(x, required=True, draw=False)
         self._build_from_sample(x)
         return super().train_on_batch(x, y, *args, **kwargs)
 

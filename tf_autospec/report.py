@@ -33,11 +33,16 @@ def design(runs):
 
 
 def group_sizes(runs):
-    """``{group: subjects}`` as the experiment recorded them (training subjects of the first
-    run), or the mean samples per recorded step when the runs do not say."""
-    recorded = _metadata(runs, "group_sizes")
+    """``({group: subjects}, unit)`` as the experiment recorded them (the training subjects
+    of the first run, and in all), or the mean samples per recorded step when the runs do
+    not say."""
+    recorded, total = _metadata(runs, "group_sizes"), _metadata(runs, "group_sizes_all")
     if recorded:
-        return {group: recorded[0].get(group) for group in runs[0].groups}, "subjects"
+        sizes = {group: recorded[0].get(group) for group in runs[0].groups}
+        if total and total[0] != recorded[0]:
+            every = ", ".join(f"{g} {total[0].get(g)}" for g in runs[0].groups)
+            return sizes, f"subjects per training set ({every} in all)"
+        return sizes, "subjects"
     return {group: float(np.mean([np.mean(run.counts(group)) for run in runs])) for group in runs[0].groups}, \
         "samples per step (mean)"
 
@@ -50,7 +55,7 @@ def imbalance(sizes):
 
 def target_statement(runs):
     """What the model predicts, and what that means for the comparison."""
-    if any(_metadata(runs, "target_is_group")):
+    if stats.target_follows_groups(runs):
         return ("The groups are the prediction target: the loss pulls each class towards its own label, so "
                 "their gradients differ by construction, most of all near the output. A difference then says "
                 "how the model learns the classes, not that the groups differ otherwise; random groups of the "
@@ -63,6 +68,10 @@ def target_statement(runs):
 
 def inference_statement(rows):
     references = {row["test"].rsplit("_", 1)[-1] for row in rows}
+    if rows and rows[0]["inference"].startswith("none"):
+        withheld = sum(bool(np.isfinite(r["q_value"]) and r["q_value"] <= 0.05) for r in rows)
+        return (f"No finding is claimed: the groups are the prediction target ({withheld} tests would pass "
+                "q ≤ 0.05 against random groups, which mix the classes; tests.csv has them).")
     if references == {"null"}:
         return ("Each difference is tested against the same difference between random groups of the same sizes "
                 "drawn from the same subjects (the runs' null partitions): group size alone cannot make a "
@@ -207,7 +216,10 @@ def write(path, runs, pairs, rows, sections):
                  "random groups of the same sizes, in SDs of its chance variation (z), or Hedges' g for the older "
                  "tests; positive when the first group is larger. q: Benjamini–Hochberg, within the family. "
                  "Every test is in tests.csv.</p>")
-    parts.append("<h2>Figures</h2>" + "".join(
+    parts.append("<h2>Figures</h2><p class='note'>Lines: the median over the runs; bands: the 25th to 75th "
+                 "percentiles. Spectra per sample (grad divided by the group's samples, act and delta by their "
+                 "square root). Groups of different sizes differ in these curves by size alone; the tests above "
+                 "compare each difference with random groups of the same sizes.</p>" + "".join(
         f"<h3>{html.escape(title)}</h3><img alt='{html.escape(title)}' src='data:image/png;base64,{image}'>"
         for title, image in sections))
     parts.append("<h2>Runs</h2>" + _runs_table(runs))

@@ -240,7 +240,14 @@ def _check_reference(runs, reference, allowed):
         raise ValueError(f"reference must be one of {allowed}; received {reference!r}.")
     if reference != "null":
         return
-    partitions = min(run.null_partitions for run in runs)
+    counts = {run.path: run.null_partitions for run in runs}
+    if len(set(counts.values())) > 1:
+        raise ValueError(
+            f"The runs hold different numbers of null partitions ({counts}); compare runs recorded "
+            "with the same null partitions (drawn once for the whole dataset)."
+        )
+    _check_same_partitions(runs)
+    partitions = min(counts.values())
     if partitions < MINIMUM_NULL_PARTITIONS:
         other = [r for r in allowed if r != "null"][0]
         raise ValueError(
@@ -267,6 +274,30 @@ def _warn_if_unbalanced(runs, pairs, reference):
                 f"and reference={reference!r} assumes equal sizes: size alone changes spectra, even per sample. "
                 "Record null partitions and use the default reference."
             )
+
+
+def _check_same_partitions(runs):
+    """Refuses runs whose null partitions cannot be the same random groups: drawn by
+    ``fit`` from different samples (folds made by hand, other data), or drawn in some runs
+    and given in others. Partitions given with the labels cannot be checked here."""
+    origins = {run.path: run.attributes.get("null_partitions_origin") for run in runs}
+    known = {path: origin for path, origin in origins.items() if origin}
+    drawn = {path: origin["fingerprint"] for path, origin in known.items() if not origin.get("given")}
+    if drawn and (len(set(drawn.values())) > 1 or len(drawn) < len(known)):
+        raise ValueError(
+            f"The runs' null partitions are not the same random groups: {sorted(drawn)} drew theirs in fit "
+            f"from {'different samples' if len(set(drawn.values())) > 1 else 'their own labels'}"
+            f"{'' if len(drawn) == len(known) else ', the others were given them'}. Comparing them would "
+            "compare different random groups. Draw them once for the whole dataset, "
+            "partitions = tf_autospec.null_partitions(labels, P, subjects=ids), and give each run (fold) its "
+            "rows: fit(x[train], y[train], groups=partitions[train])."
+        )
+
+
+def target_follows_groups(runs):
+    """Whether any run says that its groups follow the prediction target (``fit`` and
+    `autospec run` record it)."""
+    return any(run.metadata.get("target_is_group") or run.attributes.get("target_is_group") for run in runs)
 
 
 def _inference(reference):
@@ -361,7 +392,7 @@ def _withhold_when_target(rows, runs):
     ``target_is_group``, which `autospec run` writes): the loss pulls each class towards
     its own label, so the groups' gradients differ by construction, and random groups,
     which mix the classes, are no reference for that."""
-    if any(run.metadata.get("target_is_group") for run in runs):
+    if target_follows_groups(runs):
         for row in rows:
             row["inference"] = "none: the groups are the prediction target (differences by construction)"
             row["significant"] = False
