@@ -14,6 +14,7 @@ import os
 import numpy as np
 
 from tf_autospec import data as datasets
+from tf_autospec.groups import follows_the_target
 from tf_autospec.data.files import KIND_AXES
 
 DATASETS = ("simulated_fmri", "sinusoids", "mnist", "digits", "files")
@@ -194,7 +195,11 @@ def data_summary(experiment, dataset, x, y, labels, group_names, task, fold_of):
         lines.append(f"target   {name}, regression ({values} per sample)")
     elif np.array_equal(y, labels):
         lines.append(f"target   the groups themselves{f' ({name})' if 'target' in info else ''}: "
-                     f"classification into {len(group_names)} classes")
+                     f"classification into {len(group_names)} classes; their gradients differ by construction, "
+                     "so no finding will be claimed")
+    elif follows_the_target(y, labels):
+        lines.append(f"target   {name}, classification into {int(y.max()) + 1} classes, and the groups follow "
+                     "from it; their gradients differ by construction, so no finding will be claimed")
     else:
         lines.append(f"target   {name}, not the groups: classification into {int(y.max()) + 1} classes")
     sizes = ", ".join(f"{group} {int((labels == k).sum())}" for k, group in enumerate(group_names))
@@ -287,7 +292,7 @@ def run_experiment(experiment, output, overwrite=False, verbose=1, progress=None
     # Drawn once, before the folds: every run sees the same random groups of the same subjects.
     partitioned = ts.null_partitions(labels, experiment.null_partitions)
     options = {**experiment.autospec_options, "null_partitions": experiment.null_partitions}
-    target_is_group = task == "classification" and bool(ts.groups.follows_the_target(y, labels))
+    target_is_group = task == "classification" and bool(follows_the_target(y, labels))
     if summary:
         summary(data_summary(experiment, dataset, x, y, labels, group_names, task, fold_of))
     runs = [(fold, seed) for fold in range(experiment.folds) for seed in range(experiment.seeds)]
