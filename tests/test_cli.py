@@ -144,7 +144,8 @@ def test_run_says_what_it_trains_on_before_training(tmp_path, capsys):
                "transposed to [subjects, time, components]",
                "         subjects matched by ID ('subj_ids')",
                "         mlp input 24×15 (FNC features)",
-               "target   the groups themselves ('diagnosis'): classification into 2 classes",
+               "target   the groups themselves ('diagnosis'): classification into 2 classes; their gradients "
+               "differ by construction, so no finding will be claimed",
                "groups   SZ 12, HC 12",
                "design   2 folds × 1 seed = 2 runs; folds vary the training samples (12 per fold, the rest "
                "validate); seeds re-train on the same samples (new initialisation and batch order)"]
