@@ -65,7 +65,7 @@ def test_compare_across_runs_writes_csv_and_heatmaps(runs, tmp_path, capsys):
     assert not any(r["summary"] == "sigma_1" for r in rows)
     assert (tmp_path / "heatmap_HC_SZ_hidden_kernel_grad.png").exists()
     out = capsys.readouterr().out
-    assert "significant at FDR 0.05" in out and "random groups of the same sizes" in out
+    assert "significant at FDR 0.025" in out and "random groups of the same sizes" in out
     # The older test, by name: Welch between the runs, Hedges' g.
     cli.main(["compare", *runs, "-o", str(tmp_path / "runs"), "--indices", "0", "--reference", "runs",
               "--permutations", "200"])
@@ -170,7 +170,7 @@ def test_run_summary_of_a_simulated_dataset(tmp_path, capsys):
             "tests    Each difference is tested against the same difference between random groups of the same "
             "sizes" in out)
     assert out.index("runs done") < out.index("compared HC vs SZ")
-    assert "significant at FDR 0.05" in out
+    assert "significant at FDR 0.025" in out
 
 
 def test_run_passes_the_file_options_and_refuses_a_doubtful_layout(tmp_path):

@@ -133,13 +133,18 @@ def console_summary(runs, pairs, rows):
             tested = sum(np.isfinite(r["p_value"]) for r in members)
             found = sum(r["significant"] for r in members)
             lines.append(f"{name:8} {len(members)} tests ({tested} with values to compare), {found} significant "
-                         "at FDR 0.05")
+                         f"at FDR {_family_level(rows):g}")
     top = findings(rows)[:3]
     for finding in top:
         lines.append(f"  {finding['group_a']} vs {finding['group_b']}: {finding['layer']} {finding['kind']} "
                      f"{finding['summary']}, epochs {_span(finding['epochs'])}, effect {finding['effect']:+.2f} "
                      f"(q {finding['q']:.2g})")
     return lines
+
+
+def _family_level(rows, alpha=0.05):
+    """The FDR level of each family: ``alpha`` shared by the families present."""
+    return alpha / max(len({row["family"] for row in rows}), 1)
 
 
 def _number(value):
@@ -203,7 +208,8 @@ def write(path, runs, pairs, rows, sections):
         listed = [f for f in found if f["family"] == name]
         merged = f", {len(listed)} findings once their epochs are merged, strongest first" if listed else ""
         parts.append(f"<h2>{html.escape(name.capitalize())}</h2><p>{html.escape(what)}. {len(members)} tests, "
-                     f"{sum(r['significant'] for r in members)} significant at FDR 0.05{merged}.</p>")
+                     f"{sum(r['significant'] for r in members)} significant at FDR {_family_level(rows):g}"
+                     f"{merged}.</p>")
         if listed:
             parts.append(_table(
                 ["groups", "layer", "kind", "summary", "epochs", "effect", "smallest q"],
@@ -214,7 +220,8 @@ def write(path, runs, pairs, rows, sections):
     parts.append("<p class='note'>grad: the layer's weight gradient (the group's share of it); act: the layer's "
                  "input; delta: the gradient of the loss at the layer's output. Effect: the difference beyond "
                  "random groups of the same sizes, in SDs of its chance variation (z), or Hedges' g for the older "
-                 "tests; positive when the first group is larger. q: Benjamini–Hochberg, within the family. "
+                 "tests; positive when the first group is larger. q: Benjamini–Hochberg within the family; each "
+                 "family at 0.05 divided by the number of families, so that the whole report keeps 0.05. "
                  "Every test is in tests.csv.</p>")
     parts.append("<h2>Figures</h2><p class='note'>Lines: the median over the runs; bands: the 25th to 75th "
                  "percentiles. Spectra per sample (grad divided by the group's samples, act and delta by their "

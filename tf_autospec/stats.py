@@ -35,7 +35,8 @@ sign-flip permutation test of the per-step differences).
 **Families.** The first layer's ``act`` spectrum (of every kernel that reads the model's
 input) is the data itself, not how the model trains: those tests form their own
 Benjamini–Hochberg family (``family = "input data"``), apart from the others
-(``"training"``). A comparison of values that are all equal (such as the exact zeros past a
+(``"training"``). Each family is held at ``alpha`` divided by the number of families, so
+that the whole table keeps ``alpha``. A comparison of values that are all equal (such as the exact zeros past a
 matrix's numerical rank) is no test: NaN p, outside the family.
 
 **More than two groups**: every pair is compared (``group_a``, ``group_b`` left ``None``),
@@ -549,15 +550,19 @@ def _q_name(column):
 
 def _add_fdr(rows, primary, columns, alpha):
     """BH q-values for each p column, within each family; ``significant`` from the
-    primary column's."""
-    for name in FAMILIES:
+    primary column's, at ``alpha`` divided among the families present, so that the whole
+    table keeps ``alpha`` (two families each at ``alpha`` would find something in up to
+    twice as many null experiments)."""
+    present = [name for name in FAMILIES if any(row["family"] == name for row in rows)]
+    for name in present:
         members = [row for row in rows if row["family"] == name]
         for column in columns:
             for row, value in zip(members, benjamini_hochberg([row[column] for row in members])):
                 row[_q_name(column)] = float(value)
+    level = alpha / max(len(present), 1)
     for row in rows:
         q = row[_q_name(primary)]
-        row["significant"] = bool(np.isfinite(q) and q <= alpha)
+        row["significant"] = bool(np.isfinite(q) and q <= level)
 
 
 def write_csv(rows, path):
