@@ -1,90 +1,561 @@
-"""Calibration of tf_autospec.stats.across_runs: false positives under the null, power
-under a planted difference, and a null check on real AutoSpec trainings.
+"""Calibration of the group comparisons (`tf_autospec.stats`), their power, and the cost
+of the null partitions they need.
 
-1. Simulated null: runs with no group difference; the fraction of repetitions with any
-   FDR-significant test (= the FDR under the complete null) at alpha = 0.05.
-2. Simulated planted difference: the second group's spectra of one layer scaled by
-   1 + shift; how often that layer is found, and how often another one is.
-3. Real trainings with random group labels (no true difference): an MLP trained with
-   several seeds, groups assigned at random per seed; significant tests counted.
+Rate = the fraction of repetitions with ANY significant test (BH q ≤ 0.05 within each
+family) over the whole table (every layer × kind × summary × epoch, both families), on
+data with no group effect; the target is ≤ 0.05 (with a 95 % Clopper–Pearson interval).
+Every repetition is tested with the new reference (``reference="null"``: random groups of
+the same sizes from the same subjects) and with the older one (``"runs"`` across runs,
+``"steps"`` within a run) on the same runs, so that the table shows the problem beside
+its fix.
+
+Parts (each one a sub-command; results merged into one JSON file):
+
+``simulated``  `tf_autospec.calibration.simulated_run`: fixed subjects with their own
+    signatures, groups of 50/50, 70/30, 80/20 (of 40 subjects), three designs: seeds-only
+    (5 runs on all subjects, different row noise and batch order), folds (5 stratified
+    folds, each run on the other 4 with its own seed), and one run (`within_run`, 40
+    steps). Null, then a planted ×(1 + shift) in the second group's rows of layer1.
+``real``       real trainings through `tf_autospec.experiment.run_experiment`
+    (``null_partitions=20``), designs folds 1 × seeds 3 and folds 3 × seeds 1:
+    digits (4 classes, the target; groups drawn at random per repetition at 50/50, 70/30,
+    80/20), simulated fMRI at 45/35 without group effect, and with the default effect
+    (0.3 between two domains) and a modest one (0.18 on one edge, d ≈ 1).
+``cost``       plain ``keras.Model.fit`` vs `AutoSpecModel` with 0 and 20 null partitions,
+    every step, all kinds, batch 32 and 128, side by side in one process (MLP
+    1378-512-256-2 of ``autospec run``, a small CNN).
 
 Usage:
-    python benchmarks/calibration.py [--repetitions 200] [--runs 6] [--real-seeds 8]
+    python benchmarks/calibration.py simulated [--repetitions 200] [--power-repetitions 100]
+    python benchmarks/calibration.py real [--repetitions 20] [--epochs 10] [--digits-epochs 3]
+    python benchmarks/calibration.py cost [--steps 10] [--repeats 7]
+    python benchmarks/calibration.py tables        # the markdown tables from the JSON file
 """
 
 import argparse
+import contextlib
+import datetime
+import itertools
+import json
 import os
+import platform
+import shutil
+import statistics
+import sys
 import tempfile
+import time
+import warnings
+from unittest import mock
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import keras  # noqa: E402
 import numpy as np  # noqa: E402
+from scipy import stats as scipy_stats  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import tf_autospec as ts  # noqa: E402
+from tf_autospec import experiment as experiment_module  # noqa: E402
 from tf_autospec import stats  # noqa: E402
-from tf_autospec.calibration import simulated_run  # noqa: E402
+from tf_autospec.calibration import simulated_run, simulated_subjects  # noqa: E402
 
-SUMMARIES = ("spectral_norm", "nuclear_norm", "effective_rank", "sigma_2")
-
-
-def simulated(repetitions, runs, shift, folder, rng):
-    any_significant, found, elsewhere, proportions = 0, 0, 0, []
-    for repetition in range(repetitions):
-        files = [simulated_run(os.path.join(folder, f"s{repetition}_{i}.h5"), rng, shift=shift,
-                               shift_layer="layer1/kernel" if shift else None) for i in range(runs)]
-        rows = stats.across_runs(files, "HC", "SZ", summaries=SUMMARIES, permutations=500, seed=repetition)
-        significant = {r["layer"] for r in rows if r["significant"]}
-        discoveries = [r for r in rows if r["significant"]]
-        if discoveries:  # false discovery proportion of this repetition
-            proportions.append(np.mean([r["layer"] != "layer1/kernel" or not shift for r in discoveries]))
-        any_significant += bool(significant)
-        found += "layer1/kernel" in significant
-        elsewhere += bool(significant - {"layer1/kernel"})
-        for path in files:
-            os.remove(path.path)
-    fdr = float(np.sum(proportions) / repetitions)  # E[FDP], FDP = 0 without discoveries
-    return any_significant / repetitions, found / repetitions, elsewhere / repetitions, fdr
+SIMULATED_SUMMARIES = ("spectral_norm", "nuclear_norm", "effective_rank", "sigma_2")
+# What `autospec run` tests across runs (its --summaries) plus sigma_2..3.
+REAL_SUMMARIES = ("spectral_norm", "nuclear_norm", "effective_rank", "sigma_2", "sigma_3")
+FRACTIONS = (0.5, 0.3, 0.2)  # of the second group: 50/50, 70/30, 80/20
+SHIFT_LAYER = "layer1/kernel"
+RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
 
-def real_null(seeds, folder):
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=(512, 16)).astype("float32")
-    y = (x[:, :4].sum(axis=1) > 0).astype(int)
-    files = []
-    for seed in range(seeds):
-        keras.utils.set_random_seed(seed)
-        labels = np.random.default_rng(100 + seed).integers(0, 2, size=len(x))  # random groups
-        inputs = keras.Input((16,))
-        hidden = keras.layers.Dense(32, activation="relu", name="hidden")(inputs)
-        model = ts.AutoSpecModel(inputs=inputs, outputs=keras.layers.Dense(2, name="out")(hidden),
-                                 groups=["HC", "SZ"])
-        model.compile(optimizer="adam", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-        path = os.path.join(folder, f"real{seed}.h5")
-        model.fit(x, y, groups=labels, batch_size=64, epochs=3, verbose=0, callbacks=[ts.AutoSpecCallback(path)])
-        files.append(ts.load(path))
-    rows = stats.across_runs(files, "HC", "SZ", summaries=SUMMARIES, permutations=1000)
-    return len(rows), sum(r["significant"] for r in rows), min(r["q_welch"] for r in rows)
+def rate(k, n):
+    """``{"k", "n", "rate", "ci"}`` with the 95 % Clopper–Pearson interval."""
+    ci = scipy_stats.binomtest(int(k), int(n)).proportion_ci(0.95) if n else None
+    return {"k": int(k), "n": int(n), "rate": k / n if n else float("nan"),
+            "ci": [ci.low, ci.high] if ci else None}
+
+
+def outcome(rows, planted=None):
+    """What one table of tests says: any significant test (over both families and per
+    family), the layers flagged, how many tests, and the unadjusted p-values."""
+    significant = [r for r in rows if r["significant"]]
+    p_values = np.array([r["p_value"] for r in rows], dtype=np.float64)
+    one_family = stats.benjamini_hochberg(p_values)
+    q = np.array([r["q_value"] for r in rows], dtype=np.float64)
+    out = {
+        # Other rules over the same p-values: one BH family for the whole table, or
+        # alpha / 2 in each of the two families (Bonferroni between them).
+        "any_one_family": bool(np.any(np.isfinite(one_family) & (one_family <= 0.05))),
+        "any_half_alpha": bool(np.any(np.isfinite(q) & (q <= 0.025))),
+        "tests": sum(np.isfinite(r["p_value"]) for r in rows),
+        "any": bool(significant),
+        "any_training": any(r["family"] == "training" for r in significant),
+        "any_input": any(r["family"] == "input data" for r in significant),
+        "significant": len(significant),
+        "layers": sorted({r["layer"] for r in significant}),
+        "p": [float(r["p_value"]) for r in rows if np.isfinite(r["p_value"])],
+    }
+    if planted is not None:
+        out["found"] = planted in out["layers"]
+        out["elsewhere"] = bool(set(out["layers"]) - {planted})
+        out["false_discovery_proportion"] = (
+            float(np.mean([r["layer"] != planted for r in significant])) if significant else 0.0)
+    return out
+
+
+def tally(outcomes, planted=False):
+    """Rates over repetitions, and the per-test calibration of the unadjusted p-values."""
+    n = len(outcomes)
+    p = np.concatenate([o["p"] for o in outcomes]) if outcomes else np.array([])
+    out = {
+        "any": rate(sum(o["any"] for o in outcomes), n),
+        "any_training": rate(sum(o["any_training"] for o in outcomes), n),
+        "any_input": rate(sum(o["any_input"] for o in outcomes), n),
+        "any_one_family": rate(sum(o["any_one_family"] for o in outcomes), n),
+        "any_half_alpha": rate(sum(o["any_half_alpha"] for o in outcomes), n),
+        "tests_per_repetition": float(np.mean([o["tests"] for o in outcomes])),
+        "mean_significant": float(np.mean([o["significant"] for o in outcomes])),
+        "per_test_p_le_0.05": float(np.mean(p <= 0.05)) if p.size else None,
+        "per_test_p_le_0.01": float(np.mean(p <= 0.01)) if p.size else None,
+        "per_test_p_le_0.001": float(np.mean(p <= 0.001)) if p.size else None,
+        "ks_uniform": float(scipy_stats.kstest(p, "uniform").statistic) if p.size else None,
+    }
+    if planted:
+        out["found"] = rate(sum(o["found"] for o in outcomes), n)
+        out["elsewhere"] = rate(sum(o["elsewhere"] for o in outcomes), n)
+        out["fdr"] = float(np.mean([o["false_discovery_proportion"] for o in outcomes]))
+    return out
+
+
+def labeling_statistics(runs, summaries, group_a, group_b):
+    """``T_j`` of every test for every labeling ``j`` (0: the real groups, 1…P: the null
+    partitions), computed as `stats.across_runs` computes ``T_0`` and ``T_1 … T_P``.
+
+    Returns:
+        ``(T, families)``: float ``[tests, 1 + P]`` and each test's family.
+    """
+    from tf_autospec import summaries as summaries_module
+
+    first = runs[0]
+    statistics_, families = [], []
+    for layer, kind, summary in itertools.product(first.layers, first.kinds, summaries):
+        position = summaries_module.index(summary)
+        if position is not None and position >= first.widths[layer][kind]:
+            continue
+        per_run = []
+        for run in runs:
+            values = []
+            for group in (group_a, group_b):
+                real_ = stats.normalized_spectrum(run, layer, kind, group)[:, None]
+                null = stats.normalized_null_spectrum(run, layer, kind, group)
+                values.append(summaries_module.summarize(np.concatenate([real_, null], axis=1), summary))
+            per_run.append(stats._epoch_means(values[0] - values[1], run))
+        for epoch in sorted(set.intersection(*[set(e) for e in per_run])):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)
+                statistics_.append(np.nanmean(np.stack([e[epoch] for e in per_run]), axis=0))
+            families.append(stats.family(first, layer, kind))
+    return np.array(statistics_), np.array(families)
+
+
+def rotation(runs, summaries, alpha=0.05):
+    """Every labeling in turn taken for the real groups and tested against the other P
+    (`stats.null_test`, BH per family): under the null hypothesis the P + 1 labelings are
+    exchangeable, so each is one more draw of the whole procedure (with P − 1 partitions
+    in the reference instead of P). Gives P + 1 (dependent) repetitions of "any
+    significant" per set of runs, and the unadjusted p-values' tails."""
+    group_a, group_b = runs[0].groups[:2]
+    t, families = labeling_statistics(runs, summaries, group_a, group_b)
+    columns = t.shape[1]
+    rules = {"any": [], "any_training": [], "any_input": [], "any_one_family": [], "any_half_alpha": []}
+    p_all = []
+    for j in range(columns):
+        others = np.delete(t, j, axis=1)
+        p = np.array([stats.null_test(t[i, j], others[i])["p_value"] for i in range(len(t))])
+        found = {}
+        for name, key in zip(stats.FAMILIES, ("any_training", "any_input")):
+            q = stats.benjamini_hochberg(p[families == name])
+            found[key] = bool(np.any(np.isfinite(q) & (q <= alpha)))
+            found.setdefault("any_half_alpha", False)
+            found["any_half_alpha"] |= bool(np.any(np.isfinite(q) & (q <= alpha / 2)))
+        q = stats.benjamini_hochberg(p)
+        found["any_one_family"] = bool(np.any(np.isfinite(q) & (q <= alpha)))
+        found["any"] = found["any_training"] or found["any_input"]
+        for key, value in found.items():
+            rules[key].append(value)
+        p_all.append(p[np.isfinite(p)])
+    p_all = np.concatenate(p_all)
+    return {"labelings": columns, **{key: float(np.mean(v)) for key, v in rules.items()},
+            "p_le": {str(level): float(np.mean(p_all <= level)) for level in (0.05, 0.01, 0.001)}}
+
+
+# --------------------------------------------------------------------------- simulated
+
+DESIGNS = ("seeds", "folds", "within")
+
+
+def simulated_repetition(folder, fraction, design, shift, repetition, args):
+    """One repetition: a new population of subjects and their groups, the design's runs,
+    both references on the same runs."""
+    sequence = np.random.SeedSequence([args.seed, repetition, round(100 * fraction), DESIGNS.index(design),
+                                       round(1000 * shift)])
+    rng = np.random.default_rng(sequence)
+    labels, signature = simulated_subjects(rng, args.subjects, fraction, args.signature)
+    common = dict(labels=labels, signature=signature, partition_seed=int(rng.integers(2**31)),
+                  shift=shift, shift_layer=SHIFT_LAYER if shift else None, null_partitions=args.partitions,
+                  batch=args.batch)
+    if design == "seeds":
+        plan = [None] * args.runs
+    elif design == "folds":
+        fold_of = experiment_module.stratified_folds(labels, args.folds, seed=int(rng.integers(2**31)))
+        plan = [np.flatnonzero(fold_of != fold) for fold in range(args.folds)]
+    else:
+        plan = [None]
+    runs = []
+    for i, subjects in enumerate(plan):
+        epochs = args.within_epochs if design == "within" else args.epochs
+        runs.append(simulated_run(os.path.join(folder, f"run{i}.h5"), np.random.default_rng(rng.integers(2**31)),
+                                  subjects=subjects, epochs=epochs, **common))
+    planted = SHIFT_LAYER if shift else None
+    if design == "within":
+        new = stats.within_run(runs[0], summaries=SIMULATED_SUMMARIES)
+        old = stats.within_run(runs[0], summaries=SIMULATED_SUMMARIES, reference="steps", block=args.block,
+                               permutations=500, seed=repetition)
+    else:
+        new = stats.across_runs(runs, summaries=SIMULATED_SUMMARIES)
+        old = stats.across_runs(runs, summaries=SIMULATED_SUMMARIES, reference="runs", permutations=200,
+                                seed=repetition)
+    return {"null": outcome(new, planted), "old": outcome(old, planted)}
+
+
+def simulated(args):
+    folder = tempfile.mkdtemp()
+    results = {"settings": {k: getattr(args, k) for k in ("repetitions", "power_repetitions", "subjects", "signature",
+                                                          "runs", "folds", "epochs", "within_epochs", "batch",
+                                                          "block", "partitions", "seed", "shifts")},
+               "summaries": SIMULATED_SUMMARIES, "cells": []}
+    shifts = [0.0] + list(args.shifts)
+    for shift, fraction, design in itertools.product(shifts, args.fractions, args.designs):
+        repetitions = args.repetitions if shift == 0 else args.power_repetitions
+        start = time.perf_counter()
+        outcomes = [simulated_repetition(folder, fraction, design, shift, r, args) for r in range(repetitions)]
+        seconds = time.perf_counter() - start
+        cell = {"shift": shift, "fraction": fraction, "design": design, "repetitions": repetitions,
+                "seconds": seconds}
+        for reference in ("null", "old"):
+            cell[reference] = tally([o[reference] for o in outcomes], planted=bool(shift))
+        results["cells"].append(cell)
+        print(_simulated_line(cell), flush=True)
+    shutil.rmtree(folder)
+    return results
+
+
+def _simulated_line(cell):
+    new, old = cell["null"], cell["old"]
+    text = (f"shift {cell['shift']:.2f} {round(100 * (1 - cell['fraction']))}/{round(100 * cell['fraction'])} "
+            f"{cell['design']:6s} n={cell['repetitions']}: any significant null {new['any']['rate']:.3f} "
+            f"old {old['any']['rate']:.3f}; per-test p≤.05 {new['per_test_p_le_0.05']:.3f}")
+    if cell["shift"]:
+        text += (f"; found null {new['found']['rate']:.2f} old {old['found']['rate']:.2f}; elsewhere null "
+                 f"{new['elsewhere']['rate']:.2f} old {old['elsewhere']['rate']:.2f}; FDR null {new['fdr']:.3f}")
+    return text + f" ({cell['seconds']:.0f} s)"
+
+
+# --------------------------------------------------------------------------- real
+
+REAL_DESIGNS = {"seeds": (1, 3), "folds": (3, 1)}  # (folds, seeds)
+
+
+def digits_data(n, fraction, classes, seed):
+    """scikit-learn's digits of ``classes`` (the target: the digit), ``n`` of them, with
+    two groups drawn at random: a ``fraction`` in the second, no group effect."""
+    from sklearn.datasets import load_digits
+
+    from tf_autospec.data.simulated import GroupedData
+
+    bunch = load_digits()
+    rng = np.random.default_rng(seed)
+    chosen = np.sort(rng.permutation(np.flatnonzero(np.isin(bunch.target, classes)))[:n])
+    labels = (np.arange(len(chosen)) >= round(len(chosen) * (1 - fraction))).astype(np.int32)
+    rng.shuffle(labels)
+    x = (bunch.images[chosen] / 16.0).astype(np.float32)[..., None]
+    info = dict(dataset="digits", seed=seed, group_classes=[], random_fraction=fraction)
+    return GroupedData(x, bunch.target[chosen].astype(np.int32), labels, ("A", "B"), info)
+
+
+@contextlib.contextmanager
+def dataset_given(data):
+    """`run_experiment` on ``data`` (a `GroupedData`) instead of a named dataset: the one
+    way to hand it groups of chosen sizes at random without changing the library."""
+    with mock.patch.object(experiment_module, "load_dataset", lambda name, task=None, **options: data):
+        yield
+
+
+def real_settings(args):
+    """``(name, fraction, options)`` of every real setting run."""
+    fmri = dict(n_subjects=80, group_fraction=35 / 80)
+    settings = []
+    if "digits" in args.settings:
+        settings += [("digits", f, {}) for f in args.fractions]
+    if "fmri_null" in args.settings:
+        settings.append(("fmri_null", 35 / 80, dict(fmri, effect_size=0.0)))
+    if "fmri_default" in args.settings:
+        settings.append(("fmri_default", 35 / 80, dict(fmri, effect_size=0.3)))
+    if "fmri_one_edge" in args.settings:
+        settings.append(("fmri_one_edge", 35 / 80, dict(fmri, effect_size=0.18, effect_pattern="one_edge")))
+    return settings
+
+
+def real_repetition(folder, name, fraction, options, design, repetition, args):
+    folds, seeds = REAL_DESIGNS[design]
+    seed = 1000 * args.seed + repetition
+    if name == "digits":
+        plan = experiment_module.Experiment(
+            dataset="digits", model="mlp", folds=folds, seeds=seeds, epochs=args.digits_epochs,
+            batch_size=args.batch, model_options={"hidden": tuple(args.digits_hidden)},
+            null_partitions=args.partitions)
+        context = dataset_given(digits_data(args.digits_n, fraction, list(range(args.digits_classes)), seed))
+    else:
+        plan = experiment_module.Experiment(
+            dataset="simulated_fmri", model="mlp", folds=folds, seeds=seeds, epochs=args.epochs,
+            batch_size=args.batch, dataset_options={**options, "seed": seed}, null_partitions=args.partitions)
+        context = contextlib.nullcontext()
+    with context:
+        paths = experiment_module.run_experiment(plan, folder, overwrite=True, verbose=0, summary=None)
+    runs = [ts.load(path) for path in paths]
+    new = stats.across_runs(runs, summaries=REAL_SUMMARIES)
+    old = stats.across_runs(runs, summaries=REAL_SUMMARIES, reference="runs", permutations=200, seed=repetition)
+    accuracy = float(np.mean([run.attributes["evaluation"]["overall"] for run in runs]))
+    return {"null": outcome(new), "old": outcome(old), "accuracy": accuracy, "steps": len(runs[0]),
+            "rotation": rotation(runs, REAL_SUMMARIES)}
+
+
+def real_cell(name, fraction, options, design, args):
+    """The repetitions of one setting and design (run in a child process of its own: one
+    process's memory grows by ~80 MB per repetition of three trainings)."""
+    warnings.filterwarnings("ignore", message="Groups differ in size")  # said once, in the docs
+    folder = tempfile.mkdtemp()
+    start = time.perf_counter()
+    outcomes = [real_repetition(folder, name, fraction, options, design, r, args) for r in range(args.repetitions)]
+    seconds = time.perf_counter() - start
+    shutil.rmtree(folder)
+    n = options.get("n_subjects")
+    split = f"{n - round(n * fraction)}/{round(n * fraction)}" if n else _split(fraction)
+    cell = {"setting": name, "fraction": fraction, "split": split, "options": options, "design": design,
+            "repetitions": args.repetitions, "seconds": seconds, "seconds_per_repetition": seconds / args.repetitions,
+            "cpu_seconds": time.process_time(), "accuracy": float(np.mean([o["accuracy"] for o in outcomes])),
+            "steps_per_run": outcomes[0]["steps"]}
+    for reference in ("null", "old"):
+        cell[reference] = tally([o[reference] for o in outcomes])
+    rotations = [o["rotation"] for o in outcomes]
+    cell["rotation"] = {"labelings": rotations[0]["labelings"], "repetitions": len(rotations),
+                        **{key: float(np.mean([r[key] for r in rotations]))
+                           for key in ("any", "any_training", "any_input", "any_one_family", "any_half_alpha")},
+                        "p_le": {k: float(np.mean([r["p_le"][k] for r in rotations])) for k in rotations[0]["p_le"]}}
+    return cell
+
+
+def real(args):
+    import multiprocessing
+
+    results = {"settings": {k: getattr(args, k) for k in ("repetitions", "epochs", "digits_epochs", "digits_n",
+                                                          "digits_classes", "digits_hidden", "batch",
+                                                          "partitions", "seed")},
+               "designs": REAL_DESIGNS, "summaries": REAL_SUMMARIES, "cells": []}
+    context = multiprocessing.get_context("spawn")
+    for (name, fraction, options), design in itertools.product(real_settings(args), args.designs):
+        with context.Pool(1) as pool:
+            cell = pool.apply(real_cell, (name, fraction, options, design, args))
+        results["cells"].append(cell)
+        print(f"{name} {cell['split']} {design}: any significant null "
+              f"{cell['null']['any']['rate']:.3f} (training {cell['null']['any_training']['rate']:.3f}, input "
+              f"{cell['null']['any_input']['rate']:.3f}) old {cell['old']['any']['rate']:.3f}; per-test p≤.05 "
+              f"{cell['null']['per_test_p_le_0.05']:.3f}; one BH family {cell['null']['any_one_family']['rate']:.3f}, "
+              f"alpha/2 per family {cell['null']['any_half_alpha']['rate']:.3f}; rotation any {cell['rotation']['any']:.3f} "
+              f"(training {cell['rotation']['any_training']:.3f}, input {cell['rotation']['any_input']:.3f}, one family "
+              f"{cell['rotation']['any_one_family']:.3f}, alpha/2 {cell['rotation']['any_half_alpha']:.3f}) "
+              f"p≤.001 {cell['rotation']['p_le']['0.001']:.4f}; accuracy {cell['accuracy']:.2f}; "
+              f"{cell['seconds_per_repetition']:.1f} s/repetition", flush=True)
+        _save(args.json, args.name or "real", results)  # a partial result survives an interruption
+    results["cpu_seconds_children"] = sum(c["cpu_seconds"] for c in results["cells"])
+    return results
+
+
+# --------------------------------------------------------------------------- cost
+
+def cost(args):
+    import keras
+    import tensorflow as tf
+
+    import models
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import overhead
+
+    def small_cnn(inputs):
+        return models.cnn2d_outputs(inputs, outputs=10, filters=(16, 32), dense=64)
+
+    architectures = {
+        "mlp": ("MLP 1378-512-256-2 (autospec run's default)", lambda i: models.mlp_outputs(i, outputs=2), (1378,)),
+        "cnn": ("CNN Conv16-pool-Conv32-pool-Dense64-10, 28×28×1", small_cnn, (28, 28, 1)),
+    }
+    results = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+                          f"TF {tf.__version__}, Keras {keras.__version__}",
+               "steps": args.steps, "repeats": args.repeats, "models": {}}
+    for name, batch in itertools.product(args.models, args.batches):
+        title, make, shape = architectures[name]
+        data = overhead.synthetic_data(shape, batch, args.steps, 2)
+        trained = {}
+        for variant, partitions in (("plain", None), ("autospec_P0", 0), ("autospec_P20", 20)):
+            keras.utils.set_random_seed(0)
+            inputs = keras.Input(shape)
+            outputs = make(inputs)
+            if partitions is None:
+                model = keras.Model(inputs, outputs)
+            else:
+                model = ts.AutoSpecModel(inputs=inputs, outputs=outputs, groups=["g0", "g1"],
+                                         null_partitions=partitions)
+            model.compile(optimizer="adam", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+            trained[variant] = model
+        for model in trained.values():  # tracing epoch, excluded
+            overhead.epoch_seconds(model, *data, batch)
+        times = {variant: [] for variant in trained}
+        for _ in range(args.repeats):
+            for variant, model in trained.items():
+                times[variant].append(1e3 * overhead.epoch_seconds(model, *data, batch) / args.steps)
+        plain = statistics.median(times["plain"])
+        rows = {variant: {"median_ms": statistics.median(t), "min_ms": min(t), "max_ms": max(t),
+                          "quartiles_ms": [float(np.percentile(t, 25)), float(np.percentile(t, 75))],
+                          "ratio": statistics.median(t) / plain, "all_ms": t} for variant, t in times.items()}
+        results["models"][f"{name}_batch{batch}"] = {"title": title, "batch": batch, "variants": rows}
+        for variant, r in rows.items():
+            print(f"{name} batch {batch} {variant:13s} {r['median_ms']:8.1f} ms/step "
+                  f"[{r['min_ms']:.1f}-{r['max_ms']:.1f}] {r['ratio']:.2f}x plain", flush=True)
+        keras.backend.clear_session()
+    return results
+
+
+# --------------------------------------------------------------------------- tables
+
+def _ci(r):
+    return f"{r['rate']:.3f} [{r['ci'][0]:.3f}, {r['ci'][1]:.3f}]"
+
+
+def _split(fraction):
+    return f"{round(100 * (1 - fraction))}/{round(100 * fraction)}"
+
+
+def _rule(r):
+    return f"{r['rate']:.2f}"
+
+
+def tables(path):
+    with open(path) as f:
+        results = json.load(f)
+    lines = []
+    simulated_keys = [k for k in results if k.startswith("simulated")]
+    if simulated_keys:
+        lines += ["| groups | design | subjects' signature | repetitions | null partitions: any significant [95 % CI] "
+                  "| per test: p ≤ 0.05 | p ≤ 0.001 | older reference: any significant |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for key in simulated_keys:
+            signature = results[key]["settings"]["signature"]
+            for c in (c for c in results[key]["cells"] if c["shift"] == 0):
+                n, o = c["null"], c["old"]
+                tail = n.get("per_test_p_le_0.001")
+                lines.append(f"| {_split(c['fraction'])} | {c['design']} | {signature} | {c['repetitions']} "
+                             f"| **{_ci(n['any'])}** | {n['per_test_p_le_0.05']:.3f} "
+                             f"| {'' if tail is None else f'{tail:.4f}'} | {_ci(o['any'])} |")
+        lines += ["", "| planted | groups | design | repetitions | null partitions: layer found | another layer "
+                  "| FDR | older: found | older: another layer |", "|---|---|---|---|---|---|---|---|---|"]
+        for key in simulated_keys:
+            for c in (c for c in results[key]["cells"] if c["shift"] != 0):
+                lines.append(f"| ×{1 + c['shift']:.1f} | {_split(c['fraction'])} | {c['design']} | {c['repetitions']} "
+                             f"| {c['null']['found']['rate']:.2f} | {c['null']['elsewhere']['rate']:.2f} "
+                             f"| {c['null']['fdr']:.3f} | {c['old']['found']['rate']:.2f} "
+                             f"| {c['old']['elsewhere']['rate']:.2f} |")
+    real_keys = [k for k in results if k.startswith("real")]
+    for key in real_keys:
+        designs = results[key]["designs"]
+        lines += ["", f"`{key}`", "",
+                  "| data | groups | design | reps | accuracy | any significant, both families [95 % CI] | training "
+                  "| input data | one BH family | α/2 per family | rotation: any (training, input) "
+                  "| older (Welch): any | s/rep |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        for c in results[key]["cells"]:
+            folds, seeds = designs[c["design"]]
+            n, o, r = c["null"], c["old"], c.get("rotation")
+            rotation_text = (f"{r['any']:.3f} ({r['any_training']:.3f}, {r['any_input']:.3f})"
+                             if r and "any_training" in r else "")
+            lines.append(f"| {c['setting']} | {c.get('split', _split(c['fraction']))} | {folds} × {seeds} "
+                         f"| {c['repetitions']} | {c['accuracy']:.2f} | **{_ci(n['any'])}** "
+                         f"| {_rule(n['any_training'])} | {_rule(n['any_input'])} "
+                         f"| {_rule(n['any_one_family']) if 'any_one_family' in n else ''} "
+                         f"| {_rule(n['any_half_alpha']) if 'any_half_alpha' in n else ''} | {rotation_text} "
+                         f"| {o['any']['rate']:.2f} | {c['seconds_per_repetition']:.1f} |")
+    if "cost" in results:
+        lines += ["", "| model | batch | plain ms/step | AutoSpec, P = 0 | AutoSpec, P = 20 |", "|---|---|---|---|---|"]
+        for m in results["cost"]["models"].values():
+            v = m["variants"]
+            cell = [f"{v[k]['median_ms']:.1f} [{v[k]['min_ms']:.1f}–{v[k]['max_ms']:.1f}]"
+                    + ("" if k == "plain" else f" ({v[k]['ratio']:.2f}×)") for k in ("plain", "autospec_P0", "autospec_P20")]
+            lines.append(f"| {m['title']} | {m['batch']} | " + " | ".join(cell) + " |")
+    return "\n".join(lines)
+
+
+def _save(path, part, results):
+    existing = {}
+    if os.path.exists(path):
+        with open(path) as f:
+            existing = json.load(f)
+    existing[part] = results
+    with open(path, "w") as f:
+        json.dump(existing, f, indent=1, default=float)
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repetitions", type=int, default=200)
-    parser.add_argument("--runs", type=int, default=6, help="runs (seeds/folds) per repetition")
-    parser.add_argument("--shift", type=float, default=0.3)
-    parser.add_argument("--real-seeds", type=int, default=8)
+    parser.add_argument("part", choices=["simulated", "real", "cost", "tables"])
+    parser.add_argument("--json", default=os.path.join(RESULTS, f"calibration_{datetime.date.today()}.json"))
+    parser.add_argument("--repetitions", type=int, help="null repetitions (simulated 200, real 20)")
+    parser.add_argument("--power-repetitions", type=int, default=100, help="simulated, per planted shift")
+    parser.add_argument("--fractions", type=float, nargs="+", default=list(FRACTIONS),
+                        help="fraction of subjects in the second group")
+    parser.add_argument("--designs", nargs="+", help="simulated: seeds folds within; real: seeds folds")
+    parser.add_argument("--shifts", type=float, nargs="*", default=[0.2, 0.5], help="simulated planted shifts")
+    parser.add_argument("--subjects", type=int, default=40, help="simulated subjects")
+    parser.add_argument("--signature", type=float, default=0.5, help="simulated subjects' signature scale")
+    parser.add_argument("--runs", type=int, default=5, help="simulated seeds-only design: runs")
+    parser.add_argument("--folds", type=int, default=5, help="simulated folds design: folds (one seed each)")
+    parser.add_argument("--epochs", type=int, help="simulated runs (3) / simulated fMRI trainings (10)")
+    parser.add_argument("--within-epochs", type=int, default=20, help="simulated one-run design")
+    parser.add_argument("--batch", type=int, help="simulated subjects per step (16) / real batch size (32)")
+    parser.add_argument("--block", type=int, default=5, help="simulated one run: block of the older test")
+    parser.add_argument("--partitions", type=int, default=20, help="null partitions")
+    parser.add_argument("--settings", nargs="+", default=["digits", "fmri_null", "fmri_default", "fmri_one_edge"])
+    parser.add_argument("--digits-n", type=int, default=400)
+    parser.add_argument("--digits-classes", type=int, default=4)
+    parser.add_argument("--digits-hidden", type=int, nargs="+", default=[64, 32])
+    parser.add_argument("--digits-epochs", type=int, default=3)
+    parser.add_argument("--models", nargs="+", default=["mlp", "cnn"], help="cost")
+    parser.add_argument("--batches", type=int, nargs="+", default=[32, 128], help="cost")
+    parser.add_argument("--steps", type=int, default=10, help="cost: steps per timed epoch")
+    parser.add_argument("--repeats", type=int, default=7, help="cost: timed epochs per variant")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--name", help="key of the results in the JSON file (default: the part)")
     args = parser.parse_args()
-    folder = tempfile.mkdtemp()
-    rng = np.random.default_rng(0)
-    rate, _, _, _ = simulated(args.repetitions, args.runs, 0.0, folder, rng)
-    print(f"simulated null: {args.repetitions} repetitions x {args.runs} runs; "
-          f"FDR-corrected false-positive rate (any significant test) = {rate:.3f}")
-    _, power, wrong, fdr = simulated(args.repetitions // 4, args.runs, args.shift, folder, rng)
-    print(f"simulated planted difference (x{1 + args.shift} in layer1): found in {power:.2f} of repetitions; "
-          f"another layer flagged in {wrong:.2f} of them; false discovery rate {fdr:.3f}")
-    tests, significant, smallest_q = real_null(args.real_seeds, folder)
-    print(f"real trainings, random groups: {args.real_seeds} seeds, {tests} tests, {significant} significant "
-          f"(smallest Welch q {smallest_q:.3f})")
+    if args.part == "tables":
+        print(tables(args.json))
+        return
+    simulated_part = args.part == "simulated"
+    args.repetitions = args.repetitions or (200 if simulated_part else 20)
+    args.epochs = args.epochs or (3 if simulated_part else 10)
+    args.batch = args.batch or (16 if simulated_part else 32)
+    args.designs = args.designs or (list(DESIGNS) if simulated_part else list(REAL_DESIGNS))
+    start = time.perf_counter()
+    results = {"simulated": simulated, "real": real, "cost": cost}[args.part](args)
+    results["wall_seconds"] = time.perf_counter() - start
+    results["cpu_seconds"] = time.process_time()
+    results["command"] = " ".join(sys.argv)
+    _save(args.json, args.name or args.part, results)
+    print(f"{args.part}: {results['wall_seconds']:.0f} s wall, {results['cpu_seconds']:.0f} s CPU -> {args.json}")
 
 
 if __name__ == "__main__":
