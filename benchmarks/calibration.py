@@ -404,7 +404,7 @@ def cost(args):
     import keras
     import tensorflow as tf
 
-    import models
+    from tf_autospec import models
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     import overhead
 

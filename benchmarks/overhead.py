@@ -32,7 +32,7 @@ import tensorflow as tf  # noqa: E402
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import tf_autospec as ts  # noqa: E402
-import models  # noqa: E402
+from tf_autospec import models  # noqa: E402
 
 
 def transformer_outputs(inputs, blocks=2, heads=4, key_dim=32, dense=128, outputs=10):

@@ -33,7 +33,7 @@ import tensorflow as tf  # noqa: E402
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import models  # noqa: E402
+from tf_autospec import models  # noqa: E402
 from overhead import ARCHITECTURES, build, median_ms_per_step, synthetic_data  # noqa: E402
 
 

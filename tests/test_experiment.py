@@ -8,7 +8,7 @@ import warnings
 import numpy as np
 import pytest
 
-import models
+from tf_autospec import models
 import tf_autospec as ts
 from tf_autospec import cli, experiment, load
 

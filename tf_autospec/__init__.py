@@ -1,5 +1,6 @@
 """tf_autospec: exact per-group gradient spectra for TensorFlow/Keras, recorded during `fit`."""
 
+import importlib
 import os as _os
 
 _os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -23,10 +24,20 @@ from tf_autospec.results import StepSpectra  # noqa: E402
 from tf_autospec.spectra import KINDS  # noqa: E402
 from tf_autospec.store import Run, StoreError, load  # noqa: E402
 from tf_autospec.tracking import AutoSpecWarning  # noqa: E402
-# Not plot: importing it selects matplotlib's Agg backend (`from tf_autospec import plot`).
 from tf_autospec import report, stats, summaries  # noqa: E402
 
 __version__ = "0.1.0"
+
+_IMPORTED_WHEN_FIRST_USED = ("data", "models", "plot")
+
+
+def __getattr__(name):
+    # `plot` selects matplotlib's Agg backend and `data` imports scikit-learn: a training
+    # script that uses neither does not pay for them.
+    if name in _IMPORTED_WHEN_FIRST_USED:
+        return importlib.import_module(f"tf_autospec.{name}")
+    raise AttributeError(f"module 'tf_autospec' has no attribute {name!r}")
+
 
 __all__ = [
     "AutoSpecCallback",

@@ -264,7 +264,7 @@ def run_experiment(experiment, output, overwrite=False, verbose=1, progress=None
     """
     import keras
 
-    import models
+    from tf_autospec import models
     import tf_autospec as ts
     from tf_autospec import store
 

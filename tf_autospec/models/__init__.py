@@ -14,9 +14,9 @@ import functools
 import keras
 
 import tf_autospec as ts
-from models.feedforward import cnn1d_outputs, cnn2d_outputs, cnn3d_outputs, mlp_outputs
-from models.heads import TASKS, compile_options, head
-from models.recurrent import recurrent_outputs
+from tf_autospec.models.feedforward import cnn1d_outputs, cnn2d_outputs, cnn3d_outputs, mlp_outputs
+from tf_autospec.models.heads import TASKS, compile_options, head
+from tf_autospec.models.recurrent import recurrent_outputs
 
 ARCHITECTURES = {
     "mlp": mlp_outputs,

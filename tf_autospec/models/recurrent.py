@@ -2,7 +2,7 @@
 
 import keras
 
-from models.heads import head
+from tf_autospec.models.heads import head
 
 CELLS = {"simple_rnn": keras.layers.SimpleRNN, "lstm": keras.layers.LSTM, "gru": keras.layers.GRU}
 

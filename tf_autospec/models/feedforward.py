@@ -3,7 +3,7 @@ layers on an input tensor and returns the output tensor of ``task``'s head."""
 
 import keras
 
-from models.heads import head
+from tf_autospec.models.heads import head
 
 
 def mlp_outputs(inputs, task="classification", outputs=10, hidden=(512, 256)):
