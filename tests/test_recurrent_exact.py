@@ -227,7 +227,7 @@ class _intercepted:
     def __init__(self, model, tape):
         from tf_autospec import capture, tracking
 
-        self.kernels = tracking.find_tracked_kernels(model, None, ts.KINDS, None)
+        self.kernels = tracking.find_tracked_kernels(model, model, None, ts.KINDS, None)
         self.recording = capture.Recording(tape)
         self.capture = capture
 

@@ -5,7 +5,10 @@ import os as _os
 
 _os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import keras as _keras  # noqa: E402
+from tf_autospec.native_log import startup_lines_filtered as _startup_lines_filtered  # noqa: E402
+
+with _startup_lines_filtered():  # TensorFlow's C++ start-up notices (native_log.py)
+    import keras as _keras  # noqa: E402
 
 if _keras.backend.backend() != "tensorflow":
     # The capture of products and the spectra are TensorFlow code (tf.GradientTape,
@@ -19,7 +22,9 @@ if _keras.backend.backend() != "tensorflow":
 from tf_autospec.callback import AutoSpecCallback  # noqa: E402
 from tf_autospec.capture import LayerCapture, register  # noqa: E402
 from tf_autospec.groups import null_partitions  # noqa: E402
-from tf_autospec.model import AutoSpecModel, wrap  # noqa: E402
+from tf_autospec.model import AutoSpecModel  # noqa: E402
+from tf_autospec.functional import FunctionalAutoSpecModel  # noqa: E402, F401  (registered with Keras)
+from tf_autospec.wrapped import wrap  # noqa: E402
 from tf_autospec.results import StepSpectra  # noqa: E402
 from tf_autospec.spectra import KINDS  # noqa: E402
 from tf_autospec.store import Run, StoreError, load  # noqa: E402

@@ -8,113 +8,12 @@ import warnings
 import keras
 import numpy as np
 import tensorflow as tf
-from keras.src import tree
-from keras.src.losses import loss as loss_module
-from keras.src.models.functional import Functional
-from keras.src.trainers.data_adapters import data_adapter_utils
 
 from tf_autospec import groups as groups_module
-from tf_autospec import distributed, spectra, tracking
+from tf_autospec import distributed, inputs, logits, schedules, serialization, spectra, tracking
 from tf_autospec.capture import Recording, capture_for
-from tf_autospec.results import StepSpectra
-
-
-class _SpectraState:
-    """One float64 variable holding the last recorded step, so that a callback reads it
-    in one copy.
-
-    Layout: ``[step, counts (G'), finite flags (K), spectra...]`` where each (kernel,
-    kind) spectrum ``[G', width]`` follows the previous one, flattened; ``G' = G · (1 +
-    null partitions)``, the real groups first. float64 holds the step and the counts
-    exactly. A second variable, ``recorded``, says whether the last step that ran was
-    recorded: the steps that do not record set it to 0.
-    """
-
-    def __init__(self, kernels, num_groups, null_partitions):
-        self.kernels = kernels
-        self.num_groups = num_groups
-        self.null_partitions = null_partitions
-        recorded_groups = num_groups * (1 + null_partitions)
-        self.recorded_groups = recorded_groups
-        self.segments = []  # (kernel path, kind, start, width)
-        self.header_size = 1 + recorded_groups + len(kernels)
-        start = self.header_size
-        for kernel in kernels:
-            for kind, width in kernel.widths.items():
-                self.segments.append((kernel.path, kind, start, width))
-                start += recorded_groups * width
-        self.warned_nonfinite = False
-        # Under tf.distribute every replica holds the same values; the first one's are kept.
-        self.recorded = tf.Variable(
-            False, trainable=False, name="autospec_recorded", aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA
-        )
-        self.buffer = tf.Variable(
-            tf.concat([[-1.0], tf.ones([recorded_groups + len(kernels)], tf.float64),
-                       tf.fill([start - self.header_size], tf.constant(float("nan"), tf.float64))], 0),
-            trainable=False,
-            name="autospec_last_step",
-            aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA,
-        )
-
-    def assign(self, step, counts, spectra, finite):
-        """One write of the whole buffer. ``spectra`` maps (kernel path, kind) ->
-        ``[G', width]``; ``finite`` holds a bool per kernel."""
-        flat = [[tf.cast(step, tf.float64)], tf.cast(counts, tf.float64), tf.cast(tf.stack(finite), tf.float64)]
-        flat += [tf.reshape(tf.cast(spectra[(path, kind)], tf.float64), [-1]) for path, kind, _, _ in self.segments]
-        self.buffer.assign(tf.concat(flat, 0))
-        self.recorded.assign(True)
-
-    def read(self, groups):
-        if not self.recorded.numpy():
-            return None
-        buffer = self.buffer.value().numpy()
-        step = int(buffer[0])
-        finite = buffer[1 + self.recorded_groups : self.header_size]
-        nonfinite = tuple(k.path for k, ok in zip(self.kernels, finite) if not ok)
-        if nonfinite and not self.warned_nonfinite:
-            self.warned_nonfinite = True
-            warnings.warn(
-                f"Step {step}: NaN or Inf in the inputs or gradients of {list(nonfinite)}; "
-                "their spectra are NaN for the affected groups (StepSpectra.nonfinite lists "
-                "them at each step; this warning is not repeated).",
-                tracking.AutoSpecWarning,
-                stacklevel=tracking.user_stacklevel(),
-            )
-        partitions, groups_count = 1 + self.null_partitions, self.num_groups
-        counts = buffer[1 : 1 + self.recorded_groups].astype(np.int32).reshape(partitions, groups_count)
-        spectra = {
-            (path, kind): buffer[start : start + self.recorded_groups * width]
-            .reshape(partitions, groups_count, width)
-            .astype(np.float32)
-            for path, kind, start, width in self.segments
-        }
-        return StepSpectra(
-            step=step,
-            groups=groups,
-            counts=counts[0],
-            nonfinite=nonfinite,
-            spectra={key: values[0] for key, values in spectra.items()},
-            null_counts=counts[1:],
-            null_spectra={key: values[1:] for key, values in spectra.items()},
-        )
-
-
-class _EveryNSteps:
-    """The train function of ``fit`` when recording every n-th step: the recording step
-    at those, `keras.Model`'s own step (no capture, no exchange) at the others, so that
-    the steps in between cost what plain training costs."""
-
-    def __init__(self, model, recording, unrecorded):
-        self.model = model
-        self.recording = recording
-        self.unrecorded = unrecorded
-
-    def __call__(self, data):
-        model = self.model
-        # The optimizer's step is the one source of truth: it survives checkpoints and
-        # moves on with train_on_batch; reading it is one scalar copy.
-        due = int(model.optimizer.iterations.numpy()) % model.autospec_every_n_steps == 0
-        return (self.recording if due else self.unrecorded)(data)
+from tf_autospec.keras_internals import Functional, tree, unpack_x_y_sample_weight, unscale_loss_for_distribution
+from tf_autospec.last_step import LastStep
 
 
 def _functional_arguments(args, kwargs):
@@ -193,6 +92,8 @@ class AutoSpecModel(keras.Model):
 
     def __new__(cls, *args, **kwargs):
         if cls is AutoSpecModel and _functional_arguments(args, kwargs):
+            from tf_autospec.functional import FunctionalAutoSpecModel  # it subclasses this class
+
             return super().__new__(FunctionalAutoSpecModel)
         return super().__new__(cls)
 
@@ -202,15 +103,15 @@ class AutoSpecModel(keras.Model):
     ):
         # keras's Functional ignores keyword arguments it does not know: a misspelt option
         # would build a model that silently records with the default.
-        unknown = sorted(set(kwargs) - set(_FUNCTIONAL_KERAS_ARGUMENTS)) if isinstance(self, Functional) else []
+        unknown = sorted(set(kwargs) - set(serialization.KERAS_ARGUMENTS)) if isinstance(self, Functional) else []
         if unknown:
-            raise _unknown_options(unknown)
+            raise serialization.unknown_options(unknown)
         try:
             super().__init__(*args, **kwargs)
         except ValueError as error:
             if "Unrecognized keyword arguments" not in str(error):
                 raise
-            raise _unknown_options(sorted(set(kwargs) - set(_FUNCTIONAL_KERAS_ARGUMENTS))) from None
+            raise serialization.unknown_options(sorted(set(kwargs) - set(serialization.KERAS_ARGUMENTS))) from None
         self.groups = groups_module.validate_group_names(groups)
         if isinstance(self, Functional):
             groups_module.refuse_group_input(self)
@@ -245,6 +146,10 @@ class AutoSpecModel(keras.Model):
         self._exchanges = {}
 
     # ----------------------------------------------------------------- inputs
+
+    def _layer_tree_root(self):
+        """The model whose layers name the kernel paths (`layer_paths`)."""
+        return self
 
     def _expects_dict_inputs(self):
         return isinstance(getattr(self, "_inputs_struct", None), dict)
@@ -314,7 +219,7 @@ class AutoSpecModel(keras.Model):
             groups_module.follows_the_target(y, columns[:, 0])
 
     def _attach_groups(self, x, labels):
-        if isinstance(x, (tf.data.Dataset, keras.utils.PyDataset)) or _is_iterator(x):
+        if isinstance(x, (tf.data.Dataset, keras.utils.PyDataset)) or inputs.is_iterator(x):
             raise ValueError(
                 "`groups=` works with array inputs. For a tf.data.Dataset, a PyDataset or a "
                 "generator, yield the inputs as a dict with a 'group' entry instead: "
@@ -356,9 +261,9 @@ class AutoSpecModel(keras.Model):
         if groups is not None:
             return self._attach_groups(x, groups)
         if isinstance(x, keras.utils.PyDataset):
-            return _LabelledPyDataset(x, functools.partial(self._batch_with_indices, required=required))
-        if _is_iterator(x):
-            return _converted_batches(x, functools.partial(self._batch_with_indices, required=required))
+            return inputs.LabelledPyDataset(x, functools.partial(self._batch_with_indices, required=required))
+        if inputs.is_iterator(x):
+            return inputs.converted_batches(x, functools.partial(self._batch_with_indices, required=required))
         if isinstance(x, tf.data.Dataset):
             groups_module.check_group_entry(x.element_spec[0] if isinstance(x.element_spec, tuple)
                                             else x.element_spec, self.groups, required, self._input_names())
@@ -389,11 +294,11 @@ class AutoSpecModel(keras.Model):
         given_partitions = np.ndim(given) == 2 and np.shape(given)[1] > 1
         x = self._with_indices(x, groups, required=True)
         self._note_training_labels(x, y, given_partitions)
-        x, first_batch = _peeked(x)
+        x, first_batch = inputs.peeked(x)
         if validation_data is not None:
             validation_data = self._validation_with_indices(validation_data)
         self._build_from_sample(first_batch if first_batch is not None else x)
-        self._batch_size_hint = _batch_size(
+        self._batch_size_hint = inputs.batch_size(
             x, kwargs.get("batch_size", args[0] if args else None), self.distribute_strategy.num_replicas_in_sync
         )
         return super().fit(x, y, *args, validation_data=validation_data, **kwargs)
@@ -463,7 +368,7 @@ class AutoSpecModel(keras.Model):
 
     def make_train_function(self, force=False):
         """The recording step (`train_step`), or with ``every_n_steps > 1`` an
-        `_EveryNSteps` that runs it at the recorded steps and `keras.Model`'s own step
+        `schedules.EveryNSteps` that runs it at the recorded steps and `keras.Model`'s own step
         at the others."""
         if self.steps_per_execution != 1:
             raise ValueError(
@@ -486,7 +391,7 @@ class AutoSpecModel(keras.Model):
             if self.autospec_every_n_steps == 1:
                 self.train_function = recording
             else:
-                self.train_function = _EveryNSteps(
+                self.train_function = schedules.EveryNSteps(
                     self, recording, self._make_function(self._unrecorded_train_step)
                 )
         return self.train_function
@@ -496,10 +401,10 @@ class AutoSpecModel(keras.Model):
         once (the model's layers must be built)."""
         if self._spectra_state is None:
             kernels = tracking.find_tracked_kernels(
-                self, self.autospec_layers, self.autospec_kinds, self.autospec_top_k
+                self, self._layer_tree_root(), self.autospec_layers, self.autospec_kinds, self.autospec_top_k
             )
             with self.distribute_strategy.scope():
-                self._spectra_state = _SpectraState(kernels, len(self.groups), self.autospec_null_partitions)
+                self._spectra_state = LastStep(kernels, len(self.groups), self.autospec_null_partitions)
 
     @contextlib.contextmanager
     def _recording(self, tape):
@@ -518,7 +423,7 @@ class AutoSpecModel(keras.Model):
         """`keras.Model.train_step` with the products and their gradients captured and
         this step's spectra recorded. ``fit`` runs it at the recorded steps (every
         ``every_n_steps``-th) and `keras.Model.train_step` at the others."""
-        x, y, sample_weight = data_adapter_utils.unpack_x_y_sample_weight(data)
+        x, y, sample_weight = unpack_x_y_sample_weight(data)
         labels = self._group_labels(x)
         if self._spectra_state is None:  # a custom loop's first call, before any fit
             self._build_from_sample(x)
@@ -533,7 +438,7 @@ class AutoSpecModel(keras.Model):
                 x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=True
             )
             self._loss_tracker.update_state(
-                loss_module.unscale_loss_for_distribution(loss),
+                unscale_loss_for_distribution(loss),
                 sample_weight=tf.shape(next(i for i in tree.flatten(x) if i is not None))[0],
             )
             if self.optimizer is not None:
@@ -548,10 +453,10 @@ class AutoSpecModel(keras.Model):
             weight_gradients = gradients[: len(trainable_weights)]
             product_gradients = iter(gradients[len(trainable_weights) :])
             loss_scale = self.optimizer.scale_loss(tf.constant(1.0, loss.dtype))
-            logits = _softmax_logits(self.loss, y_pred, products)
+            softmax_logits = logits.softmax_logits(self.loss, y_pred, products)
             deltas = [
                 [
-                    _unscaled(next(product_gradients), product, loss_scale, any(product is p for p in logits))
+                    logits.unscaled_delta(next(product_gradients), product, loss_scale, any(product is p for p in softmax_logits))
                     for _, product in kernel_calls
                 ]
                 for kernel_calls in calls
@@ -570,11 +475,11 @@ class AutoSpecModel(keras.Model):
         model_inputs = tree.flatten(self._model_inputs(x))
         self.input_kernels = frozenset(
             kernel.path for kernel, kernel_calls in zip(self._spectra_state.kernels, calls)
-            if any(_reshaped_from(inputs, model_inputs) for inputs, _ in kernel_calls)
+            if any(logits.reshaped_from(inputs, model_inputs) for inputs, _ in kernel_calls)
         )
 
     def _unrecorded_train_step(self, data):
-        x, _, _ = data_adapter_utils.unpack_x_y_sample_weight(data)
+        x, _, _ = unpack_x_y_sample_weight(data)
         self._group_labels(x)  # bad labels raise at every step, recorded or not
         logs = super().train_step(data)
         # Written after the step's work, so that a call that gets no batch (Keras's last
@@ -584,7 +489,7 @@ class AutoSpecModel(keras.Model):
         return self._reducible(logs)
 
     def test_step(self, data):
-        x, _, _ = data_adapter_utils.unpack_x_y_sample_weight(data)
+        x, _, _ = unpack_x_y_sample_weight(data)
         if isinstance(x, dict) and groups_module.GROUP_KEY in x:
             self._group_labels(x, training=False)  # bad labels are refused in evaluate as in fit
         return self._reducible(super().test_step(data))
@@ -741,91 +646,6 @@ class AutoSpecModel(keras.Model):
         return self._spectra_state.read(self.groups)
 
 
-_FUNCTIONAL_KERAS_ARGUMENTS = ("inputs", "outputs", "name", "trainable")
-_OPTIONS = ("groups", "layers", "kinds", "top_k", "randomized", "every_n_steps", "null_partitions")
-
-
-def _unknown_options(unknown):
-    return ValueError(
-        f"Unknown option(s) {unknown} for AutoSpecModel. Its options are {list(_OPTIONS)}, "
-        f"besides Keras's {list(_FUNCTIONAL_KERAS_ARGUMENTS)} (check the spelling, e.g. "
-        "every_n_steps)."
-    )
-
-
-def _is_iterator(x):
-    """A Python generator or iterator of batches (not an array, dataset or dict)."""
-    return hasattr(x, "__next__") and not hasattr(x, "shape") and not isinstance(x, tf.data.Iterator)
-
-
-def _converted_batches(batches, convert):
-    # keras reads only real generators as generators of batches.
-    for batch in batches:
-        yield convert(batch)
-
-
-def _peeked(x):
-    """``(x, first batch's inputs)`` for a generator, whose first batch is consumed by
-    looking at it; ``(x, None)`` otherwise."""
-    if not _is_iterator(x):
-        return x, None
-    try:
-        first = next(x)
-    except StopIteration:
-        raise ValueError("The generator given to fit yields no batch.") from None
-    return _prepended(first, x), first[0] if isinstance(first, tuple) else first
-
-
-def _prepended(first, rest):
-    yield first
-    yield from rest
-
-
-class _LabelledPyDataset(keras.utils.PyDataset):
-    """A user's `keras.utils.PyDataset` with each batch's group labels converted to indices."""
-
-    def __init__(self, dataset, convert):
-        super().__init__(workers=dataset.workers, use_multiprocessing=dataset.use_multiprocessing,
-                         max_queue_size=dataset.max_queue_size)
-        self.dataset = dataset
-        self.convert = convert
-
-    def __len__(self):
-        return len(self.dataset)
-
-    @property
-    def num_batches(self):
-        return self.dataset.num_batches
-
-    def __getitem__(self, index):
-        return self.convert(self.dataset[index])
-
-    def on_epoch_begin(self):
-        self.dataset.on_epoch_begin()
-
-    def on_epoch_end(self):
-        self.dataset.on_epoch_end()
-
-
-def _batch_size(x, batch_size, replicas):
-    """The (global) batch size ``fit`` will use, or ``None`` when it is not known.
-
-    Under a strategy with several ``replicas`` the size of a `tf.data.Dataset`'s first
-    batch stands in for an unknown batch dimension: it chooses what the replicas exchange
-    (`tf_autospec.distributed`), the same on every worker fed the same pipeline.
-    """
-    if isinstance(x, tf.data.Dataset):
-        first = tree.flatten(x.element_spec)[0]
-        if not first.shape.rank:
-            return None
-        if first.shape[0] is None and replicas > 1:
-            return int(tf.shape(tree.flatten(next(iter(x.take(1))))[0])[0])
-        return first.shape[0]
-    if isinstance(x, (keras.utils.PyDataset, tf.distribute.DistributedDataset)) or hasattr(x, "__next__"):
-        return None
-    return batch_size or 32  # keras.Model.fit's default for arrays
-
-
 def _rows_per_sample(kernel, kernel_deltas):
     """Rows each sample contributes to the kernel's factors (summed over its calls)."""
     return sum(spectra.dim(kernel.capture.output_rows(kernel.layer, delta), 1) for delta in kernel_deltas)
@@ -833,122 +653,3 @@ def _rows_per_sample(kernel, kernel_deltas):
 
 def _products_key(kernel, kernel_calls):
     return tuple(id(product) for _, product in kernel_calls), kernel.widths.get("delta")
-
-
-# Operations that move or re-type values without changing them (Flatten, Reshape, casts).
-_DATA_PRESERVING_OPS = ("Identity", "Reshape", "Cast", "Transpose", "ExpandDims", "Squeeze")
-
-
-def _reshaped_from(tensor, sources, depth=16):
-    """Whether ``tensor`` is one of ``sources`` or made from one of them by operations that
-    only reshape or re-type it (a layer reading the model's input through Flatten)."""
-    for _ in range(depth):
-        if any(tensor is source or _same_graph_tensor(tensor, source) for source in sources):
-            return True
-        op = getattr(tensor, "op", None)
-        if op is None or op.type not in _DATA_PRESERVING_OPS:
-            return False
-        tensor = op.inputs[0]
-    return False
-
-
-def _same_graph_tensor(a, b):
-    try:
-        return a.graph is b.graph and a.name == b.name
-    except AttributeError:  # eager tensors have no graph
-        return False
-
-
-def _unscaled(gradient, product, loss_scale, zero_sum):
-    """``Δ`` without the loss scale, in float32 so that float16 values do not underflow;
-    with ``zero_sum``, each row's mean removed (see `_softmax_logits`)."""
-    if gradient is None:
-        return tf.zeros_like(product, dtype=tf.float32)
-    delta = tf.cast(gradient, tf.float32) / tf.cast(loss_scale, tf.float32)
-    if zero_sum:
-        delta -= tf.reduce_mean(delta, axis=-1, keepdims=True)
-    return delta
-
-
-_SOFTMAX_CROSSENTROPIES = (keras.losses.SparseCategoricalCrossentropy, keras.losses.CategoricalCrossentropy)
-_OPS_AFTER_THE_SOFTMAX = ("Identity", "Cast")
-
-
-def _softmax_logits(loss, y_pred, products):
-    """The captured products that the loss reads as softmax logits, found while the step is
-    traced (any way the model is built).
-
-    Under a softmax the gradient at the logits, ``Jᵀv`` with ``J = diag(p) − ppᵀ``, has
-    rows that sum to zero exactly, whatever the loss; so has ``p − y``, the gradient of a
-    cross-entropy from logits. ``Δ``, and so ``G_g``, then lose one rank. Keras computes
-    ``p − y`` in float32, and once the model is confident (``p ≈ 1``) the subtraction leaves
-    round-off of up to ``ε / (1 − p)`` relative to the row, far above any numerical-rank
-    tolerance: the zero singular value would come back as up to ~1e-2 × σ_1 and follow σ_1
-    between groups. `_unscaled` removes each row's mean from these products' ``Δ``, which
-    restores the exact zero sum and changes ``Δ`` by its round-off only.
-
-    Recognised: the model's single output is a softmax of a product (a softmax activation,
-    a `keras.layers.Softmax` layer), with any loss; or is the product itself (a linear
-    output layer) with a Keras (sparse) categorical cross-entropy ``from_logits=True``. A
-    custom loss function that applies the softmax itself is not recognised.
-    """
-    outputs = tree.flatten(y_pred)
-    if len(outputs) != 1 or not products:
-        return []
-    output = outputs[0]
-    while getattr(output, "op", None) is not None and output.op.type in _OPS_AFTER_THE_SOFTMAX:
-        output = output.op.inputs[0]
-    if getattr(output, "op", None) is not None and output.op.type == "Softmax":
-        return [p for p in products if _reshaped_from(output.op.inputs[0], [p])]
-    from_logits = isinstance(loss, _SOFTMAX_CROSSENTROPIES) and bool(loss._fn_kwargs.get("from_logits"))
-    return [p for p in products if from_logits and _reshaped_from(output, [p])]
-
-
-class FunctionalAutoSpecModel(AutoSpecModel, Functional):
-    """What ``AutoSpecModel(inputs=..., outputs=..., groups=...)`` builds."""
-
-
-class WrappedModel(AutoSpecModel):
-    """An existing Keras model, unchanged, trained as an `AutoSpecModel`.
-
-    Made by `wrap`; the wrapped model's layers and weights are shared, not copied.
-    """
-
-    def __init__(self, model, **options):
-        super().__init__(name=f"autospec_{model.name}", **options)
-        groups_module.refuse_group_input(model)
-        self.wrapped = model
-
-    def _expects_dict_inputs(self):
-        return isinstance(getattr(self.wrapped, "_inputs_struct", None), dict)
-
-    def call(self, inputs, training=None):
-        return self.wrapped(inputs, training=training)
-
-
-def wrap(model, groups, **options):
-    """Turns an existing Keras model into an `AutoSpecModel`, without a rewrite.
-
-    Args:
-        model: a Sequential, functional or subclassed `keras.Model`. Its layers and
-            weights are used as they are (shared, not copied).
-        groups: the group names (see `AutoSpecModel`).
-        **options: ``layers``, ``kinds``, ``top_k``, ``randomized``, ``every_n_steps`` as for
-            `AutoSpecModel`.
-
-    Returns:
-        An `AutoSpecModel` to ``compile`` and ``fit`` in place of ``model``.
-
-    Example:
-
-    ```python
-    model = tf_autospec.wrap(keras.Sequential([...]), groups=["HC", "SZ"])
-    model.compile(optimizer="adam", loss="mse")
-    model.fit(x, y, groups=labels)
-    ```
-    """
-    if not isinstance(model, keras.Model):
-        raise TypeError(f"wrap() takes a keras.Model; received {type(model).__name__}.")
-    if isinstance(model, AutoSpecModel):
-        raise TypeError(f"Model '{model.name}' is already an AutoSpecModel; use it directly.")
-    return WrappedModel(model, groups=groups, **options)

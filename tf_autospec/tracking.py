@@ -9,7 +9,7 @@ import keras
 import tensorflow as tf
 
 import tf_autospec as tf_autospec_package
-from tf_autospec import capture, spectra
+from tf_autospec import capture, layer_paths, spectra
 
 
 class AutoSpecWarning(UserWarning):
@@ -21,7 +21,9 @@ class TrackedKernel:
     """One kernel whose group spectra are recorded.
 
     Attributes:
-        path: the kernel variable's Keras path, e.g. ``"dense_1/kernel"``.
+        path: the kernel's place in the model, e.g. ``"dense_1/kernel"`` or
+            ``"encoder/lstm/lstm_cell/recurrent_kernel"`` (`layer_paths.LayerPaths`: the
+            same for the same architecture wherever and whenever it is built).
         layer: the layer that owns it.
         name: which of the layer's kernels (``"kernel"``, ``"recurrent_kernel"``).
         capture: the `capture.LayerCapture` that reads this kernel's factors.
@@ -112,12 +114,14 @@ def _candidates(container):
             yield from _candidates(layer)
 
 
-def find_tracked_kernels(model, layers, kinds, top_k):
+def find_tracked_kernels(model, root, layers, kinds, top_k):
     """Lists the kernels to track, warning once for each trainable layer that is skipped.
 
     Args:
         model: a built Keras model.
-        layers: ``None`` for every supported layer, or names of layers / kernel paths.
+        root: the model whose layers name the paths (``model``, or the model it wraps).
+        layers: ``None`` for every supported layer, or kernel paths, layer paths or
+            layer names.
         kinds: kinds to record (subset of ``spectra.KINDS``).
         top_k: ``None`` or the largest number of singular values stored per spectrum.
 
@@ -129,6 +133,7 @@ def find_tracked_kernels(model, layers, kinds, top_k):
             nothing is left to track.
     """
     found, seen = [], set()
+    paths = layer_paths.LayerPaths(root)
     for layer, layer_capture in _candidates(model):
         if id(layer) in seen:  # a layer shared by several sub-models
             continue
@@ -137,7 +142,7 @@ def find_tracked_kernels(model, layers, kinds, top_k):
             fan_in, fan_out = kernel_capture.matrix_shape(layer)
             found.append(
                 TrackedKernel(
-                    path=kernel_capture.kernel(layer).path,
+                    path=paths.variable_path(layer, kernel_capture.kernel(layer)),
                     layer=layer,
                     name=name,
                     capture=kernel_capture,
@@ -146,8 +151,8 @@ def find_tracked_kernels(model, layers, kinds, top_k):
                     widths=spectrum_widths(int(fan_in), int(fan_out), kinds, top_k),
                 )
             )
-    paths = [k.path for k in found]
-    repeated = sorted({p for p in paths if paths.count(p) > 1})
+    kernel_paths = [k.path for k in found]
+    repeated = sorted({p for p in kernel_paths if kernel_paths.count(p) > 1})
     if repeated:
         raise ValueError(
             f"Several tracked kernels share the paths {repeated}; give their layers "
@@ -155,12 +160,16 @@ def find_tracked_kernels(model, layers, kinds, top_k):
         )
     if layers is not None:
         wanted = set(layers)
-        chosen = [k for k in found if k.path in wanted or k.layer.name in wanted]
-        missing = wanted - {k.path for k in chosen} - {k.layer.name for k in chosen}
+
+        def names(kernel):
+            return {kernel.path, paths.layer_path(kernel.layer), kernel.layer.name}
+
+        chosen = [k for k in found if names(k) & wanted]
+        missing = wanted.difference(*(names(k) for k in chosen))
         if missing:
             raise ValueError(
                 f"layers={sorted(missing)} are not tracked layers of this model; "
-                f"choose among {[k.path for k in found]} (kernel paths or layer names)."
+                f"choose among {kernel_paths} (kernel paths or layer names)."
             )
         found = chosen
     if not found:

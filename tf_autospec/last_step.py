@@ -1,0 +1,89 @@
+"""The last recorded step's spectra, held in one variable so that a callback reads them
+in one copy."""
+
+import warnings
+
+import numpy as np
+import tensorflow as tf
+
+from tf_autospec import tracking
+from tf_autospec.results import StepSpectra
+
+
+class LastStep:
+    """One float64 variable holding the last recorded step.
+
+    Layout: ``[step, counts (G'), finite flags (K), spectra...]`` where each (kernel,
+    kind) spectrum ``[G', width]`` follows the previous one, flattened; ``G' = G · (1 +
+    null partitions)``, the real groups first. float64 holds the step and the counts
+    exactly. A second variable, ``recorded``, says whether the last step that ran was
+    recorded: the steps that do not record set it to 0.
+    """
+
+    def __init__(self, kernels, num_groups, null_partitions):
+        self.kernels = kernels
+        self.num_groups = num_groups
+        self.null_partitions = null_partitions
+        recorded_groups = num_groups * (1 + null_partitions)
+        self.recorded_groups = recorded_groups
+        self.segments = []  # (kernel path, kind, start, width)
+        self.header_size = 1 + recorded_groups + len(kernels)
+        start = self.header_size
+        for kernel in kernels:
+            for kind, width in kernel.widths.items():
+                self.segments.append((kernel.path, kind, start, width))
+                start += recorded_groups * width
+        self.warned_nonfinite = False
+        # Under tf.distribute every replica holds the same values; the first one's are kept.
+        self.recorded = tf.Variable(
+            False, trainable=False, name="autospec_recorded", aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA
+        )
+        self.buffer = tf.Variable(
+            tf.concat([[-1.0], tf.ones([recorded_groups + len(kernels)], tf.float64),
+                       tf.fill([start - self.header_size], tf.constant(float("nan"), tf.float64))], 0),
+            trainable=False,
+            name="autospec_last_step",
+            aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA,
+        )
+
+    def assign(self, step, counts, spectra, finite):
+        """One write of the whole buffer. ``spectra`` maps (kernel path, kind) ->
+        ``[G', width]``; ``finite`` holds a bool per kernel."""
+        flat = [[tf.cast(step, tf.float64)], tf.cast(counts, tf.float64), tf.cast(tf.stack(finite), tf.float64)]
+        flat += [tf.reshape(tf.cast(spectra[(path, kind)], tf.float64), [-1]) for path, kind, _, _ in self.segments]
+        self.buffer.assign(tf.concat(flat, 0))
+        self.recorded.assign(True)
+
+    def read(self, groups):
+        if not self.recorded.numpy():
+            return None
+        buffer = self.buffer.value().numpy()
+        step = int(buffer[0])
+        finite = buffer[1 + self.recorded_groups : self.header_size]
+        nonfinite = tuple(k.path for k, ok in zip(self.kernels, finite) if not ok)
+        if nonfinite and not self.warned_nonfinite:
+            self.warned_nonfinite = True
+            warnings.warn(
+                f"Step {step}: NaN or Inf in the inputs or gradients of {list(nonfinite)}; "
+                "their spectra are NaN for the affected groups (StepSpectra.nonfinite lists "
+                "them at each step; this warning is not repeated).",
+                tracking.AutoSpecWarning,
+                stacklevel=tracking.user_stacklevel(),
+            )
+        partitions, groups_count = 1 + self.null_partitions, self.num_groups
+        counts = buffer[1 : 1 + self.recorded_groups].astype(np.int32).reshape(partitions, groups_count)
+        spectra = {
+            (path, kind): buffer[start : start + self.recorded_groups * width]
+            .reshape(partitions, groups_count, width)
+            .astype(np.float32)
+            for path, kind, start, width in self.segments
+        }
+        return StepSpectra(
+            step=step,
+            groups=groups,
+            counts=counts[0],
+            nonfinite=nonfinite,
+            spectra={key: values[0] for key, values in spectra.items()},
+            null_counts=counts[1:],
+            null_spectra={key: values[1:] for key, values in spectra.items()},
+        )
