@@ -26,8 +26,14 @@ def peeked(x):
     try:
         first = next(x)
     except StopIteration:
-        raise ValueError("The generator given to fit yields no batch.") from None
+        raise ValueError("The generator yields no batch.") from None
     return _prepended(first, x), first[0] if isinstance(first, tuple) else first
+
+
+def first_inputs(dataset):
+    """The inputs of a `keras.utils.PyDataset`'s first batch."""
+    batch = dataset[0]
+    return batch[0] if isinstance(batch, tuple) else batch
 
 
 def _prepended(first, rest):

@@ -10,7 +10,7 @@ import numpy as np
 import tensorflow as tf
 
 from tf_autospec import groups as groups_module
-from tf_autospec import distributed, inputs, logits, schedules, serialization, spectra, tracking
+from tf_autospec import distributed, evaluation, inputs, logits, schedules, serialization, spectra, tracking
 from tf_autospec.capture import Recording, capture_for
 from tf_autospec.keras_internals import Functional, tree, unpack_x_y_sample_weight, unscale_loss_for_distribution
 from tf_autospec.last_step import LastStep
@@ -95,7 +95,10 @@ class AutoSpecModel(keras.Model):
             from tf_autospec.functional import FunctionalAutoSpecModel  # it subclasses this class
 
             return super().__new__(FunctionalAutoSpecModel)
-        return super().__new__(cls)
+        # keras.Model.__new__ drops the constructor's arguments, which keras.Layer.__new__
+        # records for get_config: a subclass's options (and the user's own arguments) are
+        # then saved with the model when they are plain values.
+        return keras.layers.Layer.__new__(cls, *args, **kwargs)
 
     def __init__(
         self, *args, groups=None, layers=None, kinds=spectra.KINDS, top_k=None,
@@ -308,10 +311,39 @@ class AutoSpecModel(keras.Model):
             return (self._with_indices(validation_data[0]),) + tuple(validation_data[1:])
         return self._with_indices(validation_data)
 
-    def evaluate(self, x=None, y=None, *args, groups=None, **kwargs):
-        """`keras.Model.evaluate`; group labels (``groups=`` or a ``"group"`` entry) are
-        optional and read as in ``fit``."""
-        return super().evaluate(self._with_indices(x, groups), y, *args, **kwargs)
+    def evaluate(self, x=None, y=None, batch_size=None, verbose="auto", sample_weight=None, steps=None,
+                 callbacks=None, return_dict=False, groups=None, **kwargs):
+        """`keras.Model.evaluate`, plus the loss and every compiled metric per group when the
+        data carry group labels (``groups=`` or a ``"group"`` entry, read as in ``fit``).
+
+        Returns:
+            With ``return_dict=True``, Keras's results and, per declared group,
+            ``"<name>/<group>"`` (``"loss/HC"``, ``"accuracy/SZ"``): `keras.Model.evaluate`
+            on that group's samples alone, NaN for a group absent from the data. As a list,
+            Keras's results followed by those, in the dict's order.
+
+        Example:
+            >>> model.evaluate(x, y, groups=labels, return_dict=True)
+            {'accuracy': 0.81, 'loss': 0.43, 'accuracy/HC': 0.84, 'loss/HC': 0.39, ...}
+        """
+        x = self._with_indices(x, groups)
+        by_group = None
+        # Inside fit, Keras evaluates the validation data through a cached iterator.
+        if not kwargs.get("_use_cached_eval_dataset"):
+            if isinstance(x, keras.utils.PyDataset) or inputs.is_iterator(x):
+                x, first = inputs.peeked(x) if inputs.is_iterator(x) else (x, inputs.first_inputs(x))
+                if evaluation.has_labels(first):
+                    x, y, sample_weight, batch_size = evaluation.in_memory(x, y, sample_weight)
+            if evaluation.has_labels(x):
+                by_group = evaluation.per_group(self, x, y, sample_weight, batch_size, steps)
+        results = super().evaluate(x, y, batch_size=batch_size, verbose=verbose, sample_weight=sample_weight,
+                                   steps=steps, callbacks=callbacks, return_dict=return_dict, **kwargs)
+        if by_group is None:
+            return results
+        groups_results = evaluation.keyed(by_group, list(self.get_metrics_result()))
+        if return_dict:
+            return {**results, **groups_results}
+        return (results if isinstance(results, list) else [results]) + list(groups_results.values())
 
     def predict(self, x, *args, **kwargs):
         """`keras.Model.predict`; a ``"group"`` entry of the inputs is read as in ``fit``

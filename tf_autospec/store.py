@@ -308,7 +308,8 @@ class Run:
     Attributes:
         path: the file.
         groups: group names, in label order.
-        layers: the tracked kernels' Keras variable paths, in model order.
+        layers: the tracked kernels' paths (their place in the model, see
+            `tf_autospec.layer_paths`), in model order.
         kinds: the recorded kinds (subset of ``("grad", "act", "delta")``).
         records: dict column -> array, one entry per recorded step: ``"epoch"``,
             ``"step"`` (strictly increasing), ``"batch"``, ``"wall_time"`` and the

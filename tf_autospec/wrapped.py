@@ -24,6 +24,8 @@ class WrappedModel(AutoSpecModel):
         super().__init__(name=name or f"autospec_{model.name}", **options)
         groups_module.refuse_group_input(model)
         self.wrapped = model
+        # Its own weights are the wrapped model's: built when that is (load_weights needs it).
+        self.built = model.built
 
     def _layer_tree_root(self):
         return self.wrapped
