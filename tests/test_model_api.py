@@ -107,7 +107,8 @@ def test_evaluate_predict_and_validation_with_or_without_groups():
     assert "val_loss" in history.history
     with_groups = model.evaluate({"x": x, "group": labels}, y, verbose=0)
     without = model.evaluate(x, y, verbose=0)
-    np.testing.assert_allclose(with_groups, without)
+    np.testing.assert_allclose(with_groups[: len(without)], without)  # then the results per group
+    assert len(with_groups) == len(without) * (1 + len(model.groups))
     np.testing.assert_allclose(model.predict({"x": x, "group": labels}, verbose=0), model.predict(x, verbose=0))
 
 

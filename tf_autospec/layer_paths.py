@@ -35,12 +35,13 @@ class LayerPaths:
 
     Example:
         >>> paths = LayerPaths(model)
-        >>> paths.variable_path(model.layers[1], model.layers[1].kernel)
+        >>> paths.variable_path(model.layers[1].kernel)
         'dense_1/kernel'
     """
 
     def __init__(self, root):
         self._paths = {}
+        self._layers = []
         self._walk(root, "")
 
     def _walk(self, container, prefix):
@@ -56,16 +57,17 @@ class LayerPaths:
                 counts[base] = number + 1
                 name = base if number == 0 else f"{base}_{number}"
             self._paths[id(layer)] = prefix + name
+            self._layers.append(layer)
             self._walk(layer, prefix + name + "/")
 
     def layer_path(self, layer):
         """The layer's path, e.g. ``"sequential/dense_1"``."""
         return self._paths[id(layer)]
 
-    def variable_path(self, layer, variable):
-        """The path of ``variable``, owned by ``layer`` or by one of its sub-layers (an
+    def variable_path(self, variable):
+        """The path of ``variable``, owned by a layer or by one of its sub-layers (an
         LSTM's cell): ``"lstm/lstm_cell/kernel"``."""
-        for owner in layer._flatten_layers(include_self=True, recursive=True):
+        for owner in self._layers:
             if any(own is variable for own in owner._trainable_variables + owner._non_trainable_variables):
                 return f"{self.layer_path(owner)}/{variable.name}"
-        raise ValueError(f"Variable '{variable.path}' belongs to no layer of '{layer.name}'.")
+        raise ValueError(f"Variable '{variable.path}' belongs to no layer of this model.")

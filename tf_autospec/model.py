@@ -10,7 +10,7 @@ import numpy as np
 import tensorflow as tf
 
 from tf_autospec import groups as groups_module
-from tf_autospec import distributed, evaluation, inputs, logits, schedules, serialization, spectra, tracking
+from tf_autospec import distributed, evaluation, inputs, layer_paths, logits, schedules, serialization, spectra, tracking
 from tf_autospec.capture import Recording, capture_for
 from tf_autospec.keras_internals import Functional, tree, unpack_x_y_sample_weight, unscale_loss_for_distribution
 from tf_autospec.last_step import LastStep
@@ -392,6 +392,16 @@ class AutoSpecModel(keras.Model):
         return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
 
     # --------------------------------------------------------------- training
+
+    def kernel_path(self, variable):
+        """The path under which a kernel variable's spectra are recorded (its place in the
+        model, see `tf_autospec.layer_paths`).
+
+        Example:
+            >>> model.kernel_path(model.get_layer("dense_1").kernel)
+            'dense_1/kernel'
+        """
+        return layer_paths.LayerPaths(self._layer_tree_root()).variable_path(variable)
 
     @property
     def tracked_kernels(self):

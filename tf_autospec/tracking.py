@@ -142,7 +142,7 @@ def find_tracked_kernels(model, root, layers, kinds, top_k):
             fan_in, fan_out = kernel_capture.matrix_shape(layer)
             found.append(
                 TrackedKernel(
-                    path=paths.variable_path(layer, kernel_capture.kernel(layer)),
+                    path=paths.variable_path(kernel_capture.kernel(layer)),
                     layer=layer,
                     name=name,
                     capture=kernel_capture,
