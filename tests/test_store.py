@@ -188,7 +188,7 @@ def test_full_disk_stops_training_with_the_flushed_steps_kept(tmp_path, monkeypa
 
     def failing(dataset, rows):
         calls.append(dataset.name)
-        if len(calls) > 15:  # 13 datasets per flush + 2 per epoch: the second flush fails
+        if len(calls) > 16:  # 14 datasets per flush + 2 per epoch: the second flush fails
             raise OSError(errno.ENOSPC, "No space left on device")
         original(dataset, rows)
 

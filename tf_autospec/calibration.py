@@ -91,6 +91,7 @@ def simulated_run(path, rng, labels, subjects=None, groups=("HC", "SZ"), layers=
     records = {"epoch": np.repeat(np.arange(epochs), steps), "batch": np.tile(np.arange(steps), epochs),
                "wall_time": np.arange(n, dtype=float), "step": np.arange(n), "loss": np.ones(n)}
     writer.append(records, {key: v[:, 0] for key, v in spectra.items()}, counts[:, 0],
-                  {key: v[:, 1:] for key, v in spectra.items()}, counts[:, 1:])
+                  {key: v[:, 1:] for key, v in spectra.items()}, counts[:, 1:],
+                  np.full((n, g), np.nan))  # spectra only: no model, no loss
     writer.close()
     return store.load(path)

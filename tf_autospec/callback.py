@@ -389,10 +389,11 @@ class AutoSpecCallback(keras.callbacks.Callback):
         null_spectra = {key: np.stack([s.null_spectra[key] for s in steps]) for key in steps[0].null_spectra}
         counts = np.stack([s.counts for s in steps])
         null_counts = np.stack([s.null_counts for s in steps])
-        self._submit(self._write, self._writer, records, spectra, counts, null_spectra, null_counts)
+        group_loss = np.stack([s.group_loss for s in steps])
+        self._submit(self._write, self._writer, records, spectra, counts, null_spectra, null_counts, group_loss)
 
-    def _write(self, writer, records, spectra, counts, null_spectra, null_counts):
-        writer.append(records, spectra, counts, null_spectra, null_counts)
+    def _write(self, writer, records, spectra, counts, null_spectra, null_counts, group_loss):
+        writer.append(records, spectra, counts, null_spectra, null_counts, group_loss)
         if self._tensorboard is not None:
             self._write_tensorboard(records["step"], spectra)
 

@@ -9,6 +9,7 @@ import sys
 
 from keras.src import backend, tree  # noqa: F401  (backend.rnn: the recurrent loop)
 from keras.src.losses.loss import unscale_loss_for_distribution  # noqa: F401
+from keras.src.losses.losses import LossFunctionWrapper  # noqa: F401
 from keras.src.models.functional import Functional, functional_from_config  # noqa: F401
 from keras.src.trainers.data_adapters.data_adapter_utils import unpack_x_y_sample_weight  # noqa: F401
 from keras.src.utils.naming import to_snake_case  # noqa: F401

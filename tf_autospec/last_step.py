@@ -13,9 +13,9 @@ from tf_autospec.results import StepSpectra
 class LastStep:
     """One float64 variable holding the last recorded step.
 
-    Layout: ``[step, counts (G'), finite flags (K), spectra...]`` where each (kernel,
-    kind) spectrum ``[G', width]`` follows the previous one, flattened; ``G' = G · (1 +
-    null partitions)``, the real groups first. float64 holds the step and the counts
+    Layout: ``[step, counts (G'), finite flags (K), loss per group (G), spectra...]``
+    where each (kernel, kind) spectrum ``[G', width]`` follows the previous one,
+    flattened; ``G' = G · (1 + null partitions)``, the real groups first. float64 holds the step and the counts
     exactly. A second variable, ``recorded``, says whether the last step that ran was
     recorded: the steps that do not record set it to 0.
     """
@@ -27,7 +27,7 @@ class LastStep:
         recorded_groups = num_groups * (1 + null_partitions)
         self.recorded_groups = recorded_groups
         self.segments = []  # (kernel path, kind, start, width)
-        self.header_size = 1 + recorded_groups + len(kernels)
+        self.header_size = 1 + recorded_groups + len(kernels) + num_groups
         start = self.header_size
         for kernel in kernels:
             for kind, width in kernel.widths.items():
@@ -40,16 +40,19 @@ class LastStep:
         )
         self.buffer = tf.Variable(
             tf.concat([[-1.0], tf.ones([recorded_groups + len(kernels)], tf.float64),
-                       tf.fill([start - self.header_size], tf.constant(float("nan"), tf.float64))], 0),
+                       tf.fill([start - 1 - recorded_groups - len(kernels)], tf.constant(float("nan"), tf.float64))],
+                      0),
             trainable=False,
             name="autospec_last_step",
             aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA,
         )
 
-    def assign(self, step, counts, spectra, finite):
-        """One write of the whole buffer. ``spectra`` maps (kernel path, kind) ->
-        ``[G', width]``; ``finite`` holds a bool per kernel."""
-        flat = [[tf.cast(step, tf.float64)], tf.cast(counts, tf.float64), tf.cast(tf.stack(finite), tf.float64)]
+    def assign(self, step, counts, group_loss, spectra, finite):
+        """One write of the whole buffer. ``group_loss`` holds each real group's mean loss;
+        ``spectra`` maps (kernel path, kind) -> ``[G', width]``; ``finite`` holds a bool
+        per kernel."""
+        flat = [[tf.cast(step, tf.float64)], tf.cast(counts, tf.float64), tf.cast(tf.stack(finite), tf.float64),
+                tf.cast(group_loss, tf.float64)]
         flat += [tf.reshape(tf.cast(spectra[(path, kind)], tf.float64), [-1]) for path, kind, _, _ in self.segments]
         self.buffer.assign(tf.concat(flat, 0))
         self.recorded.assign(True)
@@ -59,7 +62,7 @@ class LastStep:
             return None
         buffer = self.buffer.value().numpy()
         step = int(buffer[0])
-        finite = buffer[1 + self.recorded_groups : self.header_size]
+        finite = buffer[1 + self.recorded_groups : self.header_size - self.num_groups]
         nonfinite = tuple(k.path for k, ok in zip(self.kernels, finite) if not ok)
         if nonfinite and not self.warned_nonfinite:
             self.warned_nonfinite = True
@@ -86,4 +89,5 @@ class LastStep:
             spectra={key: values[0] for key, values in spectra.items()},
             null_counts=counts[1:],
             null_spectra={key: values[1:] for key, values in spectra.items()},
+            group_loss=buffer[self.header_size - self.num_groups : self.header_size].copy(),
         )

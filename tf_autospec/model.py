@@ -10,7 +10,7 @@ import numpy as np
 import tensorflow as tf
 
 from tf_autospec import groups as groups_module
-from tf_autospec import distributed, evaluation, inputs, layer_paths, logits, schedules, serialization, spectra, tracking
+from tf_autospec import distributed, evaluation, group_loss, inputs, layer_paths, logits, schedules, serialization, spectra, tracking
 from tf_autospec.capture import Recording, capture_for
 from tf_autospec.keras_internals import Functional, tree, unpack_x_y_sample_weight, unscale_loss_for_distribution
 from tf_autospec.last_step import LastStep
@@ -498,14 +498,17 @@ class AutoSpecModel(keras.Model):
             softmax_logits = logits.softmax_logits(self.loss, y_pred, products)
             deltas = [
                 [
-                    logits.unscaled_delta(next(product_gradients), product, loss_scale, any(product is p for p in softmax_logits))
+                    logits.unscaled_delta(
+                        next(product_gradients), product, loss_scale, any(product is p for p in softmax_logits)
+                    )
                     for _, product in kernel_calls
                 ]
                 for kernel_calls in calls
             ]
+            sample_losses = group_loss.per_sample(self, y, y_pred, sample_weight)
             step = tf.identity(self.optimizer.iterations)
             self.optimizer.apply_gradients(zip(weight_gradients, trainable_weights))
-            self._record(step, calls, deltas, labels)
+            self._record(step, calls, deltas, labels, sample_losses)
         else:
             warnings.warn("The model does not have any trainable weights.")
         return self._reducible(self.compute_metrics(x, y, y_pred, sample_weight=sample_weight))
@@ -551,7 +554,7 @@ class AutoSpecModel(keras.Model):
             return tree.map_structure(lambda value: value[None], logs)
         return logs
 
-    def _record(self, step, calls, deltas, labels):
+    def _record(self, step, calls, deltas, labels, sample_losses):
         state = self._spectra_state
         kinds = self._kinds_per_kernel(calls)
         replicas = distributed.replica_context()
@@ -566,6 +569,8 @@ class AutoSpecModel(keras.Model):
                 replicas, labels, len(self.groups), self._batch_size_hint, self.jit_compile
             )
             grouping = exchange.grouping
+            if sample_losses is not None:
+                sample_losses = exchange.gather([sample_losses])[0]
             computations = [
                 self._global_kernel_spectra(exchange, *arguments)
                 for arguments in zip(state.kernels, calls, deltas, kinds)
@@ -581,7 +586,8 @@ class AutoSpecModel(keras.Model):
             finite.append(tf.reduce_all(kernel_finite))
             for kind, values in kernel_results.items():
                 results[(kernel.path, kind)] = values
-        state.assign(step, grouping.counts, results, finite)
+        losses = group_loss.group_means(sample_losses, grouping.one_hot, len(self.groups))
+        state.assign(step, grouping.counts, losses, results, finite)
 
     def _kinds_per_kernel(self, calls):
         """The kinds to compute per kernel: kernels fed by the same products (an LSTM's

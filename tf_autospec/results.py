@@ -25,6 +25,9 @@ class StepSpectra:
             (``AutoSpecModel(null_partitions=P)``; ``[0, G]`` without).
         null_spectra: ``{(kernel_path, kind): float32 [P, G, width]}``, the spectra of
             the null partitions' groups, computed like ``spectra``.
+        group_loss: float64 ``[G]``, the mean training loss of each group's samples in the
+            batch (Keras's per-sample loss before reduction, with sample weights, without
+            regularization losses; see `tf_autospec.group_loss`); NaN for an absent group.
 
     Example:
 
@@ -44,6 +47,7 @@ class StepSpectra:
     nonfinite: tuple = ()
     null_counts: np.ndarray = None
     null_spectra: dict = None
+    group_loss: np.ndarray = None
 
     @property
     def kernels(self):

@@ -162,6 +162,7 @@ class RunWriter:
         for key in layout["log_keys"]:
             _extendable(logs, key, (), "f8", 1024)
         _extendable(f, "counts", (len(layout["groups"]),), "i4", 1024)
+        _extendable(f, "group_loss", (len(layout["groups"]),), "f8", 1024)
         epochs = f.create_group("epochs")
         _extendable(epochs, "epoch", (), "i8", 64)
         _extendable(epochs, "logs", (), h5py.string_dtype(), 64)
@@ -183,7 +184,7 @@ class RunWriter:
     def num_records(self):
         return self.file["records/step"].shape[0]
 
-    def append(self, records, spectra, counts, null_spectra, null_counts):
+    def append(self, records, spectra, counts, null_spectra, null_counts, group_loss):
         """Appends rows and flushes, so that every row written is on disk.
 
         Args:
@@ -193,6 +194,8 @@ class RunWriter:
             null_spectra: dict (kernel path, kind) -> ``[n, P, G, width]``, the null
                 partitions' spectra (ignored when the run has none).
             null_counts: int ``[n, P, G]``.
+            group_loss: float ``[n, G]``, each group's mean training loss (not written to
+                a file created before it was recorded).
         """
         f = self.file
         partitions = self.layout.get("null_partitions", 0)
@@ -204,6 +207,8 @@ class RunWriter:
                     if partitions:
                         _append(f[f"null/{kernel['path']}/{kind}"], null_spectra[key])
             _append(f["counts"], counts)
+            if "group_loss" in f:
+                _append(f["group_loss"], group_loss)
             if partitions:
                 _append(f["null/counts"], null_counts)
             for key in self.layout["log_keys"]:
@@ -354,6 +359,8 @@ class Run:
             for key in f["records/logs"]:
                 self.records[key] = f[f"records/logs/{key}"][: self._rows]
             self._counts = f["counts"][: self._rows]
+            self.has_group_loss = "group_loss" in f
+            self._group_loss = f["group_loss"][: self._rows] if self.has_group_loss else None
             self._null_counts = f["null/counts"][: self._rows] if self.null_partitions else None
             self.kernel_info = {
                 layer: {k: _plain(v) for k, v in f[f"kernels/{layer}"].attrs.items()}
@@ -395,6 +402,24 @@ class Run:
     def counts(self, group):
         """Samples of ``group`` in each recorded step's batch, ``[n_records]``."""
         return self._counts[:, self._group_index(group)]
+
+    def group_loss(self, group):
+        """The mean training loss of ``group``'s samples in each recorded step's batch,
+        ``[n_records]`` (NaN where the group was absent; see `tf_autospec.group_loss`).
+
+        Raises:
+            KeyError: the file was written before the loss per group was recorded
+                (`has_group_loss` is False).
+        """
+        if not self.has_group_loss:
+            raise KeyError(f"{self.path} was written before the loss per group was recorded; "
+                           "train again to have it (Run.has_group_loss is False).")
+        return self._group_loss[:, self._group_index(group)]
+
+    def epoch_group_loss(self, group, reduce="mean"):
+        """`group_loss` aggregated per epoch over its recorded steps (NaN-aware):
+        ``(epochs, values)``."""
+        return self.per_epoch(self.group_loss(group), reduce)
 
     def _check_null(self):
         if not self.null_partitions:
