@@ -94,9 +94,10 @@ def fit(model, callbacks, dataset=False):
 
 
 def as_arrays(steps):
-    """``{"step": [n], "counts": [n, G], "<kernel path, / as ~>|<kind>": [n, G, width]}``, and
+    """``{"step": [n], "counts": [n, G], "group_loss": [n, G], "<kernel path, / as ~>|<kind>": [n, G, width]}``, and
     with null partitions ``"null_counts": [n, P, G]``, ``"null:<kernel path>|<kind>": [n, P, G, width]``."""
-    out = {"step": np.array([s.step for s in steps]), "counts": np.stack([s.counts for s in steps])}
+    out = {"step": np.array([s.step for s in steps]), "counts": np.stack([s.counts for s in steps]),
+           "group_loss": np.stack([s.group_loss for s in steps])}
     for key in steps[0].spectra:
         out["|".join(key).replace("/", "~")] = np.stack([s.spectra[key] for s in steps])
     if len(steps[0].null_counts):

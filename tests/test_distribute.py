@@ -74,6 +74,9 @@ def test_mirrored_strategy_gives_the_global_batch_spectra(tmp_path):
     assert (single["counts"][:, 2] > 0).all()  # group "c", on one replica only, is recorded
     mirrored = dict(np.load(tmp_path / "mirrored.npz"))
     _assert_same_spectra(mirrored, single)
+    # Each group's loss from the per-sample losses of both replicas, as on one device.
+    assert np.isfinite(single["group_loss"]).any()
+    np.testing.assert_allclose(mirrored["group_loss"], single["group_loss"], rtol=1e-5)
     # The null partitions' groups, recorded beside the real ones, also as on one device.
     _assert_same_null_spectra(mirrored, single, scenario.NULL_PARTITIONS)
     _assert_exchanges(json.loads((tmp_path / "exchange.json").read_text()),
