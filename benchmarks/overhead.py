@@ -1,7 +1,8 @@
 """Overhead of AutoSpecModel.fit against plain keras.Model.fit, side by side in one process.
 
 For each architecture the same data is trained by: plain `keras.Model.fit`;
-`AutoSpecModel.fit` with all kinds at every step; the same writing every step to HDF5
+`AutoSpecModel.fit` with all kinds at every step; the same without the loss per group;
+the same writing every step to HDF5
 with `AutoSpecCallback`; the same every 10 steps; `grad` spectra only (what
 `peer_backpack.py` computes in PyTorch); and the paper's route (a full SVD of
 every group gradient and factor matrix). Runs alternate,
@@ -78,6 +79,13 @@ class PaperRouteModel(ts.AutoSpecModel):
         return {kind: tf.stack(v) for kind, v in out.items()}, tf.fill([len(self.groups)], True)
 
 
+class WithoutGroupLossModel(ts.AutoSpecModel):
+    """AutoSpecModel that drops the loss per group (NaN), to time what recording it costs."""
+
+    def _record(self, step, calls, deltas, labels, sample_losses):
+        super()._record(step, calls, deltas, labels, None)
+
+
 class TimedCallback(ts.AutoSpecCallback):
     """AutoSpecCallback that adds up its own time: the hook in the training thread and
     the writes in its background thread (the writer's cost, free of epoch-timing noise)."""
@@ -100,7 +108,8 @@ class TimedCallback(ts.AutoSpecCallback):
 
 
 def build(kind, architecture, groups, every, jit_compile=False):
-    """A compiled model of ``kind`` (plain, autospec, autospec_grad, paper); ``architecture``
+    """A compiled model of ``kind`` (plain, autospec, autospec_no_group_loss, autospec_grad,
+    paper); ``architecture``
     is a name of `ARCHITECTURES` or a ``(make_outputs, input_shape)`` pair."""
     make, shape = ARCHITECTURES[architecture] if isinstance(architecture, str) else architecture
     inputs = keras.Input(shape)
@@ -110,6 +119,8 @@ def build(kind, architecture, groups, every, jit_compile=False):
         model = keras.Model(inputs, outputs)
     elif kind == "paper":
         model = PaperRouteModel(inputs=inputs, outputs=outputs, groups=names)
+    elif kind == "autospec_no_group_loss":
+        model = WithoutGroupLossModel(inputs=inputs, outputs=outputs, groups=names, every_n_steps=every)
     else:
         kinds = ("grad",) if kind == "autospec_grad" else ts.KINDS
         model = ts.AutoSpecModel(inputs=inputs, outputs=outputs, groups=names, kinds=kinds, every_n_steps=every)
@@ -175,6 +186,7 @@ def run(architecture, batch, groups, steps, repeats, variants):
 VARIANTS = {
     "plain": ("plain", 1),
     "autospec": ("autospec", 1),
+    "autospec_no_group_loss": ("autospec_no_group_loss", 1),
     "autospec_writer": ("autospec", 1),
     "autospec_every10": ("autospec", 10),
     "autospec_grad_only": ("autospec_grad", 1),
