@@ -10,7 +10,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tf_autospec import store, summaries
+from tf_autospec import serialization, store, summaries
 
 
 def _layout(model, log_keys):
@@ -35,15 +35,11 @@ def _layout(model, log_keys):
 
 
 def _options(model):
-    """The model's AutoSpec options, as the run file stores them."""
-    return {
-        "layers": None if model.autospec_layers is None else list(model.autospec_layers),
-        "kinds": list(model.autospec_kinds),
-        "top_k": model.autospec_top_k,
-        "randomized": model.autospec_randomized,
-        "every_n_steps": model.autospec_every_n_steps,
-        "null_partitions": model.autospec_null_partitions,
-    }
+    """The model's AutoSpec options, as the run file stores them (without the groups,
+    stored on their own)."""
+    options = serialization.options_config(model)
+    del options["groups"]
+    return options
 
 
 def _model_config(model):

@@ -59,7 +59,12 @@ class AutoSpecModel(keras.Model):
             iteration where that is cheaper than their Gram matrices; each value is then
             a lower bound within a documented distance of the exact one
             (`spectra.randomized_top_singular_values`). Default ``False``: exact.
-        every_n_steps: record every n-th optimizer step (default 1: every step).
+        every_n_steps: record every n-th optimizer step (default 1: every step); a
+            shorthand of ``schedule=tf_autospec.schedules.every(n)``.
+        schedule: at which optimizer steps to record: a callable ``step -> bool`` such as
+            ``tf_autospec.schedules.log_spaced(10)`` or ``dense_then_every(100, 50)``
+            (default ``None``: ``every_n_steps``). The other steps run `keras.Model`'s
+            own training step.
         null_partitions: how many null partitions to record beside the groups (default
             0): random relabelings of the subjects that keep every group's size, fixed for
             the whole run (`tf_autospec.null_partitions`), whose spectra are computed at
@@ -102,7 +107,7 @@ class AutoSpecModel(keras.Model):
 
     def __init__(
         self, *args, groups=None, layers=None, kinds=spectra.KINDS, top_k=None,
-        randomized=False, every_n_steps=1, null_partitions=0, **kwargs
+        randomized=False, every_n_steps=1, null_partitions=0, schedule=None, **kwargs
     ):
         # keras's Functional ignores keyword arguments it does not know: a misspelt option
         # would build a model that silently records with the default.
@@ -131,10 +136,7 @@ class AutoSpecModel(keras.Model):
                 "e.g. AutoSpecModel(..., top_k=10, randomized=True)."
             )
         self.autospec_randomized = bool(randomized)
-        if isinstance(every_n_steps, bool) or int(every_n_steps) != every_n_steps or every_n_steps < 1:
-            raise ValueError(
-                f"every_n_steps must be a positive integer; received {every_n_steps!r}."
-            )
+        self.autospec_schedule = schedules.get(schedule, every_n_steps)
         self.autospec_every_n_steps = int(every_n_steps)
         if isinstance(null_partitions, bool) or int(null_partitions) != null_partitions or null_partitions < 0:
             raise ValueError(
@@ -409,9 +411,9 @@ class AutoSpecModel(keras.Model):
         return [] if self._spectra_state is None else list(self._spectra_state.kernels)
 
     def make_train_function(self, force=False):
-        """The recording step (`train_step`), or with ``every_n_steps > 1`` an
-        `schedules.EveryNSteps` that runs it at the recorded steps and `keras.Model`'s own step
-        at the others."""
+        """The recording step (`train_step`), or, unless every step is recorded, a
+        `schedules.ScheduledSteps` that runs it at the scheduled steps and `keras.Model`'s
+        own step at the others."""
         if self.steps_per_execution != 1:
             raise ValueError(
                 "AutoSpecModel records spectra after every step, which needs "
@@ -430,10 +432,10 @@ class AutoSpecModel(keras.Model):
         if force or self.train_function is None:
             self._exchanges = {}  # filled again while the recording step is traced
             recording = self._make_function(self.train_step)
-            if self.autospec_every_n_steps == 1:
+            if self.autospec_schedule == schedules.Every(1):
                 self.train_function = recording
             else:
-                self.train_function = schedules.EveryNSteps(
+                self.train_function = schedules.ScheduledSteps(
                     self, recording, self._make_function(self._unrecorded_train_step)
                 )
         return self.train_function
@@ -463,8 +465,8 @@ class AutoSpecModel(keras.Model):
 
     def train_step(self, data):
         """`keras.Model.train_step` with the products and their gradients captured and
-        this step's spectra recorded. ``fit`` runs it at the recorded steps (every
-        ``every_n_steps``-th) and `keras.Model.train_step` at the others."""
+        this step's spectra recorded. ``fit`` runs it at the recorded steps (the model's
+        schedule) and `keras.Model.train_step` at the others."""
         x, y, sample_weight = unpack_x_y_sample_weight(data)
         labels = self._group_labels(x)
         if self._spectra_state is None:  # a custom loop's first call, before any fit

@@ -14,7 +14,7 @@ run file when the fit continues the training (``initial_epoch``, see ``docs/api.
 
 import keras
 
-OPTIONS = ("groups", "layers", "kinds", "top_k", "randomized", "every_n_steps", "null_partitions")
+OPTIONS = ("groups", "layers", "kinds", "top_k", "randomized", "every_n_steps", "null_partitions", "schedule")
 
 # Keyword arguments of keras.Model's functional constructor that AutoSpecModel passes on.
 KERAS_ARGUMENTS = ("inputs", "outputs", "name", "trainable")
@@ -29,8 +29,12 @@ def options_config(model):
     Example:
         >>> options_config(model)
         {'groups': ['HC', 'SZ'], 'layers': None, 'kinds': ['grad', 'act', 'delta'],
-         'top_k': None, 'randomized': False, 'every_n_steps': 1, 'null_partitions': 0}
+         'top_k': None, 'randomized': False, 'every_n_steps': 1, 'null_partitions': 0,
+         'schedule': None}
     """
+    from tf_autospec import schedules  # it registers its classes through this module
+
+    given = model.autospec_schedule != schedules.Every(model.autospec_every_n_steps)
     return {
         "groups": list(model.groups),
         "layers": None if model.autospec_layers is None else list(model.autospec_layers),
@@ -39,6 +43,7 @@ def options_config(model):
         "randomized": model.autospec_randomized,
         "every_n_steps": model.autospec_every_n_steps,
         "null_partitions": model.autospec_null_partitions,
+        "schedule": schedules.config(model.autospec_schedule) if given else None,
     }
 
 
