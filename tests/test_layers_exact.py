@@ -16,6 +16,7 @@ from tf_autospec.capture import conv
 from reference import (
     assert_spectrum_matches,
     group_gradients,
+    precision_tolerance,
     product_factors,
     singular_values,
 )
@@ -86,7 +87,8 @@ def train_one_step(model, x, y):
 
 
 def check_layer(model, layer, x, y, product, input_rows, fan_out=None):
-    """Compares grad, act and delta of ``layer`` for every group with the brute force."""
+    """Compares grad, act and delta of ``layer`` for every group with the brute force,
+    within the bound of the model's precision."""
     kernel = layer.embeddings if isinstance(layer, keras.layers.Embedding) else layer.kernel
     grads = group_gradients(model, kernel, x, y, LABELS, len(GROUPS), LOSS)
     rows_a, rows_delta = product_factors(
@@ -105,14 +107,12 @@ def check_layer(model, layer, x, y, product, input_rows, fan_out=None):
         # The hand-made factors must reproduce the tape's group gradient.
         np.testing.assert_allclose(rows_a[g].T @ rows_delta[g], matrix, atol=1e-5 * np.abs(matrix).max())
         rows = rows_a[g].shape[0]
-        assert_spectrum_matches(grad_spectrum, singular_values(matrix), min(rows, fan_in, fan_out), f"grad {name}")
-        assert_spectrum_matches(
-            spectra.spectrum(model.kernel_path(kernel), "act", name), singular_values(rows_a[g]), min(rows, fan_in), f"act {name}"
-        )
-        assert_spectrum_matches(
-            spectra.spectrum(model.kernel_path(kernel), "delta", name), singular_values(rows_delta[g]), min(rows, fan_out),
-            f"delta {name}",
-        )
+        for kind, reference, bound in (("grad", matrix, min(rows, fan_in, fan_out)),
+                                       ("act", rows_a[g], min(rows, fan_in)),
+                                       ("delta", rows_delta[g], min(rows, fan_out))):
+            tolerance = precision_tolerance(model.autospec_precision, kind, fan_in, fan_out)
+            recorded = spectra.spectrum(model.kernel_path(kernel), kind, name)
+            assert_spectrum_matches(recorded, singular_values(reference), bound, f"{kind} {name}", tolerance)
 
 
 def data(shape, outputs, seed=0, integer_inputs=None):
@@ -124,8 +124,8 @@ def data(shape, outputs, seed=0, integer_inputs=None):
     return x, rng.normal(size=(N, outputs)).astype("float32")
 
 
-def build(inputs, outputs):
-    return ts.AutoSpecModel(inputs=inputs, outputs=outputs, groups=GROUPS)
+def build(inputs, outputs, precision="float64"):
+    return ts.AutoSpecModel(inputs=inputs, outputs=outputs, groups=GROUPS, precision=precision)
 
 
 @pytest.mark.parametrize("layer_index", [0, 1])
@@ -257,7 +257,8 @@ def grad_only(model, x, y, kernels, rows_per_sample):
                 continue
             matrix = grads[g].reshape(kernel.fan_in, kernel.fan_out)
             bound = min(kernel.fan_in, kernel.fan_out, rows)
-            assert_spectrum_matches(recorded, singular_values(matrix), bound, f"{path} {name}")
+            tolerance = precision_tolerance(model.autospec_precision, "grad", kernel.fan_in, kernel.fan_out)
+            assert_spectrum_matches(recorded, singular_values(matrix), bound, f"{path} {name}", tolerance)
 
 
 def test_multi_head_attention_projections_are_found_and_exact():

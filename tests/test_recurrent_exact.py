@@ -10,7 +10,13 @@ import pytest
 import tensorflow as tf
 
 import tf_autospec as ts
-from reference import assert_spectrum_matches, group_gradients, per_sample_loss, singular_values
+from reference import (
+    assert_spectrum_matches,
+    group_gradients,
+    per_sample_loss,
+    precision_tolerance,
+    singular_values,
+)
 
 GROUPS = ("a", "b", "c", "absent")
 LABELS = np.array([0, 1, 0, 0, -1, 2, 0, 1, 0, -1, 0, 0])
@@ -150,7 +156,7 @@ CASES = {
 }
 
 
-def _model(case, cls=ts.AutoSpecModel):
+def _model(case, cls=ts.AutoSpecModel, **options):
     keras.backend.clear_session()  # the same layer names for every build of a case
     keras.utils.set_random_seed(1)
     inputs = keras.Input((T, F))
@@ -160,12 +166,21 @@ def _model(case, cls=ts.AutoSpecModel):
     outputs = keras.layers.Dense(2)(h)
     if cls is keras.Model:
         return keras.Model(inputs, outputs)
-    return cls(inputs=inputs, outputs=outputs, groups=GROUPS)
+    return cls(inputs=inputs, outputs=outputs, groups=GROUPS, **options)
 
 
 @pytest.mark.parametrize("case", list(CASES))
 def test_recurrent_spectra_match_the_hand_unrolled_brute_force(case):
-    model = _model(case)
+    _check_against_the_brute_force(case, "float64")
+
+
+@pytest.mark.parametrize("case", ["stacked", "gru_reset_before"])
+def test_float32_gram_matrices_stay_within_their_bound(case):
+    _check_against_the_brute_force(case, "float32")
+
+
+def _check_against_the_brute_force(case, precision):
+    model = _model(case, precision=precision)
     x, y = _data(padded=case.startswith("masked"))
     np.testing.assert_allclose(_forward(model, x, []), model(x), atol=1e-5)  # the hand-unrolled model is the model
     factors = _brute_force(model, x, y)
@@ -190,8 +205,9 @@ def test_recurrent_spectra_match_the_hand_unrolled_brute_force(case):
             for kind, reference, bound in (("grad", matrix, min(rows, fan_in, fan_out)),
                                            ("act", a_rows, min(rows, fan_in)),
                                            ("delta", d_rows, min(rows, fan_out))):
+                tolerance = precision_tolerance(precision, kind, fan_in, fan_out)
                 assert_spectrum_matches(spectra.spectrum(path, kind, name), singular_values(reference), bound,
-                                        f"{case} {path} {kind} {name}")
+                                        f"{case} {path} {kind} {name}", tolerance)
 
 
 # Together these cover every cell (GRU both ways), masking, go_backwards, both

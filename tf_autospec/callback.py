@@ -244,7 +244,8 @@ class AutoSpecCallback(keras.callbacks.Callback):
             "kernels": [(k, run.kernel_info[k]["fan_in"], run.kernel_info[k]["fan_out"]) for k in run.layers],
             "widths": run.widths,
             "null_partitions": run.null_partitions,
-            "options": run.attributes.get("options"),
+            # Files written before an option existed were recorded with its default.
+            "options": {**serialization.LATER_OPTION_DEFAULTS, **(run.attributes.get("options") or {})},
         }
         current = {
             "groups": expected["groups"],

@@ -25,6 +25,12 @@ the condition number, and float64 keeps the small singular values accurate to ~1
 moves each singular value by at most ``‖E‖₂`` (~1e-6 × σ_max here), so only its Gram
 matrix needs float64.
 
+**Precision.** ``precision="float32"`` (`AutoSpecModel`'s opt-in) forms the Gram matrices
+of the factors and of ``G_g`` in float32, about twice as fast; their eigen-problems stay
+float64. Each singular value is then within ``√(w·ε₃₂)·σ_1`` of the exact one (``w`` the
+matrix's width, as in `_rank_tolerances`), and values at or below that are stored as 0.
+The sums exchanged under `tf.distribute` and the randomized route stay float64.
+
 Both routes are exact for any ``R``; the choice only sets the cost. When ``R`` is not
 known while tracing, a hint (rows of a whole batch, an upper bound of ``R``) picks the
 route; without one, ``tf.cond`` picks it at run time.
@@ -46,6 +52,7 @@ import tensorflow as tf
 
 KINDS = ("grad", "act", "delta")
 COMPUTE_DTYPE = tf.float64
+PRECISIONS = {"float64": tf.float64, "float32": tf.float32}  # dtype of the Gram matrices
 FACTOR_DTYPE = tf.float32
 FACTOR_EPSILON = float(np.finfo(FACTOR_DTYPE.as_numpy_dtype).eps)
 RANDOMIZED_OVERSAMPLING = 10
@@ -120,14 +127,15 @@ class DenseRows:
         """The same factor with the rows of groups not in ``keep`` set to zero."""
         return DenseRows(tf.where(keep[:, None, None], self.values, 0.0))
 
-    def row_gram(self):
-        exact = tf.cast(self.values, COMPUTE_DTYPE)
-        return tf.matmul(exact, exact, transpose_b=True)
+    def row_gram(self, gram_dtype=COMPUTE_DTYPE):
+        """``AAᵀ`` per group, formed in ``gram_dtype``, float64 ``[G, R, R]``."""
+        values = tf.cast(self.values, gram_dtype)
+        return tf.cast(tf.matmul(values, values, transpose_b=True), COMPUTE_DTYPE)
 
-    def column_gram(self):
-        """``AᵀA`` per group, float64 ``[G, d, d]``: a sum over rows."""
-        exact = tf.cast(self.values, COMPUTE_DTYPE)
-        return tf.matmul(exact, exact, transpose_a=True)
+    def column_gram(self, gram_dtype=COMPUTE_DTYPE):
+        """``AᵀA`` per group, formed in ``gram_dtype``, float64 ``[G, d, d]``: a sum over rows."""
+        values = tf.cast(self.values, gram_dtype)
+        return tf.cast(tf.matmul(values, values, transpose_a=True), COMPUTE_DTYPE)
 
     @staticmethod
     def column_gram_shape(width):
@@ -137,8 +145,8 @@ class DenseRows:
     def eigenvalues_of_column_gram(gram):
         return tf.linalg.eigvalsh(gram)
 
-    def column_gram_eigenvalues(self):
-        return self.eigenvalues_of_column_gram(self.column_gram())
+    def column_gram_eigenvalues(self, gram_dtype=COMPUTE_DTYPE):
+        return self.eigenvalues_of_column_gram(self.column_gram(gram_dtype))
 
     def transpose_matmul(self, other):
         return tf.matmul(self.values, other, transpose_a=True)
@@ -161,13 +169,15 @@ class OneHotRows:
     def zeroed(self, keep):
         return OneHotRows(tf.where(keep[:, None], self.ids, -1), self.width)
 
-    def row_gram(self):
+    def row_gram(self, gram_dtype=None):
+        """Whether two rows hold the same token: exact, whatever ``gram_dtype``."""
         present = self.ids >= 0
         same = tf.equal(self.ids[:, :, None], self.ids[:, None, :])
         return tf.cast(same & present[:, :, None] & present[:, None, :], COMPUTE_DTYPE)
 
-    def column_gram(self):
-        """The diagonal of ``AᵀA`` (which is diagonal): rows per token, float64 ``[G, d]``."""
+    def column_gram(self, gram_dtype=None):
+        """The diagonal of ``AᵀA`` (which is diagonal): rows per token, float64 ``[G, d]``
+        (counts: exact, whatever ``gram_dtype``)."""
         ones = tf.ones(tf.concat([tf.shape(self.ids), [1]], 0), COMPUTE_DTYPE)
         return self.transpose_matmul(ones)[..., 0]
 
@@ -179,7 +189,7 @@ class OneHotRows:
     def eigenvalues_of_column_gram(diagonal):
         return tf.sort(diagonal, axis=-1)
 
-    def column_gram_eigenvalues(self):
+    def column_gram_eigenvalues(self, gram_dtype=None):
         return self.eigenvalues_of_column_gram(self.column_gram())
 
     def transpose_matmul(self, other):
@@ -218,17 +228,17 @@ def _singular_values(eigenvalues, width):
     return tf.ensure_shape(values[:, :width], [None, width])
 
 
-def _smaller_gram_eigenvalues(factor, rows):
+def _smaller_gram_eigenvalues(factor, rows, gram_dtype):
     """Eigenvalues of the smaller Gram matrix of a factor (its squared singular values)."""
     return _select(
         rows <= factor.width,
-        lambda: tf.linalg.eigvalsh(factor.row_gram()),
-        factor.column_gram_eigenvalues,
+        lambda: tf.linalg.eigvalsh(factor.row_gram(gram_dtype)),
+        lambda: factor.column_gram_eigenvalues(gram_dtype),
     )
 
 
-def _rows_route(a, delta, kinds, widths):
-    gram_a = a.row_gram()
+def _rows_route(a, delta, kinds, widths, gram_dtype):
+    gram_a = a.row_gram(gram_dtype)
     out = {}
     if "grad" in kinds:
         eig_a, vectors_a = tf.linalg.eigh(gram_a)
@@ -237,7 +247,7 @@ def _rows_route(a, delta, kinds, widths):
     if "act" in kinds:
         out["act"] = _singular_values(eig_a, widths["act"])
     if "grad" in kinds or "delta" in kinds:
-        gram_delta = delta.row_gram()
+        gram_delta = delta.row_gram(gram_dtype)
     if "delta" in kinds:
         out["delta"] = _singular_values(tf.linalg.eigvalsh(gram_delta), widths["delta"])
     if "grad" in kinds:
@@ -248,7 +258,7 @@ def _rows_route(a, delta, kinds, widths):
     return out
 
 
-def _fan_route(a, delta, kinds, widths, rows, randomized):
+def _fan_route(a, delta, kinds, widths, rows, randomized, gram_dtype):
     def cheaper_randomized(width, size):
         return randomized and width + RANDOMIZED_OVERSAMPLING < size
 
@@ -260,13 +270,13 @@ def _fan_route(a, delta, kinds, widths, rows, randomized):
         if isinstance(factor, DenseRows) and cheaper_randomized(widths[kind], gram_size):
             out[kind] = randomized_top_singular_values(factor.values, widths[kind])[0]
         else:
-            out[kind] = _singular_values(_smaller_gram_eigenvalues(factor, rows), widths[kind])
+            out[kind] = _singular_values(_smaller_gram_eigenvalues(factor, rows, gram_dtype), widths[kind])
     if "grad" in kinds:
         gradient = a.transpose_matmul(delta.values)
         if cheaper_randomized(widths["grad"], min(a.width, delta.width)):
             out["grad"] = randomized_top_singular_values(gradient, widths["grad"])[0]
         else:
-            out["grad"] = _gradient_singular_values(gradient, widths["grad"])
+            out["grad"] = _gradient_singular_values(gradient, widths["grad"], gram_dtype)
     return out
 
 
@@ -323,15 +333,17 @@ def _nan_where(groups, values):
     return tf.where(mask, tf.constant(float("nan"), values.dtype), values)
 
 
-def _gradient_singular_values(gradient, width):
-    """σ of float32 group gradients ``[G, fan_in, fan_out]``, from the smaller Gram matrix."""
-    gradient, overflow = _without_overflow(tf.cast(gradient, COMPUTE_DTYPE))
+def _gradient_singular_values(gradient, width, gram_dtype=COMPUTE_DTYPE):
+    """σ of float32 group gradients ``[G, fan_in, fan_out]``, from the smaller Gram matrix
+    (formed in ``gram_dtype``)."""
+    gradient, overflow = _without_overflow(tf.cast(gradient, gram_dtype))
     tall = gradient.shape[1] >= gradient.shape[2]
-    gram = tf.matmul(gradient, gradient, transpose_a=tall, transpose_b=not tall)
+    gram = tf.cast(tf.matmul(gradient, gradient, transpose_a=tall, transpose_b=not tall), COMPUTE_DTYPE)
     return _nan_where(overflow, _singular_values(tf.linalg.eigvalsh(gram), width))
 
 
-def group_spectra(a, delta, rows_per_sample, counts, kinds, widths, rows_hint=None, randomized=False):
+def group_spectra(a, delta, rows_per_sample, counts, kinds, widths, rows_hint=None, randomized=False,
+                  precision="float64"):
     """Singular values of each group's gradient and factors for one kernel.
 
     Args:
@@ -345,6 +357,8 @@ def group_spectra(a, delta, rows_per_sample, counts, kinds, widths, rows_hint=No
         randomized: on the fan route, compute the top ``width`` singular values of a
             dense factor or gradient by `randomized_top_singular_values` where that is
             cheaper than its Gram matrix (widths well below the matrix's size).
+        precision: ``"float64"`` (default) or ``"float32"``: the dtype in which the Gram
+            matrices are formed (see the module docstring).
 
     Returns:
         ``(spectra, finite)``: dict kind -> float32 ``[G, width]``, singular values in
@@ -361,15 +375,17 @@ def group_spectra(a, delta, rows_per_sample, counts, kinds, widths, rows_hint=No
     if tf.is_tensor(rows) and rows_hint is not None:
         rows = rows_hint
     smallest_fan = min(a.width, delta.width)
+    gram_dtype = PRECISIONS[precision]
     spectra = _select(
         rows < smallest_fan,
-        lambda: _rows_route(a, delta, kinds, widths),
-        lambda: _fan_route(a, delta, kinds, widths, rows, randomized),
+        lambda: _rows_route(a, delta, kinds, widths, gram_dtype),
+        lambda: _fan_route(a, delta, kinds, widths, rows, randomized, gram_dtype),
     )
-    return _within_bounds(spectra, finite, counts * rows_per_sample, a.width, delta.width, widths), finite
+    bounded = _within_bounds(spectra, finite, counts * rows_per_sample, a.width, delta.width, widths, precision)
+    return bounded, finite
 
 
-def _rank_tolerances(fan_in, fan_out):
+def _rank_tolerances(fan_in, fan_out, precision="float64"):
     """Per kind, the numerical-rank tolerance relative to σ_1 of the same matrix.
 
     In the spirit of ``numpy.linalg.matrix_rank`` (``σ_1 · max(m, n) · ε``), with the
@@ -380,15 +396,21 @@ def _rank_tolerances(fan_in, fan_out):
     row count does not enter: rows beyond the width add no singular value, and the
     rounding of float32 rows, at most ``ε·‖X‖_F ≤ ε·√width·σ_1``, does not grow with them
     (a 2-logit softmax's zero σ_2 stays below 3e-7 × σ_1 from 4 to 400 000 rows).
+
+    With ``precision="float32"`` the Gram matrices themselves are float32: an eigenvalue
+    moves by up to ``‖E‖₂`` (the Gram matrix's rounding), a zero singular value comes out
+    as ``√‖E‖₂``, up to ~3e-4 × σ_1 measured (CNN-size factors with a large common
+    component). The tolerance is then the square root of the float64 one,
+    ``√(max(m, n)·ε)``: 3e-3 × σ_1 at width 64, 6e-3 at 288, 2e-2 at 4096. It is also the
+    documented bound of every value's error in that mode.
     """
-    return {
-        "act": fan_in * FACTOR_EPSILON,
-        "delta": fan_out * FACTOR_EPSILON,
-        "grad": max(fan_in, fan_out) * FACTOR_EPSILON,
-    }
+    widths = {"act": fan_in, "delta": fan_out, "grad": max(fan_in, fan_out)}
+    if precision == "float32":
+        return {kind: float(np.sqrt(width * FACTOR_EPSILON)) for kind, width in widths.items()}
+    return {kind: width * FACTOR_EPSILON for kind, width in widths.items()}
 
 
-def _within_bounds(spectra, finite, group_rows, fan_in, fan_out, widths):
+def _within_bounds(spectra, finite, group_rows, fan_in, fan_out, widths, precision="float64"):
     """float32 spectra: values at or below the numerical-rank tolerance (`_rank_tolerances`)
     set to 0, NaN beyond each group's rank bound and for non-finite groups.
 
@@ -400,7 +422,7 @@ def _within_bounds(spectra, finite, group_rows, fan_in, fan_out, widths):
         "delta": tf.minimum(group_rows, fan_out),
         "grad": tf.minimum(group_rows, min(fan_in, fan_out)),
     }
-    tolerances = _rank_tolerances(fan_in, fan_out)
+    tolerances = _rank_tolerances(fan_in, fan_out, precision)
     out = {}
     for kind, values in spectra.items():
         # Descending: σ_1 is each group's first value (a lower bound when randomized).
