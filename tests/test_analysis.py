@@ -1,13 +1,14 @@
 """Summaries against NumPy, group statistics against SciPy and their calibration."""
 
 import json
+import re
 
 import numpy as np
 import pytest
 from scipy import stats as scipy_stats
 
 from tf_autospec import stats, summaries
-from tf_autospec import report
+from tf_autospec import report, wording
 from tf_autospec.calibration import simulated_run, simulated_subjects
 
 
@@ -71,6 +72,55 @@ def test_across_runs_finds_a_planted_difference_and_only_there(tmp_path):
     row = planted[0]
     assert row["excess"] == pytest.approx(row["difference"] - row["null_mean"])
     assert row["count_a"] > 2 * row["count_b"]
+
+
+def test_the_summary_names_the_planted_layer_and_epochs_and_nothing_on_null_data(tmp_path, monkeypatch):
+    # Calibrated simulated runs (70/30, 8 seeds, SZ's rows 1.5 × larger in layer1 in every epoch).
+    rng = np.random.default_rng(1)
+    labels = _population(rng, fraction=0.3)
+    runs = [simulated_run(tmp_path / f"r{i}.h5", rng, labels, shift=0.5, shift_layer="layer1/kernel")
+            for i in range(8)]
+    rows = stats.across_runs(runs, "HC", "SZ", summaries=("spectral_norm", "nuclear_norm"))
+    headline, sentences, unchanged = report.family_answer(rows, "training", [("HC", "SZ")])
+    assert headline.startswith("How the model trains differs in 1 of 3 layer × kind combinations (6 of 18 tests")
+    assert len(sentences) == 1 and re.fullmatch(
+        r"layer1/kernel, input \(act\): (nuclear norm and spectral norm|spectral norm and nuclear norm) higher in "
+        r"SZ, epochs 0–2 \(\|z\| up to \d\.\d\)", sentences[0]), sentences
+    assert unchanged == "the input (act) of layer0/kernel and layer2/kernel"
+    closing = report.console_summary(runs, [("HC", "SZ")], rows)
+    assert closing[-2] == "strongest differences:" and closing[-1].startswith("  layer1/kernel · input (act): ")
+    page = tmp_path / "report.html"
+    report.write(page, runs, [("HC", "SZ")], rows, [], tests_csv="tests.csv")
+    text = page.read_text()
+    summary = text[:text.index("<h2>Findings</h2>")]
+    assert "higher in SZ, epochs 0–2" in summary and "No difference beyond chance in the input (act) of " \
+        "layer0/kernel and layer2/kernel" in summary
+    # The findings table: a row per summary under one layer and kind, the columns explained once.
+    assert "<td rowspan='2' class='group'>layer1/kernel</td><td rowspan='2' class='group'>input (act)</td>" in text
+    assert text.count("higher in: the group whose value is higher") == 1 and "href='tests.csv'" in text
+    monkeypatch.setattr(report, "TOP_FINDINGS", 1)  # the table shows the strongest lines, and says so
+    report.write(page, runs, [("HC", "SZ")], rows, [], tests_csv="tests.csv")
+    assert "The strongest 1 of 2 lines. <a href='tests.csv'>" in page.read_text()
+    # The same design without a group effect: nothing differs, and the summary says so.
+    rng = np.random.default_rng(300)
+    labels = _population(rng)
+    null = [simulated_run(tmp_path / f"n{i}.h5", rng, labels) for i in range(6)]
+    rows = stats.across_runs(null, "HC", "SZ", summaries=("spectral_norm", "nuclear_norm"))
+    headline, sentences, unchanged = report.family_answer(rows, "training", [("HC", "SZ")])
+    assert headline == ("How the model trains: no difference between HC and SZ beyond what random groups of the "
+                        "same sizes show (0 of 18 tests significant at FDR 0.05).") and not sentences
+    assert report.console_summary(null, [("HC", "SZ")], rows)[-1] == (
+        "found    nothing differs beyond what random groups of the same sizes show")
+    report.write(page, null, [("HC", "SZ")], rows, [])
+    assert "higher in" not in page.read_text().split("<h2>Findings</h2>")[0]
+
+
+def test_wording_of_epochs_summaries_and_units():
+    assert wording.span([7, 0, 1, 2, 5, 8]) == "0–2, 5, 7–8" and wording.span([3]) == "3"
+    assert wording.summary_name("sigma_12") == "σ₁₂" and wording.summary_name("top_energy_3") == "top-3 energy"
+    assert wording.axis_label("spectral_norm", True) == "spectral norm per sample"
+    assert wording.axis_label("effective_rank", True) == "effective rank (directions)"  # a rank has no sample
+    assert wording.duration(42) == "42 s" and wording.duration(125) == "2 min 05 s"
 
 
 def test_across_runs_matches_scipy_welch(tmp_path):
@@ -187,10 +237,32 @@ def test_figures_have_labels_legends_and_save_in_three_formats(tmp_path):
             for i in range(6)]
     figure = plot.trajectories(runs, "layer0/kernel", kind="act", summary="sigma_1", per_epoch=True)
     ax = figure.axes[0]
-    assert ax.get_xlabel() == "epoch" and "sigma 1 per sample" in ax.get_ylabel()
+    assert ax.get_xlabel() == "epoch" and ax.get_ylabel() == "σ₁ per sample" and ax.get_yscale() == "linear"
     assert [t.get_text() for t in ax.get_legend().get_texts()] == ["HC", "SZ"]
+    # Every figure says what it draws: the statistic, over how many runs, the normalisation, the numbering.
+    title = figure.get_suptitle().replace("\n", " ")
+    assert "median over 6 runs" in title and "interquartile range" in title and "per sample" in title \
+        and "epochs from\u00a00" in title
+    ax = plot.trajectories(runs, "layer0/kernel", kind="act", summary="effective_rank", scale="log").axes[0]
+    assert ax.get_yscale() == "log" and ax.get_ylabel() == "effective rank (directions) (log scale)"
+    assert ax.get_xlabel() == "training step (2 per epoch)"
+    # Log where the values span more than two decades, unless told.
+    assert plot.y_scale([1e-5, 0.3, np.nan]) == "log" and plot.y_scale([0.5, 20]) == "linear"
+    assert plot.y_scale([0.0, 1e-5, 1.0]) == "linear" and plot.y_scale([1e-5, 1.0], "linear") == "linear"
+    with pytest.raises(ValueError, match="scale must be one of"):
+        plot.y_scale([1.0], "logarithmic")
+    layer = plot.layer_panels(runs, "layer1/kernel")
+    assert layer.get_suptitle().startswith("layer1/kernel: spectral norm per group")
+    overview = plot.overview(runs)
+    assert all(ax.get_legend() for ax in overview.axes[len(runs[0].kinds) - 1::len(runs[0].kinds)])  # every row
+    assert plot.loss_curves(runs) is None  # these files record no loss per epoch
+    map_rows = stats.across_runs(runs, "HC", "SZ", summaries=["spectral_norm", "nuclear_norm"])
+    ax = plot.findings_map(map_rows, "HC", "SZ").axes[0]
+    assert [t.get_text() for t in ax.get_yticklabels()] == [f"layer{i}/kernel · act: input" for i in range(3)]
+    assert len(ax.lines[0].get_xdata()) == sum(  # a dot per layer and epoch with a significant test
+        len({r["epoch"] for r in map_rows if r["layer"] == f"layer{i}/kernel" and r["significant"]}) for i in range(3))
     heat = plot.difference_heatmap(runs, "layer0/kernel", "HC", "SZ", kind="act", max_index=3)
-    assert heat.axes[0].get_ylabel() == "singular value index" and len(heat.axes[0].lines) >= 1  # dots
+    assert heat.axes[0].get_ylabel() == "singular value index (1 = largest)" and len(heat.axes[0].lines) >= 1  # dots
     assert "random groups" in heat.axes[0].get_title()
     # A table from `autospec compare` tests σ_1 as spectral_norm: the heat map's first row comes from it.
     rows = stats.across_runs(runs, "HC", "SZ", layers=["layer0/kernel"], kinds=["act"],

@@ -1,6 +1,13 @@
 """The autospec command: info, plot, compare and report on real recorded runs."""
 
+import argparse
 import csv
+import datetime
+import hashlib
+import os
+import pathlib
+import re
+import shutil
 import subprocess
 import sys
 
@@ -9,7 +16,7 @@ import numpy as np
 import pytest
 
 import tf_autospec as ts
-from tf_autospec import cli
+from tf_autospec import cli, experiment
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +45,8 @@ def runs(tmp_path_factory):
 def test_info_prints_groups_layers_records_and_metadata(runs, capsys):
     cli.main(["info", runs[0]])
     out = capsys.readouterr().out
-    for text in ("HC, SZ", "hidden/kernel", "6 x 8", "records  6", '"seed": 0', "grad 6, act 6, delta 8"):
+    for text in ("HC, SZ", "hidden/kernel", "6 x 8", "records  6", "  metadata\n    seed  0\n",
+                 "grad 6, act 6, delta 8"):
         assert text in out, text
 
 
@@ -89,15 +97,43 @@ def test_compare_one_run_says_it_tests_within_the_run(runs, tmp_path, capsys):
         assert {r["test"] for r in csv.DictReader(f)} == {"within_run_steps"}
 
 
-def test_report_is_one_self_contained_page(runs, tmp_path):
+def test_report_is_one_self_contained_page_that_leads_with_the_answer(runs, tmp_path, capsys):
     page = tmp_path / "report.html"
     cli.main(["report", *runs, "-o", str(page), "--indices", "2", "--permutations", "200"])
     text = page.read_text()
     assert text.count("data:image/png;base64,") >= 4 and "src='http" not in text
-    finding = "<tr><td>HC − SZ</td><td>hidden/kernel</td><td>act</td><td>spectral_norm</td>"
-    assert text.index("<h2>Training</h2>") < text.index("<h2>Input data</h2>") < text.index(finding) \
-        < text.index("<h2>Figures</h2>")
-    assert "Group sizes: HC" in text and "random groups of the same sizes" in text
+    # The summary first: what was compared, what differs (SZ's inputs are twice as large), the loss.
+    summary = text[: text.index("<h2>Figures</h2>")]
+    assert "Compared HC (16.3 samples per step on average) and SZ (15.7) in 4 runs." in summary
+    assert re.search(r"<li>hidden/kernel, input \(act\): [^<]*spectral norm[^<]* higher in SZ, epochs 0–1", summary)
+    assert summary.index("The input data (the first layers&#x27; input) differs") < summary.index("<img")
+    assert "Where HC and SZ differ." in summary and "Loss." in summary  # the figures beside it, captioned
+    # Then the figures, each section with a caption; then the findings, grouped by layer and kind.
+    figures = text[text.index("<h2>Figures</h2>"): text.index("<h2>Findings</h2>")]
+    assert figures.count("<p class='caption'>") == 3 and "median over the 4 runs" in figures
+    assert "the layer&#x27;s weight gradient" in figures and "the gradient of the loss at the layer&#x27;s output" \
+        in figures
+    findings = text[text.index("<h2>Findings</h2>"): text.index("<h2>Runs</h2>")]
+    assert "<td rowspan='3' class='group'>hidden/kernel</td><td rowspan='3' class='group'>input (act)</td>" \
+        in findings and "<td>spectral norm</td><td>SZ</td><td>0–1</td>" in findings
+    assert "href='report_tests.csv'" in findings and (tmp_path / "report_tests.csv").exists()
+    # The runs: a row per run, the seed the one option that varies, no JSON.
+    runs_table = text[text.index("<h2>Runs</h2>"):]
+    assert "<th>seed</th>" in runs_table and "seed0.h5" in runs_table and "{" not in runs_table
+    assert f"report   {page}" in capsys.readouterr().out
+
+
+def test_report_shows_the_summary_and_the_first_figure_on_the_first_screen(runs, tmp_path):
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    if browser is None:
+        pytest.skip("needs Chromium (apt-get install chromium)")
+    page = tmp_path / "report.html"
+    cli.main(["report", *runs, "-o", str(page), "--indices", "0"])
+    script = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "report_screenshot.py"
+    result = subprocess.run([sys.executable, str(script), "--report", str(page), "-o", str(tmp_path / "shot.png")],
+                            capture_output=True, text=True, timeout=240)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "(within the first screen of 1000 px)" in result.stdout and (tmp_path / "shot.png").stat().st_size > 10000
 
 
 def test_errors_are_clear(runs, tmp_path):
@@ -108,16 +144,45 @@ def test_errors_are_clear(runs, tmp_path):
 
 
 @pytest.mark.parametrize("verb", ["run", "info", "plot", "compare", "report"])
-def test_every_verb_has_help(verb, capsys):
+def test_every_verb_has_help_for_every_option_with_its_default(verb, capsys):
     with pytest.raises(SystemExit) as exit_status:
         cli.main([verb, "--help"])
-    assert exit_status.value.code == 0 and f"usage: autospec {verb}" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert exit_status.value.code == 0 and f"usage: autospec {verb}" in out
+    parser = next(a for a in cli.build_parser()._actions if isinstance(a, argparse._SubParsersAction)).choices[verb]
+    for action in parser._actions:
+        assert action.help, f"{verb} {action.option_strings or action.dest} has no description"
+        shown = " ".join(map(str, action.default)) if isinstance(action.default, list) else str(action.default)
+        if action.default not in (None, False, argparse.SUPPRESS):
+            assert f"(default: {shown})" in " ".join(out.split()), (verb, action.dest)
+    if verb == "run":
+        assert "(default: 20)" in out and "a new dated folder in autospec_run/" in " ".join(out.split())
 
 
-def test_the_console_entry_point_runs():
-    result = subprocess.run([sys.executable, "-m", "tf_autospec.cli", "--help"], capture_output=True,
-                            text=True, timeout=120)
-    assert result.returncode == 0 and "usage: autospec" in result.stdout and "run" in result.stdout
+def test_the_console_entry_point_says_nothing_but_its_own_words(tmp_path):
+    # TensorFlow's start-up lines (absl, oneDNN, cpu_feature_guard, the CUDA probe) are held
+    # back while it loads, and the user's errors still reach them afterwards.
+    result = subprocess.run([sys.executable, "-m", "tf_autospec.cli", "info", str(tmp_path / "missing.h5")],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1 and result.stdout == ""
+    assert result.stderr.startswith("autospec: No run file") and len(result.stderr.splitlines()) == 1, result.stderr
+
+
+def test_startup_noise_is_recognised_and_the_rest_is_kept():
+    from tf_autospec import native_log
+
+    noise = ["WARNING: All log messages before absl::InitializeLog() is called are written to STDERR",
+             "I0000 00:00:1796016339.710747   15509 port.cc:153] oneDNN custom operations are on. You may see",
+             "I0000 00:00:1796016594.068771   20500 cpu_feature_guard.cc:227] This TensorFlow binary is optimized",
+             "To enable the following instructions: AVX2 FMA, in other operations, rebuild TensorFlow with the "
+             "appropriate compiler flags."]
+    cuda = ["I0000 00:00:1796016339.711030   15509 cudart_stub.cc:31] Could not find cuda drivers on your machine, "
+            "GPU will not be used.",
+            "E0000 00:00:1796016484.831836   16531 cuda_platform.cc:52] failed call to cuInit: INTERNAL: CUDA error"]
+    assert all(native_log.is_startup_noise(line, gpu_machine=True) for line in noise)
+    assert all(native_log.is_startup_noise(line, gpu_machine=False) for line in cuda)
+    assert not any(native_log.is_startup_noise(line, gpu_machine=True) for line in cuda)  # there, it matters
+    assert not native_log.is_startup_noise("Traceback (most recent call last):", gpu_machine=False)
 
 
 def _gift_style_files(folder):
@@ -153,10 +218,30 @@ def test_run_says_what_it_trains_on_before_training(tmp_path, capsys):
     assert ts.load(tmp_path / "out" / "runs" / "fold0_seed0.h5").groups == ("SZ", "HC")
 
 
-def test_run_summary_of_a_simulated_dataset(tmp_path, capsys):
-    cli.main(["run", "--n", "40", "--hidden", "4", "--folds", "1", "--seeds", "2", "--epochs", "1", "--batch-size",
-              "8", "--indices", "0", "--permutations", "50", "-o", str(tmp_path), "--verbose", "0"])
+def test_run_says_what_it_trains_on_and_ends_with_what_it_found(tmp_path, capsys, monkeypatch):
+    # Without --output, every run gets a folder of its own: the README's first command works twice.
+    monkeypatch.chdir(tmp_path)
+    os.makedirs(tmp_path / "autospec_run" / "earlier" / "runs")
+    cli.main(["run", "--n", "40", "--hidden", "4", "--folds", "1", "--seeds", "2", "--epochs", "2", "--batch-size",
+              "8", "--indices", "2"])
     out = capsys.readouterr().out
+    folder = [f for f in os.listdir(tmp_path / "autospec_run") if f != "earlier"]
+    assert len(folder) == 1 and re.fullmatch(r"\d{4}-\d\d-\d\d_\d\d-\d\d-\d\d", folder[0])
+    folder = os.path.join("autospec_run", folder[0])
+    assert experiment.fresh_output_folder("autospec_run", datetime.datetime.strptime(
+        os.path.basename(folder), "%Y-%m-%d_%H-%M-%S")) == folder + "_2"
+    # Quiet: no Keras log, a line per run, then the closing block that names the report.
+    assert "Epoch 1/2" not in out and "  fold 0, seed 1: trained, loss " in out
+    closing = out[out.index("2 runs done in "):].splitlines()
+    assert closing[0].endswith(f": {folder}") and closing[-2] == f"report   {folder}/report.html"
+    assert re.search(r"^training   \d+ tests \(\d+ with values to compare\), \d+ significant at FDR 0.025$",
+                     "\n".join(closing), re.M)
+    # No two files written are copies of each other.
+    written = [os.path.join(d, f) for d, _, files in os.walk(folder) for f in files if not f.endswith(".h5")]
+    digests = [hashlib.sha256(open(path, "rb").read()).hexdigest() for path in written]
+    assert len(set(digests)) == len(digests) and len(written) > 10
+    assert sorted(os.listdir(os.path.join(folder, "figures"))) == [
+        "differences_HC_SZ.png", "layer_dense_1_kernel.png", "layer_dense_kernel.png", "loss.png", "overview.png"]
     assert ("data     simulated_fmri: N = 40, 40×150×53 timecourses [subjects, time, components]\n"
             "         mlp input 40×1378 (FNC features)\n"
             "target   'condition', not the groups: classification into 2 classes\n"
@@ -170,7 +255,6 @@ def test_run_summary_of_a_simulated_dataset(tmp_path, capsys):
             "tests    Each difference is tested against the same difference between random groups of the same "
             "sizes" in out)
     assert out.index("runs done") < out.index("compared HC vs SZ")
-    assert "significant at FDR 0.025" in out
 
 
 def test_run_passes_the_file_options_and_refuses_a_doubtful_layout(tmp_path):

@@ -80,7 +80,7 @@ def test_autospec_run_writes_one_file_per_fold_and_seed_and_the_analysis(tmp_pat
     assert all(r.null_partitions == 20 for r in runs)
     assert {r["test"] for r in rows} == {"across_runs_null"} and {(r["group_a"], r["group_b"]) for r in rows} == {
         ("digit 0", "digit 1")}
-    for path in ("report.html", "figures/overview.png", "analysis/overview.png",
+    for path in ("report.html", "figures/overview.png", "figures/differences_digit_0_digit_1.png", "figures/loss.png",
                  "analysis/heatmap_digit_0_digit_1_conv2d_kernel_grad.png"):
         assert (tmp_path / path).stat().st_size > 1000
     page = (tmp_path / "report.html").read_text()

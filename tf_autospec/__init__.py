@@ -29,7 +29,7 @@ from tf_autospec.results import StepSpectra  # noqa: E402
 from tf_autospec.spectra import KINDS  # noqa: E402
 from tf_autospec.store import Run, StoreError, load  # noqa: E402
 from tf_autospec.tracking import AutoSpecWarning  # noqa: E402
-from tf_autospec import report, stats, summaries  # noqa: E402
+from tf_autospec import report, schedules, stats, summaries  # noqa: E402
 
 __version__ = "0.1.0"
 

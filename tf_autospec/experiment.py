@@ -6,9 +6,12 @@ Example:
     ...                        output="autospec_run")
 """
 
+import contextlib
 import dataclasses
+import datetime
 import glob
 import json
+import logging
 import os
 
 import numpy as np
@@ -228,6 +231,25 @@ def _target_name(task, info):
     return str(info.get("target") or {"digits": "the digit", "mnist": "the digit"}.get(info.get("dataset"), "y"))
 
 
+class _NotRetracing(logging.Filter):
+    def filter(self, record):
+        return "triggered tf.function retracing" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def _retracing_expected():
+    """Every run predicts with a new model, so TensorFlow traces its predict function
+    again in every run, as it should; its warning that this is expensive says nothing here."""
+    import tensorflow as tf
+
+    quiet = _NotRetracing()
+    tf.get_logger().addFilter(quiet)
+    try:
+        yield
+    finally:
+        tf.get_logger().removeFilter(quiet)
+
+
 def evaluation_by_group(model, x, y, labels, group_names, task, split):
     """How well the model does on each group's samples: accuracy for classification, mean
     squared error otherwise.
@@ -236,7 +258,8 @@ def evaluation_by_group(model, x, y, labels, group_names, task, split):
         dict with ``metric``, ``split``, ``overall`` and ``by_group`` (``{name: value}``,
         NaN for a group with no sample).
     """
-    predictions = np.asarray(model.predict(x, verbose=0))
+    with _retracing_expected():
+        predictions = np.asarray(model.predict(x, verbose=0))
     if task == "classification":
         metric, per_sample = "accuracy", (np.argmax(predictions, axis=-1) == y).astype(float)
     else:
@@ -247,15 +270,44 @@ def evaluation_by_group(model, x, y, labels, group_names, task, split):
     return {"metric": metric, "split": split, "overall": float(np.mean(per_sample)), "by_group": by_group}
 
 
+def fresh_output_folder(parent="autospec_run", now=None):
+    """A new folder name for an experiment's results: ``parent/YYYY-MM-DD_HH-MM-SS``, with
+    ``_2``, ``_3``... appended when it exists already (it is not created).
+
+    Args:
+        parent: the folder that holds the experiments.
+        now: the time to name it after (default: now).
+
+    Returns:
+        The path.
+    """
+    base = os.path.join(parent, (now or datetime.datetime.now()).strftime("%Y-%m-%d_%H-%M-%S"))
+    path, k = base, 1
+    while os.path.exists(path):
+        k += 1
+        path = f"{base}_{k}"
+    return path
+
+
+def run_label(fold, seed):
+    """How runs are named to people: ``"fold 0, seed 1"``, numbered from 0 as in their
+    file names (``fold0_seed1.h5``) and metadata."""
+    return f"fold {fold}, seed {seed}"
+
+
 def run_experiment(experiment, output, overwrite=False, verbose=1, progress=None, summary=print):
     """Train every fold × seed of an experiment, one HDF5 file per run.
 
     Args:
         experiment: an `Experiment`.
-        output: folder; run files go to ``output/runs/fold{f}_seed{s}.h5``.
+        output: folder; run files go to ``output/runs/fold{f}_seed{s}.h5`` (folds and
+            seeds numbered from 0, as in the metadata).
         overwrite: replace run files from an earlier experiment in the same folder.
-        verbose: Keras ``fit`` verbosity for each run.
-        progress: called as ``progress(done, total)`` after each run.
+        verbose: Keras ``fit`` verbosity for each run (0: silent); above 0, each run
+            is announced first.
+        progress: called as ``progress(epochs_done, epochs_total, run, logs)`` at the end
+            of every epoch of every run: ``run`` names the run (`run_label`), ``logs``
+            are the epoch's Keras logs (``loss``...).
         summary: called with `data_summary` once the data are loaded, before training
             (default: printed, whatever ``verbose``); None says nothing.
 
@@ -321,19 +373,22 @@ def run_experiment(experiment, output, overwrite=False, verbose=1, progress=None
                         group_sizes={g: int(np.sum(labels[train] == k)) for k, g in enumerate(group_names)},
                         group_sizes_all={g: int(np.sum(labels == k)) for k, g in enumerate(group_names)})
         if verbose:
-            print(f"\nRun {done + 1}/{len(runs)}: {experiment.model} on {experiment.dataset}, "
-                  f"fold {fold + 1}/{experiment.folds}, seed {seed}")
+            print(f"\nrun {done + 1}/{len(runs)}: {run_label(fold, seed)} ({experiment.model} on {experiment.dataset})")
         validation = None
         if held_out.any():
             validation = ({"x": x[held_out], "group": labels[held_out]}, y[held_out])
+        callbacks = [ts.AutoSpecCallback(path, metadata=metadata, overwrite=True)]
+        if progress:
+            first, total, label = done * experiment.epochs, len(runs) * experiment.epochs, run_label(fold, seed)
+            callbacks.append(keras.callbacks.LambdaCallback(
+                on_epoch_end=lambda epoch, logs, first=first, label=label: progress(first + epoch + 1, total, label,
+                                                                                    logs or {})))
         model.fit(_batches(x[train], y[train], partitioned[train], experiment.batch_size, seed),
                   epochs=experiment.epochs, shuffle=False, validation_data=validation, verbose=verbose,
-                  callbacks=[ts.AutoSpecCallback(path, metadata=metadata, overwrite=True)])
+                  callbacks=callbacks)
         evaluated = held_out if held_out.any() else train
         store.annotate(path, "evaluation", evaluation_by_group(
             model, x[evaluated], y[evaluated], labels[evaluated], group_names, task,
             "validation" if held_out.any() else "training"))
         paths.append(path)
-        if progress:
-            progress(done + 1, len(runs))
     return paths

@@ -5,12 +5,19 @@
   percentiles.
 * `layer_panels`: grad, act and delta of one layer side by side.
 * `overview`: every layer (rows) × kind (columns).
+* `loss_curves`: the training loss per group (or of all samples) and the validation loss.
 * `difference_heatmap`: the effect between two groups per singular-value index × epoch
   (z against random groups of the same sizes, or Hedges' g), FDR-significant cells marked.
+* `findings_map`: the strongest effect per layer, kind and epoch, from a table of tests.
 
-Colours are the Okabe–Ito palette, readable with the common colour-vision deficiencies.
+Every figure says what it draws: its statistic (median and IQR over n runs), its
+normalisation (per sample) and its numbering (steps and epochs from 0, as in the files).
+The y axis is logarithmic where the drawn values span more than two decades
+(``scale="auto"``; ``"log"`` or ``"linear"`` to choose). Colours are the Okabe–Ito
+palette, readable with the common colour-vision deficiencies.
 """
 
+import textwrap
 import warnings
 
 import matplotlib
@@ -18,12 +25,15 @@ import matplotlib
 matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.ticker  # noqa: E402
 import numpy as np  # noqa: E402
 
-from tf_autospec import stats, summaries  # noqa: E402
+from tf_autospec import report, stats, summaries, wording  # noqa: E402
 
 PALETTE = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#F0E442", "#000000")
-KIND_LABELS = {"grad": "gradient σ(G_g)", "act": "input factor σ(M_g A)", "delta": "output-gradient factor σ(M_g Δ)"}
+SCALES = ("auto", "log", "linear")
+NUMBERED_FROM_0 = "\u00a00"  # " 0" that a wrapped title keeps on one line with its "from"
+LOG_SPAN = 100.0  # "auto" draws a log axis where the values span more than two decades
 
 
 def _runs(runs):
@@ -36,44 +46,110 @@ def _runs(runs):
     return runs
 
 
-def _aligned(runs, layer, kind, group, summary, per_epoch, normalize):
-    """x values and a [runs, x] array of the summary, on the x values all runs share."""
-    series = []
-    for run in runs:
-        values = summaries.summarize(stats.normalized_spectrum(run, layer, kind, group, normalize), summary)
-        if per_epoch:
-            x, values = run.per_epoch(values, "mean")
-        else:
-            x = run.records["step"]
-        series.append(dict(zip(x.tolist(), values)))
+def _check_scale(scale):
+    if scale not in SCALES:
+        raise ValueError(f"scale must be one of {SCALES}; received {scale!r}.")
+
+
+def _aligned(series, what):
+    """x values and a [runs, x] array from per-run ``{x: value}`` dicts, on the x values all runs share."""
     common = sorted(set.intersection(*[set(s) for s in series]))
     if not common:
-        raise ValueError(
-            f"The runs share no {'epoch' if per_epoch else 'step'}; plot them separately or per epoch."
-        )
+        raise ValueError(f"The runs share no {what}; plot them separately or per epoch.")
     return np.array(common), np.array([[s[x] for x in common] for s in series], dtype=np.float64)
 
 
-def _draw(ax, runs, layer, kind, summary, per_epoch, normalize, groups):
+def _band(ax, series, what, colour, label, linestyle="-"):
+    """Draws the median over runs and, with several runs, their interquartile band;
+    returns the medians."""
+    x, values = _aligned(series, what)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # steps where the group was absent
+        median = np.nanmedian(values, axis=0)
+        ax.plot(x, median, color=colour, label=label, linewidth=1.6, linestyle=linestyle)
+        if len(series) > 1:
+            low, high = np.nanpercentile(values, [25, 75], axis=0)
+            ax.fill_between(x, low, high, color=colour, alpha=0.22, linewidth=0)
+    return median
+
+
+def y_scale(values, scale="auto"):
+    """The y scale for drawn values: ``"log"`` where ``scale`` says so, or for ``"auto"``
+    where the finite values are all positive and span more than two decades; else ``"linear"``.
+
+    Args:
+        values: array-like of the values drawn (NaN ignored).
+        scale: one of `SCALES`.
+
+    Returns:
+        ``"log"`` or ``"linear"``.
+    """
+    _check_scale(scale)
+    values = np.asarray(values, dtype=np.float64).ravel()
+    values = values[np.isfinite(values)]
+    if scale != "auto":
+        return scale
+    spans = values.size > 0 and values.min() > 0 and values.max() / values.min() > LOG_SPAN
+    return "log" if spans else "linear"
+
+
+def _apply_scale(ax, medians, scale):
+    """Sets the y scale of the drawn medians; returns whether it is logarithmic."""
+    log = y_scale(np.concatenate([np.ravel(m) for m in medians]), scale) == "log"
+    if log:
+        ax.set_yscale("log", nonpositive="mask")
+    return log
+
+
+def _statistic(runs, normalize, per_epoch):
+    """What every line and band is, in one line."""
+    n = len(runs)
+    statistic = f"median over {n} runs, band: interquartile range" if n > 1 else "one run"
+    if per_epoch:
+        statistic += " (each run's mean over the epoch's steps)"
+    scaling = ("per sample: grad ÷ n, act and delta ÷ √n (n: the group's samples in the batch)" if normalize
+               else "as recorded (not per sample)")
+    return f"{statistic}; {scaling}; {'epochs' if per_epoch else 'steps'} from{NUMBERED_FROM_0}"
+
+
+def _steps_per_epoch(runs):
+    """``" (5 per epoch)"`` when every run records the same steps in every epoch, else ``""``."""
+    counts = {int(n) for run in runs for n in np.unique(run.records["epoch"], return_counts=True)[1]}
+    return f" ({counts.pop()} per epoch)" if len(counts) == 1 else ""
+
+
+def _draw(ax, runs, layer, kind, summary, per_epoch, normalize, groups, scale):
+    medians = []
     for colour, group in zip(PALETTE, groups):
-        x, values = _aligned(runs, layer, kind, group, summary, per_epoch, normalize)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)  # steps where the group was absent
-            median = np.nanmedian(values, axis=0)
-            ax.plot(x, median, color=colour, label=group, linewidth=1.5)
-            if len(runs) > 1:
-                low, high = np.nanpercentile(values, [25, 75], axis=0)
-                ax.fill_between(x, low, high, color=colour, alpha=0.25, linewidth=0)
-    ax.set_xlabel("epoch" if per_epoch else "training step")
-    unit = " per sample" if normalize else ""
-    ax.set_ylabel(f"{summary.replace('_', ' ')}{unit}")
-    separator = "\n" if len(layer) > 24 else " — "  # long kernel paths (recurrent cells) get their own line
-    ax.set_title(f"{layer}{separator}{KIND_LABELS.get(kind, kind)}", fontsize=9)
-    ax.grid(alpha=0.3)
+        series = []
+        for run in runs:
+            values = summaries.summarize(stats.normalized_spectrum(run, layer, kind, group, normalize), summary)
+            x, values = run.per_epoch(values, "mean") if per_epoch else (run.records["step"], values)
+            series.append(dict(zip(x.tolist(), values)))
+        medians.append(_band(ax, series, "epoch" if per_epoch else "step", colour, group))
+    log = _apply_scale(ax, medians, scale)
+    ax.set_xlabel("epoch" if per_epoch else f"training step{_steps_per_epoch(runs)}")
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+    ax.set_ylabel(wording.axis_label(summary, normalize) + (" (log scale)" if log else ""), fontsize=9)
+    separator = "\n" if len(layer) > 24 else " · "  # long kernel paths (recurrent cells) get their own line
+    ax.set_title(f"{layer}{separator}{kind}: {wording.KIND_NAMES.get(kind, kind)}", fontsize=9)
+    ax.grid(alpha=0.3, which="major")
+
+
+def _legend(ax):
+    """The groups' legend to the right of ``ax`` (the last panel of a row), clear of the data."""
+    ax.legend(title="group", fontsize=9, title_fontsize=9, loc="center left", bbox_to_anchor=(1.02, 0.5),
+              frameon=False)
+
+
+def _title(figure, title, statistic):
+    """The title, and below it, wrapped to the figure's width, what the lines and bands are."""
+    width = int(figure.get_figwidth() * 14)
+    figure.suptitle("\n".join([title] + [textwrap.fill(line, width) for line in statistic.split("\n")]), fontsize=9.5)
 
 
 def trajectories(runs, layer, kind="grad", summary="spectral_norm", per_epoch=False, normalize=True,
-                 groups=None):
+                 groups=None, scale="auto"):
     """One layer's summary over training, one colour per group, median and IQR across runs.
 
     Args:
@@ -84,41 +160,104 @@ def trajectories(runs, layer, kind="grad", summary="spectral_norm", per_epoch=Fa
         per_epoch: x axis in epochs (each the mean over its steps) instead of steps.
         normalize: per-sample spectra, as in `tf_autospec.stats`.
         groups: groups to draw (default all).
+        scale: ``"auto"`` (log where the values span more than two decades), ``"log"``
+            or ``"linear"``.
 
     Returns:
         A matplotlib Figure.
     """
     runs = _runs(runs)
-    figure, ax = plt.subplots(figsize=(6, 3.6), constrained_layout=True)
-    _draw(ax, runs, layer, kind, summary, per_epoch, normalize, groups or runs[0].groups)
-    ax.legend(title="group", fontsize=8)
+    _check_scale(scale)
+    figure, ax = plt.subplots(figsize=(6.4, 4.2), constrained_layout=True)
+    _draw(ax, runs, layer, kind, summary, per_epoch, normalize, groups or runs[0].groups, scale)
+    _legend(ax)
+    _title(figure, f"{layer}: {wording.summary_name(summary)} per group", _statistic(runs, normalize, per_epoch))
     return figure
 
 
-def layer_panels(runs, layer, summary="spectral_norm", per_epoch=False, normalize=True, groups=None):
-    """grad, act and delta of one layer side by side (one panel per recorded kind)."""
+def layer_panels(runs, layer, summary="spectral_norm", per_epoch=False, normalize=True, groups=None,
+                 scale="auto"):
+    """grad, act and delta of one layer side by side (one panel per recorded kind);
+    arguments as in `trajectories`."""
     runs = _runs(runs)
+    _check_scale(scale)
     kinds = runs[0].kinds
-    figure, axes = plt.subplots(1, len(kinds), figsize=(4.2 * len(kinds), 3.4), constrained_layout=True,
+    figure, axes = plt.subplots(1, len(kinds), figsize=(4.4 * len(kinds), 4.0), constrained_layout=True,
                                 squeeze=False)
     for ax, kind in zip(axes[0], kinds):
-        _draw(ax, runs, layer, kind, summary, per_epoch, normalize, groups or runs[0].groups)
-    axes[0][0].legend(title="group", fontsize=8)
+        _draw(ax, runs, layer, kind, summary, per_epoch, normalize, groups or runs[0].groups, scale)
+    _legend(axes[0][-1])
+    _title(figure, f"{layer}: {wording.summary_name(summary)} per group",
+           _statistic(runs, normalize, per_epoch))
     return figure
 
 
-def overview(runs, summary="spectral_norm", per_epoch=False, normalize=True, groups=None):
-    """Every tracked layer (rows) × kind (columns) in one figure."""
+def overview(runs, summary="spectral_norm", per_epoch=False, normalize=True, groups=None, scale="auto"):
+    """Every tracked layer (rows) × kind (columns) in one figure, a legend on every row;
+    arguments as in `trajectories`."""
     runs = _runs(runs)
+    _check_scale(scale)
     layers, kinds = runs[0].layers, runs[0].kinds
-    figure, axes = plt.subplots(len(layers), len(kinds), figsize=(4.2 * len(kinds), 2.8 * len(layers)),
+    figure, axes = plt.subplots(len(layers), len(kinds), figsize=(4.4 * len(kinds), 3.0 * len(layers) + 0.6),
                                 constrained_layout=True, squeeze=False)
     for row, layer in enumerate(layers):
         for column, kind in enumerate(kinds):
-            _draw(axes[row][column], runs, layer, kind, summary, per_epoch, normalize, groups or runs[0].groups)
-    axes[0][0].legend(title="group", fontsize=8)
-    figure.suptitle(f"{summary.replace('_', ' ')} of every layer, per group", fontsize=11)
+            _draw(axes[row][column], runs, layer, kind, summary, per_epoch, normalize, groups or runs[0].groups,
+                  scale)
+        _legend(axes[row][-1])
+    _title(figure, f"{wording.summary_name(summary).capitalize()} of every layer, per group",
+           _statistic(runs, normalize, per_epoch))
     return figure
+
+
+def _epoch_logs(run, key):
+    return {int(e): float(logs[key]) for e, logs in zip(run.epochs["epoch"], run.epochs["logs"]) if key in logs}
+
+
+def loss_curves(runs, groups=None, scale="auto"):
+    """The training loss per epoch: per group where the runs record it
+    (`report.records_group_loss`), else of all samples; and the validation loss, dashed,
+    where the runs have one. Median and IQR over the runs.
+
+    Args:
+        runs: a `tf_autospec.Run` or several.
+        groups: groups to draw (default all).
+        scale: as in `trajectories`.
+
+    Returns:
+        A matplotlib Figure, or ``None`` when the runs record no loss per epoch.
+    """
+    runs = _runs(runs)
+    _check_scale(scale)
+    per_group = report.records_group_loss(runs)
+    curves = []
+    if per_group:
+        for colour, group in zip(PALETTE, groups or runs[0].groups):
+            series = [dict(zip(*(a.tolist() for a in run.epoch_group_loss(group)))) for run in runs]
+            curves.append((series, colour, f"{group}, training", "-"))
+    elif all(_epoch_logs(run, "loss") for run in runs):
+        curves.append(([_epoch_logs(run, "loss") for run in runs], "#555555", "all samples, training", "-"))
+    if all(_epoch_logs(run, "val_loss") for run in runs):
+        curves.append(([_epoch_logs(run, "val_loss") for run in runs], "#000000", "all samples, validation", "--"))
+    if not curves:
+        return None
+    figure, ax = plt.subplots(figsize=(6.4, 4.2), constrained_layout=True)
+    medians = [_band(ax, series, "epoch", colour, label, style) for series, colour, label, style in curves]
+    log = _apply_scale(ax, medians, scale)
+    ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+    ax.set_ylabel("loss" + (" (log scale)" if log else ""))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=9, framealpha=0.9)
+    what = "Training loss per group" if per_group else "Loss (these runs record no per-group loss)"
+    _title(figure, what, f"median over {len(runs)} runs, band: interquartile range; epochs from{NUMBERED_FROM_0}"
+           if len(runs) > 1 else f"one run; epochs from{NUMBERED_FROM_0}")
+    return figure
+
+
+def _effect_name(rows):
+    against_null = bool(rows) and rows[0]["test"].endswith("null")
+    return against_null, "z vs random groups of these sizes" if against_null else "Hedges' g"
 
 
 def difference_heatmap(runs, layer, group_a, group_b, kind="grad", max_index=10, alpha=0.05,
@@ -128,7 +267,7 @@ def difference_heatmap(runs, layer, group_a, group_b, kind="grad", max_index=10,
     With several runs the cells come from `stats.across_runs` (summaries ``sigma_1`` …
     ``sigma_<max_index>``): with null partitions the difference beyond random groups of
     the same sizes, in SDs of its chance variation (``effect``, z); with
-    ``reference="runs"`` Hedges' g. FDR-significant cells (q ≤ ``alpha``) carry a dot.
+    ``reference="runs"`` Hedges' g. FDR-significant cells carry a dot.
 
     Args:
         rows: precomputed `stats.across_runs` rows to draw instead of testing again.
@@ -154,21 +293,68 @@ def difference_heatmap(runs, layer, group_a, group_b, kind="grad", max_index=10,
         grid[i, j] = r["effect"]
         if r["significant"]:
             marks.append((j, i))
-    against_null = bool(rows) and rows[0]["test"].endswith("null")
-    effect = "z vs random groups of these sizes" if against_null else "Hedges' g"
-    figure, ax = plt.subplots(figsize=(max(4, 0.5 * len(epochs) + 2.5), max(3, 0.3 * width + 1.5)),
+    against_null, effect = _effect_name(rows)
+    figure, ax = plt.subplots(figsize=(max(4.5, 0.4 * len(epochs) + 3), max(3.2, 0.3 * width + 2)),
                               constrained_layout=True)
-    bound = np.nanmax(np.abs(grid)) if np.isfinite(grid).any() else 1.0
+    bound = max(np.nanmax(np.abs(grid)) if np.isfinite(grid).any() else 0.0, 3.0)
     image = ax.imshow(grid, aspect="auto", cmap="RdBu_r", vmin=-bound, vmax=bound, origin="lower",
                       extent=(-0.5, len(epochs) - 0.5, 0.5, width + 0.5))
     for j, i in marks:
         ax.plot(j, i + 1, marker="o", color="black", markersize=4)
-    ax.set_xticks(range(len(epochs)), [str(e) for e in epochs])
+    ax.set_xticks(range(len(epochs)), [str(e) for e in epochs], fontsize=8)
     ax.set_yticks(range(1, width + 1))
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("singular value index")
-    ax.set_title(f"{layer} {kind}\n{group_a} − {group_b}: {effect} (• FDR q ≤ {alpha})", fontsize=9)
-    figure.colorbar(image, ax=ax, label="z" if against_null else effect)
+    ax.set_xlabel("epoch (from 0)")
+    ax.set_ylabel("singular value index (1 = largest)")
+    ax.set_title(f"{layer} · {kind}: {wording.KIND_NAMES.get(kind, kind)}\n{group_a} − {group_b}: {effect}, "
+                 f"{len(runs)} runs (• significant, FDR)", fontsize=9)
+    figure.colorbar(image, ax=ax, label=f"{'z' if against_null else effect} (> 0: {group_a} higher)")
+    return figure
+
+
+def findings_map(rows, group_a, group_b):
+    """Where two groups differ: the strongest effect of any tested summary per layer ×
+    kind (rows) and epoch (columns), from `stats.across_runs` rows; a dot where at least
+    one test of the cell is significant. The colour scale reaches at least ±``wording.MAP_BOUND``,
+    so that effects of the size chance gives stay pale.
+
+    Args:
+        rows: `stats.across_runs` rows (one per test, with ``epoch``).
+        group_a, group_b: the pair to draw.
+
+    Returns:
+        A matplotlib Figure.
+    """
+    rows = [r for r in rows if r["group_a"] == group_a and r["group_b"] == group_b and "epoch" in r]
+    if not rows:
+        raise ValueError(f"No test of {group_a} vs {group_b} per epoch to draw.")
+    lines = list(dict.fromkeys((r["layer"], r["kind"]) for r in rows))
+    epochs = sorted({r["epoch"] for r in rows})
+    grid = np.full((len(lines), len(epochs)), np.nan)
+    marked = np.zeros(grid.shape, bool)
+    for r in rows:
+        i, j = lines.index((r["layer"], r["kind"])), epochs.index(r["epoch"])
+        if np.isfinite(r["effect"]) and not abs(r["effect"]) <= abs(grid[i, j]):  # NaN: the first
+            grid[i, j] = r["effect"]
+        marked[i, j] |= bool(r["significant"])
+    input_data = {(r["layer"], r["kind"]) for r in rows if r["family"] == stats.FAMILIES[1]}
+    against_null, effect = _effect_name(rows)
+    figure, ax = plt.subplots(figsize=(min(max(5.5, 0.2 * len(epochs) + 4.2), 7.0), 0.34 * len(lines) + 1.9),
+                              constrained_layout=True)
+    bound = max(np.nanmax(np.abs(grid)) if np.isfinite(grid).any() else 0.0, wording.MAP_BOUND)
+    image = ax.imshow(grid, aspect="auto", cmap="RdBu_r", vmin=-bound, vmax=bound, interpolation="nearest")
+    j, i = np.nonzero(marked.T)
+    ax.plot(j, i, "o", color="black", markersize=3.5, linestyle="none")
+    ax.set_yticks(range(len(lines)), [f"{layer} · {kind}: {wording.KIND_NAMES.get(kind, kind)}"
+                                      + (" (input data)" if (layer, kind) in input_data else "")
+                                      for layer, kind in lines], fontsize=8)
+    step = max(1, len(epochs) // 20)
+    ax.set_xticks(range(0, len(epochs), step), [str(e) for e in epochs[::step]], fontsize=8)
+    ax.set_xlabel("epoch (from 0)")
+    _title(figure, f"Where {group_a} and {group_b} differ",
+           f"the strongest effect of any summary tested ({effect})\n{max(r['n_runs'] for r in rows)} runs; "
+           "• significant (FDR)")
+    figure.colorbar(image, ax=ax, label=f"{'z' if against_null else effect} (> 0: {group_a} higher)",
+                    fraction=0.05, pad=0.02)
     return figure
 
 

@@ -1,17 +1,36 @@
-"""What a comparison of groups found, in words: the console summary and the HTML report.
+"""What a comparison of groups found, in words: the console's closing block and the HTML report.
 
-Both lead with what was compared (groups and their sizes, the design, the target, what the
-tests are against and what they can say), then what was found, family by family.
+Both lead with the answer: what was compared (groups and their sizes, the runs, the
+model, the data, what the tests are against), which layers and kinds differ, in which
+epochs, in which direction and how strongly, and which do not; then the loss and the
+accuracy per group. The report follows with the figures (each with a caption that says
+what is drawn), the findings table (a row per summary, grouped by layer and kind,
+strongest first, epochs merged into ranges) and the runs (a row per run, a column per
+option that varies).
 """
 
+import base64
+import collections
+import dataclasses
 import html
 import json
+import os
+import warnings
 
 import numpy as np
 
-from tf_autospec import stats
+from tf_autospec import stats, wording
 
 TOP_FINDINGS = 20
+TOP_SENTENCES = 4  # differences written out in the summary, per family
+TOP_LINES = 5  # differences listed in the console's closing block
+
+ReportFigure = collections.namedtuple("ReportFigure", "title png")
+ReportFigure.__doc__ = "A figure of the report: its title and its PNG image (bytes)."
+ReportSection = collections.namedtuple("ReportSection", "title caption figures")
+ReportSection.__doc__ = "Figures under one title and one caption (a list of `ReportFigure`)."
+PIXELS_PER_INCH = 100  # figures are drawn at 150 dpi and shown at this size: sharp on dense screens
+FIGURE_DPI = 150
 
 
 def _metadata(runs, key):
@@ -19,32 +38,52 @@ def _metadata(runs, key):
     return [run.metadata[key] for run in runs if key in run.metadata]
 
 
+def _count(k, noun):
+    return f"{k} {noun}{'s' if k != 1 else ''}"
+
+
+def _runs_text(runs):
+    """``"10 runs (5 folds × 2 seeds)"``."""
+    folds, seeds = set(_metadata(runs, "fold")), set(_metadata(runs, "seed"))
+    text = _count(len(runs), "run")
+    return text + (f" ({_count(len(folds), 'fold')} × {_count(len(seeds), 'seed')})" if folds and seeds else "")
+
+
+def _replicates(runs):
+    """What the folds and the seeds replicate, as clauses."""
+    folds, seeds = set(_metadata(runs, "fold")), set(_metadata(runs, "seed"))
+    return ((["folds train on different subsets of the subjects"] if len(folds) > 1 else [])
+            + (["seeds re-train on the same subjects (they make each estimate less noisy, they add no subjects)"]
+               if len(seeds) > 1 else []))
+
+
 def design(runs):
     """The design in words: runs, folds × seeds, and what the seeds and folds replicate."""
-    folds, seeds = set(_metadata(runs, "fold")), set(_metadata(runs, "seed"))
-    text = f"{len(runs)} run{'s' if len(runs) != 1 else ''}"
-    if folds and seeds:
-        text += f" ({len(folds)} fold{'s' if len(folds) != 1 else ''} × {len(seeds)} seed{'s' if len(seeds) != 1 else ''})"
-    if len(folds) > 1:
-        text += "; folds train on different subsets of the subjects"
-    if len(seeds) > 1:
-        text += "; seeds re-train on the same subjects (they make each estimate less noisy, they add no subjects)"
-    return text
+    return "; ".join([_runs_text(runs)] + _replicates(runs))
 
 
-def group_sizes(runs):
-    """``({group: subjects}, unit)`` as the experiment recorded them (the training subjects
-    of the first run, and in all), or the mean samples per recorded step when the runs do
-    not say."""
+def _sizes(runs):
+    """``(sizes, totals, unit)``: each group's subjects as the experiment recorded them (the
+    first run's training set, and ``totals`` in all, or None when they are the same), or
+    the mean samples per recorded step when the runs do not say."""
     recorded, total = _metadata(runs, "group_sizes"), _metadata(runs, "group_sizes_all")
     if recorded:
         sizes = {group: recorded[0].get(group) for group in runs[0].groups}
         if total and total[0] != recorded[0]:
-            every = ", ".join(f"{g} {total[0].get(g)}" for g in runs[0].groups)
-            return sizes, f"subjects per training set ({every} in all)"
-        return sizes, "subjects"
-    return {group: float(np.mean([np.mean(run.counts(group)) for run in runs])) for group in runs[0].groups}, \
-        "samples per step (mean)"
+            return sizes, {group: total[0].get(group) for group in runs[0].groups}, "subjects per training set"
+        return sizes, None, "subjects"
+    mean = {group: float(np.mean([np.mean(run.counts(group)) for run in runs])) for group in runs[0].groups}
+    return mean, None, "samples per step on average"
+
+
+def group_sizes(runs):
+    """``({group: size}, unit)``: subjects as the experiment recorded them (the training
+    subjects of the first run, and in all), or the mean samples per recorded step when
+    the runs do not say."""
+    sizes, totals, unit = _sizes(runs)
+    if totals:
+        unit += f" ({', '.join(f'{g} {n}' for g, n in totals.items())} in all)"
+    return sizes, unit
 
 
 def imbalance(sizes):
@@ -66,17 +105,20 @@ def target_statement(runs):
     return "The runs do not say what the model predicts (metadata 'target')."
 
 
+def _reference(rows):
+    return rows[0]["test"].rsplit("_", 1)[-1] if rows else "null"
+
+
 def inference_statement(rows):
-    references = {row["test"].rsplit("_", 1)[-1] for row in rows}
+    """What the tests compare the groups against, and what a finding can say."""
     if rows and rows[0]["inference"].startswith("none"):
         withheld = sum(bool(np.isfinite(r["q_value"]) and r["q_value"] <= 0.05) for r in rows)
         return (f"No finding is claimed: the groups are the prediction target ({withheld} tests would pass "
                 "q ≤ 0.05 against random groups, which mix the classes; tests.csv has them).")
-    if references == {"null"}:
+    if _reference(rows) == "null":
         return ("Each difference is tested against the same difference between random groups of the same sizes "
                 "drawn from the same subjects (the runs' null partitions): group size alone cannot make a "
-                "finding, and the subjects, not the seeds, are the replicates; what is found holds for the "
-                "population these subjects are exchangeable with.")
+                "finding, and the subjects, not the seeds, are the replicates.")
     return ("These tests treat the runs (or steps) as independent replicates and assume groups of equal size: "
             "they say something about these runs of these subjects only. Record null partitions "
             "(null_partitions=20) for tests of the groups themselves.")
@@ -93,35 +135,243 @@ def validation_by_group(runs):
     return recorded[0]["metric"], recorded[0]["split"], medians
 
 
-def _span(epochs):
-    epochs = sorted(epochs)
-    return str(epochs[0]) if len(epochs) == 1 else f"{epochs[0]}–{epochs[-1]}" if epochs == list(
-        range(epochs[0], epochs[-1] + 1)) else ", ".join(map(str, epochs))
+def records_group_loss(runs):
+    """Whether every run records its groups' training loss (``run.group_loss``) and some
+    of it is a number (files written before it was recorded, and simulated runs, have none)."""
+    return all(getattr(run, "has_group_loss", False) and any(np.isfinite(run.group_loss(g)).any()
+                                                             for g in run.groups) for run in runs)
 
 
-def findings(rows):
-    """Significant rows merged over epochs: one finding per pair, family, layer, kind and
-    summary, with its epochs, its strongest effect and smallest q; strongest first."""
+def last_epoch_loss_by_group(runs):
+    """``(epoch, {group: median over runs})``: each group's training loss in the last
+    epoch all runs recorded, where the runs record loss per group (`records_group_loss`);
+    else ``None``."""
+    if not records_group_loss(runs):
+        return None
+    last = min(int(np.max(run.records["epoch"])) for run in runs)
+    values = {}
+    for group in runs[0].groups:
+        per_run = []
+        for run in runs:
+            epochs, loss = run.epoch_group_loss(group)
+            per_run.append(loss[list(epochs).index(last)])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # a group absent from every step
+            values[group] = float(np.nanmedian(per_run))
+    return last, values
+
+
+def _family_level(rows, alpha=0.05):
+    """The FDR level of each family: ``alpha`` shared by the families present."""
+    return alpha / max(len({row["family"] for row in rows}), 1)
+
+
+def _position(row):
+    """The epoch of an `across_runs` row, the first step of a `within_run` row."""
+    return row["epoch"] if "epoch" in row else row["first_step"]
+
+
+def _within_run(rows):
+    return bool(rows) and "epoch" not in rows[0]
+
+
+def _span(rows, positions):
+    """Epochs as ranges (``"0–3, 7"``), or the window of steps of `within_run` rows."""
+    if _within_run(rows):
+        return f"{rows[0]['first_step']}–{rows[0]['last_step']}"
+    return wording.span(positions)
+
+
+def _when(rows, positions):
+    """``"epochs 0–3, 7"``, ``"epoch 4"``, or for `within_run` rows ``"steps 10–29"``."""
+    unit = "steps" if _within_run(rows) else "epochs" if len(set(positions)) > 1 else "epoch"
+    return f"{unit} {_span(rows, positions)}"
+
+
+@dataclasses.dataclass
+class Direction:
+    """The significant tests of one layer and kind in which one group is the higher.
+
+    Attributes:
+        higher, lower: the groups.
+        summaries: the summaries that differ this way, strongest first.
+        positions: their epochs (or first steps, within one run).
+        strength: the largest ``|effect|``.
+    """
+
+    higher: str
+    lower: str
+    summaries: list
+    positions: list
+    strength: float
+
+
+@dataclasses.dataclass
+class Difference:
+    """One layer and kind in which two groups differ: every significant test of it.
+
+    Attributes:
+        family: ``"training"`` or ``"input data"``.
+        group_a, group_b: the pair, in the tests' order (``effect`` > 0: ``group_a`` higher).
+        layer, kind: what differs.
+        rows: its significant test rows, strongest first.
+        directions: `Direction` s, strongest first (two when the sign changes between
+            summaries or epochs).
+    """
+
+    family: str
+    group_a: str
+    group_b: str
+    layer: str
+    kind: str
+    rows: list
+    directions: list
+
+    @property
+    def strength(self):
+        return abs(self.rows[0]["effect"])
+
+
+def differences(rows):
+    """The layers and kinds in which groups differ (`Difference`), strongest first."""
     merged = {}
     for row in rows:
-        if not row["significant"]:
-            continue
-        key = (row["family"], row["group_a"], row["group_b"], row["layer"], row["kind"], row["summary"])
-        entry = merged.setdefault(key, {"epochs": [], "effect": 0.0, "q": 1.0, "direction": 0})
-        entry["epochs"].append(row.get("epoch", row.get("first_step")))
-        if abs(row["effect"]) > abs(entry["effect"]):
-            entry["effect"] = row["effect"]
-        entry["q"] = min(entry["q"], row["q_value"])
-    out = [dict(zip(("family", "group_a", "group_b", "layer", "kind", "summary"), key), **value)
-           for key, value in merged.items()]
-    return sorted(out, key=lambda f: -abs(f["effect"]))
+        if row["significant"]:
+            key = (row["family"], row["group_a"], row["group_b"], row["layer"], row["kind"])
+            merged.setdefault(key, []).append(row)
+    found = []
+    for (family, a, b, layer, kind), members in merged.items():
+        members.sort(key=lambda r: -abs(r["effect"]))
+        directions = []
+        for sign, (higher, lower) in ((1, (a, b)), (-1, (b, a))):
+            same = [r for r in members if np.sign(r["effect"]) == sign]
+            if same:
+                directions.append(Direction(higher, lower, list(dict.fromkeys(r["summary"] for r in same)),
+                                            [_position(r) for r in same], abs(same[0]["effect"])))
+        directions.sort(key=lambda d: -d.strength)
+        found.append(Difference(family, a, b, layer, kind, members, directions))
+    return sorted(found, key=lambda d: -d.strength)
+
+
+def not_different(rows, family):
+    """``{kind: [layers]}`` of a family tested (some p-value) without a significant test."""
+    tested, found = {}, set()
+    for row in rows:
+        if row["family"] == family and np.isfinite(row["p_value"]):
+            tested.setdefault(row["kind"], []).append(row["layer"])
+            if row["significant"]:
+                found.add((row["layer"], row["kind"]))
+    return {kind: [layer for layer in dict.fromkeys(layers) if (layer, kind) not in found]
+            for kind, layers in tested.items()}
+
+
+def _symbol(rows):
+    return "|z|" if _reference(rows) == "null" else "|g|"
+
+
+def _direction_text(direction, rows, several_pairs):
+    listed = _and(wording.summary_name(s) for s in direction.summaries)
+    than = f" than in {direction.lower}" if several_pairs else ""
+    return (f"{listed} higher in {direction.higher}{than}, {_when(rows, direction.positions)} "
+            f"({_symbol(rows)} up to {direction.strength:.1f})")
+
+
+def difference_text(difference, rows, several_pairs=False):
+    """One difference in a sentence: ``"dense/kernel, input (act): spectral norm higher
+    in SZ, epochs 0–19 (|z| up to 6.1)"``."""
+    parts = "; ".join(_direction_text(d, rows, several_pairs) for d in difference.directions)
+    return f"{difference.layer}, {wording.kind_name(difference.kind)}: {parts}"
+
+
+def _and(items):
+    items = list(items)
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
+
+
+def _unchanged_text(rows, family):
+    """``"the weight gradient (grad) of dense/kernel; the input (act) of every layer"``, or ``""``."""
+    every = {row["layer"] for row in rows if row["family"] == family}
+    parts = []
+    for kind, layers in not_different(rows, family).items():
+        if layers:
+            which = "every layer" if set(layers) == every and len(every) > 1 else _and(layers)
+            parts.append(f"the {wording.KIND_NAMES.get(kind, kind)} ({kind}) of {which}")
+    return "; ".join(parts)
+
+
+def pairs_text(pairs):
+    """``"A vs B, A vs C"``."""
+    return ", ".join(f"{a} vs {b}" for a, b in pairs)
+
+
+def compared_text(runs, pairs):
+    """What was compared, in one sentence: the groups and their sizes, the runs, the model,
+    the data and the target."""
+    sizes, totals, unit = _sizes(runs)
+    groups = [f"{g} ({_number(n)}{f' {unit}' if i == 0 else ''}{f', {totals[g]} in all' if totals else ''})"
+              for i, (g, n) in enumerate(sizes.items())]
+    model, dataset = _metadata(runs, "model"), _metadata(runs, "dataset")
+    trained = f" of the {model[0]} model on {dataset[0]}" if model and dataset else ""
+    targets = _metadata(runs, "target")
+    predicting = f", predicting {targets[0]}" if targets else ""
+    which = f" ({pairs_text(pairs)})" if len(pairs) > 1 else ""
+    return f"Compared {_and(groups)}{which} in {_runs_text(runs)}{trained}{predicting}."
+
+
+def reading_note(rows, runs):
+    """How to read the summary: what the tests are against, what the folds and seeds
+    replicate, how things are numbered."""
+    replicates = " ".join(f"{clause[0].upper()}{clause[1:]}." for clause in _replicates(runs))
+    return (f"{inference_statement(rows)} {replicates} Epochs, folds and seeds are numbered from 0, as in the file "
+            "names and tests.csv.").replace("  ", " ")
+
+
+def family_answer(rows, family, pairs):
+    """``(headline, [sentences], unchanged)`` of one family, or ``None`` when it was not tested."""
+    members = [r for r in rows if r["family"] == family]
+    if not members:
+        return None
+    found = differences(members)
+    combinations = {(r["layer"], r["kind"]) for r in members if np.isfinite(r["p_value"])}
+    counts = (f"{sum(r['significant'] for r in members)} of {len(members)} tests significant at FDR "
+              f"{_family_level(rows):g}")
+    what = "How the model trains" if family == stats.FAMILIES[0] else "The input data (the first layers' input)"
+    if not found:
+        headline = f"{what}: no difference between {_and(sorted({g for p in pairs for g in p}))} beyond what " \
+                   f"random groups of the same sizes show ({counts})."
+        return headline, [], ""
+    headline = (f"{what} differs in {len({(d.layer, d.kind) for d in found})} of "
+                f"{_count(len(combinations), 'layer × kind combination')} ({counts}):")
+    several = len(pairs) > 1
+    sentences = [difference_text(d, members, several) for d in found[:TOP_SENTENCES]]
+    if len(found) > TOP_SENTENCES:
+        sentences.append(f"and {len(found) - TOP_SENTENCES} more in the findings table.")
+    return headline, sentences, _unchanged_text(members, family)
+
+
+def loss_text(runs):
+    """The loss and the accuracy per group in a sentence, or ``""``."""
+    parts = []
+    loss = last_epoch_loss_by_group(runs)
+    if loss:
+        epoch, values = loss
+        parts.append(f"Training loss in the last epoch ({epoch}), median over runs: "
+                     + ", ".join(f"{g} {v:.3g}" for g, v in values.items()) + ".")
+    validation = validation_by_group(runs)
+    if validation:
+        metric, split, medians = validation
+        where = " (the held-out fold)" if split == "validation" else " (no held-out data)"
+        parts.append(f"{split.capitalize()} {metric}{where}, median over runs: "
+                     + ", ".join(f"{g} {v:.3g}" for g, v in medians.items()) + ".")
+    return " ".join(parts)
 
 
 def console_summary(runs, pairs, rows):
-    """A few lines: what was compared, against what, and what was found."""
+    """The closing block's lines: what was compared, against what, how many tests, how
+    many significant, and the strongest differences, one line each."""
     sizes, unit = group_sizes(runs)
     lines = [
-        f"compared {', '.join(f'{a} vs {b}' for a, b in pairs)}; {design(runs)}",
+        f"compared {pairs_text(pairs)}; {design(runs)}",
         "groups   " + ", ".join(f"{g} {_number(n)}" for g, n in sizes.items()) + f" {unit}"
         + (f" (imbalance {imbalance(sizes):.2f}:1)" if imbalance(sizes) > 1.05 else ""),
         "target   " + target_statement(runs),
@@ -132,19 +382,22 @@ def console_summary(runs, pairs, rows):
         if members:
             tested = sum(np.isfinite(r["p_value"]) for r in members)
             found = sum(r["significant"] for r in members)
-            lines.append(f"{name:8} {len(members)} tests ({tested} with values to compare), {found} significant "
+            lines.append(f"{name:10} {len(members)} tests ({tested} with values to compare), {found} significant "
                          f"at FDR {_family_level(rows):g}")
-    top = findings(rows)[:3]
-    for finding in top:
-        lines.append(f"  {finding['group_a']} vs {finding['group_b']}: {finding['layer']} {finding['kind']} "
-                     f"{finding['summary']}, epochs {_span(finding['epochs'])}, effect {finding['effect']:+.2f} "
-                     f"(q {finding['q']:.2g})")
+    found = differences(rows)
+    if found:
+        lines.append("strongest differences:")
+        for difference in found[:TOP_LINES]:
+            strongest = difference.directions[0]
+            data = "input data: " if difference.family != stats.FAMILIES[0] else ""
+            lines.append(f"  {data}{difference.layer} · {wording.kind_name(difference.kind)}: "
+                         + _direction_text(strongest, rows, len(pairs) > 1))
+        if len(found) > TOP_LINES:
+            lines.append(f"  and {len(found) - TOP_LINES} more (report.html, tests.csv)")
+    elif rows and not rows[0]["inference"].startswith("none"):
+        lines.append("found    nothing differs beyond what random groups of the same sizes show"
+                     if _reference(rows) == "null" else "found    nothing")
     return lines
-
-
-def _family_level(rows, alpha=0.05):
-    """The FDR level of each family: ``alpha`` shared by the families present."""
-    return alpha / max(len({row["family"] for row in rows}), 1)
 
 
 def _number(value):
@@ -152,29 +405,208 @@ def _number(value):
 
 
 def _cell(value):
-    if isinstance(value, float):
+    if isinstance(value, (float, np.floating)):
         return "" if np.isnan(value) else f"{value:.3g}"
     return html.escape(str(value))
 
 
-def _table(header, body):
+def _table(header, body, classes=""):
     head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
     rows = "".join("<tr>" + "".join(f"<td>{_cell(v)}</td>" for v in row) + "</tr>" for row in body)
-    return f"<table><tr>{head}</tr>{rows}</table>"
+    return f"<table class='{classes}'><tr>{head}</tr>{rows}</table>"
 
 
-def _runs_table(runs):
-    """One row per run, a column per metadata key whose value varies; the shared ones below."""
-    keys = sorted({k for run in runs for k in run.metadata if not isinstance(run.metadata[k], (dict, list))})
-    varying = [k for k in keys if len({json.dumps(run.metadata.get(k)) for run in runs}) > 1]
-    shared = [k for k in keys if k not in varying and k in runs[0].metadata]
-    body = [[run.path, len(run)] + [run.metadata.get(k, "") for k in varying] for run in runs]
-    table = _table(["file", "recorded steps"] + varying, body)
-    common = ", ".join(f"{k} = {runs[0].metadata[k]}" for k in shared)
-    return table + (f"<p>Shared by every run: {html.escape(common)}.</p>" if common else "")
+def _findings_lines(difference, members):
+    """The table lines of one difference: a line per summary and direction, strongest first."""
+    pair = (difference.group_a, difference.group_b)
+    lines = []
+    for direction in difference.directions:
+        for summary in direction.summaries:
+            mine = [r for r in difference.rows if r["summary"] == summary
+                    and (r["effect"] > 0) == (direction.higher == difference.group_a)]
+            tested = sum(np.isfinite(r["p_value"]) for r in members if (r["group_a"], r["group_b"]) == pair
+                         and (r["layer"], r["kind"], r["summary"]) == (difference.layer, difference.kind, summary))
+            lines.append((abs(mine[0]["effect"]), [
+                wording.summary_name(summary), direction.higher, _span(members, [_position(r) for r in mine]),
+                _cell(mine[0]["effect"]), _cell(min(r["q_value"] for r in mine)), f"{len(mine)} of {tested}"]))
+    return [line for _, line in sorted(lines, key=lambda item: -item[0])]
 
 
-def write(path, runs, pairs, rows, sections):
+def _findings_table(members, several_pairs):
+    """The significant tests of a family: a line per summary and direction, grouped by
+    layer and kind (the strongest group first), the first `TOP_FINDINGS` lines.
+
+    Returns:
+        ``(HTML, lines shown, lines in all)``.
+    """
+    header = (["groups"] if several_pairs else []) + [
+        "layer", "kind", "summary", "higher in", "steps" if _within_run(members) else "epochs", "strongest effect",
+        "smallest q", "significant"]
+    grouped = [(d, _findings_lines(d, members)) for d in differences(members)]
+    body, shown = [], 0
+    for difference, lines in grouped:
+        lines = lines[:TOP_FINDINGS - shown]
+        if not lines:
+            break
+        group = ([f"{difference.group_a} − {difference.group_b}"] if several_pairs else []) + [
+            difference.layer, wording.kind_name(difference.kind)]
+        span = f" rowspan='{len(lines)}'" if len(lines) > 1 else ""
+        for i, line in enumerate(lines):
+            lead = "".join(f"<td{span} class='group'>{html.escape(c)}</td>" for c in group) if i == 0 else ""
+            body.append(f"<tr>{lead}" + "".join(f"<td>{html.escape(c)}</td>" for c in line) + "</tr>")
+        shown += len(lines)
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    table = f"<table class='findings'><tr>{head}</tr>{''.join(body)}</table>"
+    return table, shown, sum(len(lines) for _, lines in grouped)
+
+
+def flat_metadata(metadata):
+    """Metadata as ``{name: text}``: dicts (also those stored as JSON text) spread into
+    ``parent.key`` entries, lists joined, empty values left out."""
+    out = {}
+    for key, value in metadata.items():
+        if isinstance(value, str) and value[:1] in "{[":
+            try:
+                value = json.loads(value)
+            except ValueError:
+                pass
+        if isinstance(value, dict):
+            out.update({f"{key}.{k}": v for k, v in flat_metadata(value).items()})
+        elif isinstance(value, list):
+            if value:
+                out[key] = ", ".join(map(str, value))
+        elif value is not None and value != "":
+            out[key] = _cell(value) if isinstance(value, float) else str(value)
+    return out
+
+
+def _run_results(run):
+    """What one run reached: its last epoch's training loss and the evaluation per group."""
+    out = {}
+    if run.epochs["logs"] and "loss" in run.epochs["logs"][-1]:
+        out["final training loss"] = _cell(float(run.epochs["logs"][-1]["loss"]))
+    evaluation = run.attributes.get("evaluation")
+    if evaluation:
+        for group, value in evaluation["by_group"].items():
+            out[f"{evaluation['split']} {evaluation['metric']}: {group}"] = _cell(float(value))
+    return out
+
+
+def runs_table(runs, folder=None):
+    """One row per run, a column per option that varies between the runs; the options
+    they share listed once below it.
+
+    Args:
+        runs: the `tf_autospec.Run` s.
+        folder: file names are shown relative to it (default: as given).
+
+    Returns:
+        HTML.
+    """
+    flat = [flat_metadata(run.metadata) for run in runs]
+    keys = list(dict.fromkeys(k for f in flat for k in f))
+    varying = [k for k in keys if len({f.get(k) for f in flat}) > 1]
+    shared = [k for k in keys if k not in varying]
+    results = [_run_results(run) for run in runs]
+    result_keys = list(dict.fromkeys(k for r in results for k in r))
+    body = [[os.path.relpath(run.path, folder) if folder else run.path, len(run)]
+            + [f.get(k, "") for k in varying] + [r.get(k, "") for k in result_keys]
+            for run, f, r in zip(runs, flat, results)]
+    table = _table(["file", "recorded steps"] + varying + result_keys, body, "runs")
+    if shared:
+        items = "".join(f"<div><span>{html.escape(k)}</span> {html.escape(flat[0][k])}</div>" for k in shared)
+        table += f"<p class='note'>Shared by every run:</p><div class='shared'>{items}</div>"
+    return table
+
+
+def _kinds_text(kinds):
+    return "; ".join(f"{kind}, {wording.KIND_DEFINITIONS[kind]}" for kind in kinds if kind in wording.KIND_DEFINITIONS)
+
+
+def _runs_statistic(runs):
+    return (f"Lines: the median over the {len(runs)} runs; bands: their interquartile range (25th to 75th "
+            "percentile)." if len(runs) > 1 else "One run.")
+
+
+def spectra_caption(runs, summary, per_epoch, kinds):
+    """The caption of `plot.overview` and `plot.layer_panels`: what each curve is."""
+    unit = "" if wording.is_scale_free(summary) else (
+        " Per sample: grad divided by the group's samples in the batch, act and delta by its square root; groups "
+        "of different sizes still differ by size alone, which the tests account for and the curves do not.")
+    x = ("epoch (each run's mean over the epoch's steps)" if per_epoch else "training step")
+    return (f"The {wording.summary_name(summary)} of each group's spectra ({_kinds_text(kinds)}). "
+            f"{_runs_statistic(runs)}{unit} x: the {x}, from 0. Axes marked 'log scale' are logarithmic, where the "
+            "values span more than two decades.")
+
+
+def _effect_caption(rows, group_a, group_b):
+    if _reference(rows) == "null":
+        effect = ("z: the difference between the groups beyond what random groups of the same sizes show, in "
+                  "SDs of those random groups' differences")
+    else:
+        effect = "Hedges' g between the runs' values (the older test: equal group sizes assumed)"
+    return f"{effect}; red: {group_a} higher, blue: {group_b} higher; dots: significant at FDR {_family_level(rows):g}."
+
+
+def findings_map_caption(rows, group_a, group_b):
+    """The caption of `plot.findings_map`."""
+    return (f"Each row is a layer and kind, each column an epoch (from 0); the colour is the strongest effect of "
+            f"any tested summary in that cell. {_effect_caption(rows, group_a, group_b)} The colour scale reaches "
+            f"at least ±{wording.MAP_BOUND:g}, so that effects of the size chance gives stay pale.")
+
+
+def heatmap_caption(rows, group_a, group_b):
+    """The caption of `plot.difference_heatmap`."""
+    return (f"{group_a} − {group_b} per singular value (rows; 1 = the largest, per sample) and epoch (from 0). "
+            + _effect_caption(rows, group_a, group_b))
+
+
+def loss_caption(runs):
+    """The caption of `plot.loss_curves`."""
+    group = ("each group's mean training loss over its samples in each epoch's steps" if records_group_loss(runs)
+             else "the training loss of all samples (these files record no loss per group)")
+    return (f"Solid: {group}; dashed: the validation loss of the held-out fold, where there is one. "
+            f"{_runs_statistic(runs)} Epochs from 0.")
+
+
+def _image_html(figure):
+    width = int.from_bytes(figure.png[16:20], "big") * PIXELS_PER_INCH // FIGURE_DPI  # the PNG header's width
+    return (f"<img alt='{html.escape(figure.title)}' width='{width}' "
+            f"src='data:image/png;base64,{base64.b64encode(figure.png).decode()}'>")
+
+
+def _section_html(section, lead=False):
+    """A section's figures with its caption: under the figure beside the summary, under
+    the title in the body of the page (where several figures share it)."""
+    if lead:
+        return "".join(f"<figure>{_image_html(f)}<figcaption><b>{html.escape(section.title)}.</b> "
+                       f"{html.escape(section.caption)}</figcaption></figure>" for f in section.figures)
+    several = len(section.figures) > 1
+    figures = "".join(f"<figure>{_image_html(f)}"
+                      + (f"<figcaption>{html.escape(f.title)}</figcaption>" if several else "") + "</figure>"
+                      for f in section.figures)
+    return (f"<h3>{html.escape(section.title)}</h3><p class='caption'>{html.escape(section.caption)}</p>"
+            f"<div class='gallery'>{figures}</div>")
+
+
+_STYLE = """
+body{font-family:system-ui,-apple-system,'Segoe UI',sans-serif;margin:18px 28px;max-width:1340px;line-height:1.4;
+color:#222}
+h1{font-size:24px;margin:0 0 8px}h2{font-size:19px;margin:26px 0 8px;border-bottom:1px solid #ddd}
+.top{display:grid;grid-template-columns:minmax(360px,5fr) minmax(420px,6fr);gap:22px;align-items:start}
+@media(max-width:1000px){.top{grid-template-columns:1fr}}
+.answer p{margin:6px 0}.answer ul{margin:2px 0 8px 18px;padding:0}.answer li{margin:2px 0}
+.compared{color:#333}.plain{color:#555}
+figure{margin:0 0 14px}img{max-width:100%;height:auto}.gallery{display:flex;flex-wrap:wrap;gap:8px 18px}
+.gallery figure{margin:0}figcaption,.caption{font-size:13px;color:#444;margin:3px 0 6px;max-width:1000px}
+table{border-collapse:collapse;font-size:13px;margin:6px 0}td,th{border:1px solid #ccc;padding:3px 7px;
+text-align:left;vertical-align:top}th{background:#f0f0f0}td.group{background:#fafafa;font-weight:600}
+.note{color:#555;font-size:13px}.shared{display:grid;grid-template-columns:repeat(auto-fill,minmax(300px,1fr));
+font-size:13px;gap:1px 18px}.shared span{color:#666}
+"""
+
+
+def write(path, runs, pairs, rows, sections, lead=(), tests_csv=None):
     """Writes the self-contained HTML report.
 
     Args:
@@ -182,59 +614,68 @@ def write(path, runs, pairs, rows, sections):
         runs: the `tf_autospec.Run`s compared.
         pairs: the pairs of groups compared.
         rows: the test rows (`tf_autospec.stats`).
-        sections: ``[(title, base64 PNG), ...]``, the figures.
+        sections: `ReportSection` s shown under "Figures".
+        lead: `ReportSection` s shown beside the summary (where the groups differ, the loss).
+        tests_csv: the path of the full table of tests, relative to the page, to link to.
     """
-    sizes, unit = group_sizes(runs)
-    parts = [f"<p>{html.escape(line)}</p>" for line in (
-        f"Compared: {', '.join(f'{a} vs {b}' for a, b in pairs)}; {design(runs)}.",
-        "Group sizes: " + ", ".join(f"{g} {_number(n)}" for g, n in sizes.items()) + f" {unit}"
-        + (f"; the largest group is {imbalance(sizes):.2f} times the smallest." if imbalance(sizes) > 1.05 else "."),
-        target_statement(runs),
-        inference_statement(rows),
-    )]
-    validation = validation_by_group(runs)
-    if validation:
-        metric, split, medians = validation
-        parts.append(f"<p>{html.escape(f'{split.capitalize()} {metric} per group (median over runs): ')}"
-                     + html.escape(", ".join(f"{g} {v:.3g}" for g, v in medians.items()))
-                     + ". A model near chance learns little from anyone: read its spectra with that in mind.</p>")
-    found = findings(rows)
+    answer = [f"<p class='compared'>{html.escape(compared_text(runs, pairs))}</p>"]
+    if stats.target_follows_groups(runs):
+        answer.append(f"<p><b>{html.escape(target_statement(runs))}</b></p>")
+    elif _reference(rows) != "null":
+        answer.append(f"<p><b>{html.escape(inference_statement(rows))}</b></p>")
+    for family in stats.FAMILIES:
+        if stats.target_follows_groups(runs):
+            break
+        result = family_answer(rows, family, pairs)
+        if result is None:
+            continue
+        headline, sentences, unchanged = result
+        answer.append(f"<p><b>{html.escape(headline)}</b></p>")
+        if sentences:
+            answer.append("<ul>" + "".join(f"<li>{html.escape(s)}</li>" for s in sentences) + "</ul>")
+        if unchanged:
+            answer.append(f"<p class='plain'>No difference beyond chance in {html.escape(unchanged)}.</p>")
+    losses = loss_text(runs)
+    if losses:
+        answer.append(f"<p>{html.escape(losses)}</p>")
+    answer.append(f"<p class='note'>{html.escape(reading_note(rows, runs))}</p>")
+    link = (f" <a href='{html.escape(tests_csv)}'>{html.escape(os.path.basename(tests_csv))}</a> holds every test."
+            if tests_csv else "")
+    parts = [f"<div class='top'><div class='answer'>{''.join(answer)}</div><div>"
+             + "".join(_section_html(section, lead=True) for section in lead) + "</div></div>"]
+    if sections:
+        parts.append("<h2>Figures</h2>" + "".join(_section_html(section) for section in sections))
+    parts.append("<h2>Findings</h2>")
     for name in stats.FAMILIES:
         members = [r for r in rows if r["family"] == name]
         if not members:
             continue
-        what = ("The first layers' input spectra: the data itself, not how the model trains"
-                if name == "input data" else "How the model trains: gradients and the signals they are made of")
-        listed = [f for f in found if f["family"] == name]
-        merged = f", {len(listed)} findings once their epochs are merged, strongest first" if listed else ""
-        parts.append(f"<h2>{html.escape(name.capitalize())}</h2><p>{html.escape(what)}. {len(members)} tests, "
-                     f"{sum(r['significant'] for r in members)} significant at FDR {_family_level(rows):g}"
-                     f"{merged}.</p>")
-        if listed:
-            parts.append(_table(
-                ["groups", "layer", "kind", "summary", "epochs", "effect", "smallest q"],
-                [[f"{f['group_a']} − {f['group_b']}", f["layer"], f["kind"], f["summary"], _span(f["epochs"]),
-                  f["effect"], f["q"]] for f in listed[:TOP_FINDINGS]]))
-            if len(listed) > TOP_FINDINGS:
-                parts.append(f"<p>{len(listed) - TOP_FINDINGS} more in tests.csv.</p>")
-    parts.append("<p class='note'>grad: the layer's weight gradient (the group's share of it); act: the layer's "
-                 "input; delta: the gradient of the loss at the layer's output. Effect: the difference beyond "
-                 "random groups of the same sizes, in SDs of its chance variation (z), or Hedges' g for the older "
-                 "tests; positive when the first group is larger. q: Benjamini–Hochberg within the family; each "
-                 "family at 0.05 divided by the number of families, so that the whole report keeps 0.05. "
-                 "Every test is in tests.csv.</p>")
-    parts.append("<h2>Figures</h2><p class='note'>Lines: the median over the runs; bands: the 25th to 75th "
-                 "percentiles. Spectra per sample (grad divided by the group's samples, act and delta by their "
-                 "square root). Groups of different sizes differ in these curves by size alone; the tests above "
-                 "compare each difference with random groups of the same sizes.</p>" + "".join(
-        f"<h3>{html.escape(title)}</h3><img alt='{html.escape(title)}' src='data:image/png;base64,{image}'>"
-        for title, image in sections))
-    parts.append("<h2>Runs</h2>" + _runs_table(runs))
+        significant = [r for r in members if r["significant"]]
+        what = ("the first layers' input spectra: the data itself, not how the model trains"
+                if name == stats.FAMILIES[1] else "how the model trains: gradients and the signals they are made of")
+        parts.append(f"<h3>{html.escape(name.capitalize())}</h3><p class='note'>{html.escape(what.capitalize())}. "
+                     f"{len(members)} tests, {len(significant)} significant at FDR {_family_level(rows):g}.</p>")
+        if significant:
+            table, shown, total = _findings_table(members, len(pairs) > 1)
+            parts.append(table)
+            if shown < total:
+                parts.append(f"<p class='note'>The strongest {shown} of {total} lines.{link}</p>")
+    if any(r["significant"] for r in rows):
+        effect = ("the difference between the groups beyond random groups of the same sizes, in SDs of the "
+                  "differences those show by chance (z)" if _reference(rows) == "null" else "Hedges' g")
+        parts.append(
+            "<p class='note'>kind: " + html.escape(_kinds_text(wording.KIND_DEFINITIONS)) + ". summary: what of the singular values is compared (spectral norm: the largest; nuclear norm: their "
+            "sum; effective rank: how many directions carry the signal; σᵢ: the i-th largest), per sample. higher in: "
+            "the group whose value is higher. epochs: those where the test is significant (from 0). strongest effect: "
+            + html.escape(effect) + ", the largest over those epochs, positive when the first group of the pair "
+            "is higher. smallest q: the smallest Benjamini–Hochberg q among them, within the family (each family "
+            "at FDR 0.05 divided by the number of families). significant: epochs significant of those tested."
+            + link + "</p>")
+    elif link:
+        parts.append(f"<p class='note'>{link.strip()}</p>")
+    parts.append("<h2>Runs</h2>" + runs_table(runs, os.path.dirname(os.path.abspath(path))))
     title = f"AutoSpec report: {' vs '.join(runs[0].groups)}"
     page = (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-            "<style>body{font-family:sans-serif;margin:2em;max-width:1100px;line-height:1.4}"
-            "table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ccc;padding:3px 6px}"
-            "th{background:#eee}img{max-width:100%}.note{color:#555;font-size:13px}</style></head>"
-            f"<body><h1>{html.escape(title)}</h1>{''.join(parts)}</body></html>")
+            f"<style>{_STYLE}</style></head><body><h1>{html.escape(title)}</h1>{''.join(parts)}</body></html>")
     with open(path, "w", encoding="utf-8") as f:
         f.write(page)
