@@ -268,7 +268,7 @@ def test_missing_groups_and_bad_declarations():
         ts.wrap(_sequential(), groups=["a", "a"])
     with pytest.raises(ValueError, match="kinds"):
         _functional(kinds=["gradient"])
-    with pytest.raises(ValueError, match="not tracked layers"):
+    with pytest.raises(ValueError, match="not a tracked layer"):
         model = _compile(_functional(layers=["nope"]))
         model.fit(x, y, groups=np.zeros(40, int), epochs=1, verbose=0)
 

@@ -44,6 +44,10 @@ def __getattr__(name):
     raise AttributeError(f"module 'tf_autospec' has no attribute {name!r}")
 
 
+def __dir__():
+    return sorted(set(globals()) | set(_IMPORTED_WHEN_FIRST_USED))
+
+
 __all__ = [
     "AutoSpecCallback",
     "AutoSpecModel",

@@ -13,6 +13,7 @@ from keras.src.losses.losses import LossFunctionWrapper  # noqa: F401
 from keras.src.models.functional import Functional, functional_from_config  # noqa: F401
 from keras.src.trainers.data_adapters.data_adapter_utils import unpack_x_y_sample_weight  # noqa: F401
 from keras.src.utils.naming import to_snake_case  # noqa: F401
+from keras.src.utils.python_utils import default as keras_default  # noqa: F401  (get_config Keras may auto-fill)
 
 
 def functional_model_being_cloned():

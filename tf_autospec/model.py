@@ -12,7 +12,7 @@ import tensorflow as tf
 from tf_autospec import groups as groups_module
 from tf_autospec import distributed, evaluation, group_loss, inputs, layer_paths, logits, schedules, serialization, spectra, tracking
 from tf_autospec.capture import Recording, capture_for
-from tf_autospec.keras_internals import Functional, tree, unpack_x_y_sample_weight, unscale_loss_for_distribution
+from tf_autospec.keras_internals import Functional, keras_default, tree, unpack_x_y_sample_weight, unscale_loss_for_distribution
 from tf_autospec.last_step import LastStep
 
 
@@ -108,7 +108,38 @@ class AutoSpecModel(keras.Model):
         # keras.Model.__new__ drops the constructor's arguments, which keras.Layer.__new__
         # records for get_config: a subclass's options (and the user's own arguments) are
         # then saved with the model when they are plain values.
-        return keras.layers.Layer.__new__(cls, *args, **kwargs)
+        instance = keras.layers.Layer.__new__(cls, *args, **kwargs)
+        instance._autospec_given_options = tuple(k for k in kwargs if k in serialization.OPTIONS)
+        return instance
+
+    @keras_default
+    def get_config(self):
+        """Keras's config of a subclass, plus the AutoSpec options its constructor was
+        given (a subclass that sets ``groups`` itself does not get them passed back).
+
+        Keras builds the config of a subclass that does not override ``get_config`` from
+        its constructor's arguments; one that overrides it (``config =
+        super().get_config(); config.update(...)``, as Keras's guide shows) gets the
+        options here.
+        """
+        config = super().get_config()
+        options = serialization.options_config(self)
+        config.update({k: options[k] for k in getattr(self, "_autospec_given_options", ()) if k not in config})
+        return config
+
+    @classmethod
+    def from_config(cls, config, custom_objects=None):
+        """The model of a config: the functional and the wrapped forms are recognised
+        (``AutoSpecModel.from_config(model.get_config())`` works for every form)."""
+        if cls is AutoSpecModel:
+            from tf_autospec.functional import FunctionalAutoSpecModel
+            from tf_autospec.wrapped import WrappedModel
+
+            if "autospec" in config:
+                return FunctionalAutoSpecModel.from_config(config, custom_objects)
+            if "model" in config:
+                return WrappedModel.from_config(config, custom_objects)
+        return super().from_config(config, custom_objects)
 
     def __init__(
         self, *args, groups=None, layers=None, kinds=spectra.KINDS, top_k=None,
@@ -343,7 +374,10 @@ class AutoSpecModel(keras.Model):
             if isinstance(x, keras.utils.PyDataset) or inputs.is_iterator(x):
                 x, first = inputs.peeked(x) if inputs.is_iterator(x) else (x, inputs.first_inputs(x))
                 if evaluation.has_labels(first):
-                    x, y, sample_weight, batch_size = evaluation.in_memory(x, y, sample_weight)
+                    # Only the batches Keras would evaluate (the data may be infinite); the
+                    # arrays hold just those, so `steps` no longer applies.
+                    x, y, sample_weight, batch_size = evaluation.in_memory(x, y, sample_weight, steps)
+                    steps = None
             if evaluation.has_labels(x):
                 by_group = evaluation.per_group(self, x, y, sample_weight, batch_size, steps)
         results = super().evaluate(x, y, batch_size=batch_size, verbose=verbose, sample_weight=sample_weight,

@@ -21,7 +21,7 @@ OPTIONS = ("groups", "layers", "kinds", "top_k", "randomized", "every_n_steps", 
 LATER_OPTION_DEFAULTS = {"schedule": None, "precision": "float64"}
 
 # Keyword arguments of keras.Model's functional constructor that AutoSpecModel passes on.
-KERAS_ARGUMENTS = ("inputs", "outputs", "name", "trainable")
+KERAS_ARGUMENTS = ("inputs", "outputs", "name", "trainable", "dtype")
 
 register = keras.saving.register_keras_serializable(package="tf_autospec")
 

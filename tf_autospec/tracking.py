@@ -114,14 +114,39 @@ def _candidates(container):
             yield from _candidates(layer)
 
 
+def _chosen(found, layers, paths):
+    """The kernels that ``layers`` names: each entry is read as a path (of a kernel, of its
+    layer or of a container holding it) and as a Keras layer name (of its layer or of a
+    container); an entry whose two readings name different kernels is refused."""
+    chosen = set()
+    for entry in layers:
+        by_path = {k.path for k in found if k.path == entry or f"{k.path}/".startswith(f"{entry}/")}
+        by_name = {k.path for k in found
+                   if entry in {k.layer.name, *(c.name for c in paths.containers(k.layer))}}
+        if by_path and by_name and by_path != by_name:
+            raise ValueError(
+                f"layers=[{entry!r}] can be read two ways: as a path it selects {sorted(by_path)}; as the "
+                f"Keras name of a layer it selects {sorted(by_name)}. Give kernel paths instead, e.g. "
+                f"layers={sorted(by_path)[:1]} (model.tracked_kernels lists them)."
+            )
+        if not (by_path or by_name):
+            raise ValueError(
+                f"layers=[{entry!r}] is not a tracked layer of this model; choose among "
+                f"{[k.path for k in found]} (kernel paths, the paths of their layers or containers, "
+                "or Keras layer names)."
+            )
+        chosen |= by_path or by_name
+    return [k for k in found if k.path in chosen]
+
+
 def find_tracked_kernels(model, root, layers, kinds, top_k):
     """Lists the kernels to track, warning once for each trainable layer that is skipped.
 
     Args:
         model: a built Keras model.
         root: the model whose layers name the paths (``model``, or the model it wraps).
-        layers: ``None`` for every supported layer, or kernel paths, layer paths or
-            layer names.
+        layers: ``None`` for every supported layer, or kernel paths, paths of layers or
+            containers, or Keras layer names (see `_chosen`).
         kinds: kinds to record (subset of ``spectra.KINDS``).
         top_k: ``None`` or the largest number of singular values stored per spectrum.
 
@@ -159,19 +184,7 @@ def find_tracked_kernels(model, root, layers, kinds, top_k):
             "distinct names so that their spectra can be told apart."
         )
     if layers is not None:
-        wanted = set(layers)
-
-        def names(kernel):
-            return {kernel.path, paths.layer_path(kernel.layer), kernel.layer.name}
-
-        chosen = [k for k in found if names(k) & wanted]
-        missing = wanted.difference(*(names(k) for k in chosen))
-        if missing:
-            raise ValueError(
-                f"layers={sorted(missing)} are not tracked layers of this model; "
-                f"choose among {kernel_paths} (kernel paths or layer names)."
-            )
-        found = chosen
+        found = _chosen(found, layers, paths)
     if not found:
         raise ValueError(
             "This model has no layer that AutoSpec can track (supported: "
