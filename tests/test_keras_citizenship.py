@@ -329,3 +329,74 @@ def test_the_namespace_the_readme_uses():
             "tf_autospec.plot.overview; tf_autospec.data.simulated_fmri; "
             "assert 'models' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, timeout=300)
+
+
+def _trained_paths(model):
+    model.compile(optimizer="sgd", loss="mse")
+    x = np.zeros((4, *model.inputs[0].shape[1:]), "float32")
+    model.fit(x, np.zeros((4, 2), "float32"), groups=[0, 1, 0, 1], verbose=0)
+    return [(k.path, k.layer.name) for k in model.tracked_kernels]
+
+
+def test_paths_keep_keras_names_in_a_fresh_state_and_the_names_authors_chose():
+    keras.backend.clear_session()
+    inputs = keras.Input((6,))
+    first, second = keras.layers.Dense(3), keras.layers.Dense(4)  # created in this order
+    joined = keras.layers.Concatenate()([second(inputs), first(inputs)])  # called in the other
+    model = ts.AutoSpecModel(inputs, keras.layers.Dense(2)(joined), groups=GROUPS)
+    assert all(path == f"{name}/kernel" for path, name in _trained_paths(model))
+    assert model.kernel_path(first.kernel) == "dense/kernel"
+    # Authors' names of the generated form, in any order; an author's name is never reused.
+    inputs = keras.Input((4, 6))
+    hidden = keras.layers.Dense(5, name="dense_1")(inputs)
+    einsum = keras.layers.EinsumDense("abc,cd->abd", output_shape=(4, 2), name="dense")(hidden)
+    model = ts.AutoSpecModel(inputs, keras.layers.Dense(2)(keras.layers.Flatten()(einsum)), groups=GROUPS)
+    paths = dict(_trained_paths(model))
+    assert paths["dense/kernel"] == "dense" and paths["dense_1/kernel"] == "dense_1"
+    assert len(paths) == 3
+
+
+def test_layers_by_path_container_or_keras_name_and_ambiguity_refused():
+    keras.backend.clear_session()
+    for _ in range(2):  # move Keras's counters on: names and paths now differ
+        keras.layers.Dense(1)
+    inputs = keras.Input((5, 8))
+    attention = keras.layers.MultiHeadAttention(2, 4)
+    head = keras.layers.Dense(2)  # Keras's name dense_2: the lowest counter, so path "dense"
+    hidden = keras.layers.Dense(3)  # dense_3: path "dense_1"
+    last = keras.layers.Dense(3)  # dense_4: path "dense_2", which is also head's Keras name
+    outputs = head(keras.layers.Flatten()(last(hidden(attention(inputs, inputs)))))
+    assert [p for p, _ in _trained_paths(ts.AutoSpecModel(inputs, outputs, groups=GROUPS,
+                                                          layers=["multi_head_attention"]))] == [
+        f"multi_head_attention/{n}/kernel" for n in ("query", "key", "value", "attention_output")]
+    assert _trained_paths(ts.AutoSpecModel(inputs, outputs, groups=GROUPS, layers=[hidden.name])) == [
+        ("dense_1/kernel", hidden.name)]
+    with pytest.raises(ValueError, match="can be read two ways"):
+        _trained_paths(ts.AutoSpecModel(inputs, outputs, groups=GROUPS, layers=["dense_2"]))
+
+
+def test_from_config_of_every_form_dtype_and_a_subclass_with_its_own_get_config(tmp_path):
+    for model in (_functional(top_k=2, dtype="float32"), _wrapped(top_k=2)):
+        rebuilt = ts.AutoSpecModel.from_config(model.get_config())
+        assert type(rebuilt) is type(model)
+        assert serialization.options_config(rebuilt) == serialization.options_config(model)
+
+    @keras.saving.register_keras_serializable(package="test_citizenship")
+    class Guide(ts.AutoSpecModel):  # get_config as Keras's guide writes it; groups passed in
+        def __init__(self, units=4, **kwargs):
+            super().__init__(**kwargs)
+            self.units = units
+            self.hidden, self.out = keras.layers.Dense(units), keras.layers.Dense(2)
+
+        def call(self, x):
+            return self.out(self.hidden(x))
+
+        def get_config(self):
+            config = super().get_config()
+            config.update(units=self.units)
+            return config
+
+    model = _trained(_compiled(Guide(units=3, groups=GROUPS, top_k=2)))
+    model.save(tmp_path / "guide.keras")
+    loaded = keras.models.load_model(tmp_path / "guide.keras")
+    assert loaded.units == 3 and serialization.options_config(loaded) == serialization.options_config(model)
