@@ -1,9 +1,24 @@
 """``evaluate`` per group: Keras's loss and compiled metrics on each group's samples.
 
-Each group's results are `keras.Model.evaluate` on that group's samples alone, so they
-mean what Keras's own results mean (a per-sample mean of the loss, the metrics as Keras
-accumulates them), whatever the batching. They are returned as ``"<name>/<group>"``
-(``"loss/HC"``, ``"accuracy/SZ"``), NaN for a group with no sample in the data.
+Each group's results are those of `keras.Model.evaluate` on that group's samples alone,
+batched with the batch size ``B`` of the data given::
+
+    keras.Model.evaluate(model, x[rows], y[rows], sample_weight=sample_weight[rows], batch_size=B)
+
+``rows`` being the group's samples among those Keras evaluates (with ``steps``, the
+samples of the first ``steps`` batches only), in their order, and ``B`` the
+``batch_size`` given with arrays (Keras's default 32 without it), a `tf.data.Dataset`'s
+own batch size (its element_spec's batch dimension, or its first batch's size when that
+is unknown), or a generator's or `keras.utils.PyDataset`'s first batch's size. The batch
+size matters: Keras's total loss and its metrics are per-sample means whatever the
+batching, but the per-output losses of a multi-output model (``"cls_loss"``) are means
+of per-batch means, unweighted by batch size; a group's samples kept within the
+original batches would make batches of varying, smaller sizes. A `tf.data.Dataset` is
+filtered sample by sample and batched again, after one pass that counts each group's
+samples (its number of batches must be known: see `_dataset_of_group`).
+
+They are returned as ``"<name>/<group>"`` (``"loss/HC"``, ``"cls_loss/SZ"``), NaN for a
+group with no sample in the data.
 """
 
 import warnings
@@ -13,6 +28,7 @@ import numpy as np
 import tensorflow as tf
 
 from tf_autospec import groups as groups_module
+from tf_autospec import inputs
 from tf_autospec.keras_internals import tree, unpack_x_y_sample_weight
 
 
@@ -25,10 +41,12 @@ def has_labels(x):
     return isinstance(x, dict) and groups_module.GROUP_KEY in x
 
 
-def in_memory(x, y, sample_weight):
+def in_memory(x, y, sample_weight, steps=None):
     """A generator's or PyDataset's batches as arrays ``(x, y, sample_weight, batch size)``:
-    a generator can be read once only, and each group needs its own pass."""
-    batches = [x[i] for i in range(len(x))] if isinstance(x, keras.utils.PyDataset) else list(x)
+    a generator can be read once only, and each group needs its own pass. With ``steps``,
+    only the first ``steps`` batches are read (all Keras would evaluate: a generator or
+    PyDataset may be infinite)."""
+    batches = inputs.read_batches(x, steps)
     if not batches:
         raise ValueError("The data given to evaluate yields no batch.")
     parts = [unpack_x_y_sample_weight(b if isinstance(b, tuple) else (b,)) for b in batches]
@@ -54,13 +72,18 @@ def per_group(model, x, y, sample_weight, batch_size, steps):
         ``None`` for a group with none.
     """
     results = {}
+    if isinstance(x, tf.data.Dataset):
+        if steps is not None:  # Keras evaluates the first `steps` batches
+            x = x.take(steps)
+        sizes = _group_sizes(x, model.groups)
+        dataset_batch = inputs.dataset_batch_size(x) if sizes.any() else None
     for index, group in enumerate(model.groups):
         with warnings.catch_warnings():
             # An empty subset makes Keras warn that the input "ran out of data".
             warnings.simplefilter("ignore", UserWarning)
             if isinstance(x, tf.data.Dataset):
-                subset = _dataset_of_group(x, index, model.groups, steps)
-                logs = keras.Model.evaluate(model, subset, verbose=0, return_dict=True)
+                subset = _dataset_of_group(x, index, model.groups, dataset_batch, sizes[index]) if sizes[index] else None
+                logs = None if subset is None else keras.Model.evaluate(model, subset, verbose=0, return_dict=True)
             else:
                 subset = _arrays_of_group(x, y, sample_weight, index, batch_size, steps)
                 logs = None if subset is None else keras.Model.evaluate(
@@ -96,16 +119,35 @@ def _arrays_of_group(x, y, sample_weight, index, batch_size, steps):
     return take(x), take(y), take(sample_weight)
 
 
-def _dataset_of_group(dataset, index, group_names, steps):
-    if steps is not None:
-        dataset = dataset.take(steps)
+def _group_index(element, group_names):
+    """The group indices ``[n]`` of a dataset element's samples: column 0 of the labels
+    (names or indices, ``[n]``, ``[n, 1]`` or ``[n, 1 + P]`` with null partitions)."""
+    labels = element[0][groups_module.GROUP_KEY]
+    first_column = tf.reshape(labels, tf.stack([tf.shape(labels)[0], -1]))[:, 0] if labels.shape.rank else labels
+    return groups_module.labels_to_indices_tensor(first_column, group_names)
 
-    def keep_group(*element):
-        features = element[0]
-        labels = groups_module.labels_to_indices_tensor(features[groups_module.GROUP_KEY], group_names)
-        labels = labels[:, 0] if labels.shape.rank == 2 else labels
-        mask = tf.equal(labels, index)
-        return tree.map_structure(lambda v: tf.boolean_mask(v, mask), element)
 
-    return dataset.map(keep_group).filter(lambda *element: tf.shape(tree.flatten(element)[0])[0] > 0)
+def _group_sizes(dataset, group_names):
+    """The number of samples of each group in a batched dataset (one pass over it)."""
+    count = len(group_names)
 
+    def counts(*element):
+        indices = _group_index(element, group_names)
+        return tf.reduce_sum(tf.one_hot(indices, count, dtype=tf.int64), axis=0)  # -1 (no group): zeros
+
+    return dataset.map(counts).reduce(tf.zeros([count], tf.int64), lambda total, c: total + c).numpy()
+
+
+def _dataset_of_group(dataset, index, group_names, batch_size, size):
+    """The group's ``size`` samples of a batched dataset, batched again by ``batch_size``:
+    as `keras.Model.evaluate` batches the group's samples given as arrays. The known
+    number of batches matters: on a dataset of unknown cardinality (a filtered one), Keras
+    counts a last, empty step in its per-output losses."""
+
+    def in_group(*element):  # one sample: (x, y[, sample_weight]) or x alone
+        sample = tree.map_structure(lambda v: v[None], element)
+        return tf.equal(_group_index(sample, group_names)[0], index)
+
+    batches = -(-int(size) // batch_size)
+    return (dataset.unbatch().filter(in_group).batch(batch_size)
+            .apply(tf.data.experimental.assert_cardinality(batches)))

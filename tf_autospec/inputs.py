@@ -1,6 +1,8 @@
 """The input forms of Keras's entry points that need care to carry group labels:
 generators, `keras.utils.PyDataset`s, and the batch size ``fit`` will use."""
 
+import itertools
+
 import keras
 import tensorflow as tf
 
@@ -36,6 +38,40 @@ def first_inputs(dataset):
     return batch[0] if isinstance(batch, tuple) else batch
 
 
+def read_batches(x, steps=None):
+    """The batches of a generator or `keras.utils.PyDataset`, as a list: its first
+    ``steps`` (all Keras would read), or all of them when ``steps`` is ``None``.
+
+    Raises:
+        ValueError: for a PyDataset whose ``num_batches`` is ``None`` (infinite), without
+            ``steps``.
+    """
+    if not isinstance(x, keras.utils.PyDataset):
+        return list(x if steps is None else itertools.islice(x, steps))
+    count = x.num_batches
+    if count is None and steps is None:
+        raise ValueError(
+            "This PyDataset is infinite (its num_batches is None): pass steps= to evaluate, "
+            "the number of batches to evaluate."
+        )
+    count = steps if count is None else count if steps is None else min(steps, count)
+    return [x[i] for i in range(count)]
+
+
+def dataset_batch_size(dataset):
+    """A batched `tf.data.Dataset`'s batch size: its element_spec's batch dimension, or,
+    when that is unknown, the size of its first batch (``None`` for an empty dataset or
+    unbatched elements)."""
+    first = tree.flatten(dataset.element_spec)[0]
+    if not first.shape.rank:
+        return None
+    if first.shape[0] is not None:
+        return first.shape[0]
+    for element in dataset.take(1):
+        return int(tf.shape(tree.flatten(element)[0])[0])
+    return None
+
+
 def _prepended(first, rest):
     yield first
     yield from rest
@@ -51,7 +87,10 @@ class LabelledPyDataset(keras.utils.PyDataset):
         self.convert = convert
 
     def __len__(self):
-        return len(self.dataset)
+        count = self.num_batches
+        if count is None:
+            raise TypeError("This PyDataset is infinite (its num_batches is None): it has no len().")
+        return count
 
     @property
     def num_batches(self):
@@ -79,7 +118,7 @@ def batch_size(x, batch_size, replicas):
         if not first.shape.rank:
             return None
         if first.shape[0] is None and replicas > 1:
-            return int(tf.shape(tree.flatten(next(iter(x.take(1))))[0])[0])
+            return dataset_batch_size(x)
         return first.shape[0]
     if isinstance(x, (keras.utils.PyDataset, tf.distribute.DistributedDataset)) or hasattr(x, "__next__"):
         return None
