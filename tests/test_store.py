@@ -81,7 +81,8 @@ def test_round_trip_holds_every_step_exactly(tmp_path):
     assert run.attributes["tensorflow_version"] == tf.__version__
     assert run.attributes["keras_version"] == keras.__version__
     assert run.attributes["options"] == {"layers": None, "kinds": list(ts.KINDS), "top_k": None, "randomized": False,
-                                        "every_n_steps": 1, "null_partitions": 2}
+                                        "every_n_steps": 1, "null_partitions": 2, "schedule": None,
+                                        "precision": "float64"}
     assert run.attributes["model_config"]["class_name"]
     assert run.kernel_info["hidden/kernel"]["fan_in"] == 6 and run.kernel_info["hidden/kernel"]["rank_bound"] == 6
     assert [e["val_loss"] > 0 for e in run.epochs["logs"]] == [True, True]

@@ -10,7 +10,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tf_autospec import serialization, store, summaries
+from tf_autospec import serialization, store, summaries, tracking
 
 
 def _layout(model, log_keys):
@@ -78,7 +78,12 @@ class AutoSpecCallback(keras.callbacks.Callback):
     `keras.callbacks.BackupAndRestore`), its optimizer has already taken steps (a second
     ``fit`` of the same model, a restored checkpoint), or ``resume=True``. Its steps and
     epochs are then numbered after the file's, and the file records the resume
-    (`Run.resumes`). A fresh ``fit`` on such a file raises `StoreError` before its first
+    (`Run.resumes`). A ``fit`` restored from a checkpoint older than the file's last rows
+    (its optimizer starts at a step the file already holds: those rows were recorded by
+    a fit that did not finish, from a state that is lost) first removes the rows and
+    finished epochs recorded after that checkpoint, with an `AutoSpecWarning` and a
+    ``"dropped"`` entry in its resume record, then records its steps and epochs as Keras
+    numbers them. A fresh ``fit`` on such a file raises `StoreError` before its first
     step and leaves the file as it was. A file that holds nothing (no recorded step, no
     finished epoch: its writer died before the first flush) is replaced.
 
@@ -191,6 +196,8 @@ class AutoSpecCallback(keras.callbacks.Callback):
 
         Runs when the first epoch begins rather than in ``on_train_begin``: by then
         `keras.callbacks.BackupAndRestore` has restored the epoch and the optimizer step.
+        A fit restored from a checkpoint older than the file's last rows drops those rows
+        here, before its first step (`_restart_point`, `_drop_abandoned`).
         """
         self._first_epoch = first_epoch
         self._first_step = int(self.model.optimizer.iterations.numpy())
@@ -220,11 +227,15 @@ class AutoSpecCallback(keras.callbacks.Callback):
                 "fit to that run (its steps and epochs are then numbered after the file's)."
             )
         self._check_same_metadata(run, reasons)
-        if len(run):
-            self._step_offset = max(0, int(run.records["step"][-1]) + 1 - self._first_step)
-        epochs = np.concatenate([run.records["epoch"], run.epochs["epoch"]])
-        if len(epochs):
-            self._epoch_offset = max(0, int(epochs.max()) + 1 - first_epoch)
+        restart = self._restart_point(run, first_epoch)
+        if restart is None:
+            if len(run):
+                self._step_offset = max(0, int(run.records["step"][-1]) + 1 - self._first_step)
+            epochs = np.concatenate([run.records["epoch"], run.epochs["epoch"]])
+            if len(epochs):
+                self._epoch_offset = max(0, int(epochs.max()) + 1 - first_epoch)
+        else:
+            self._step_offset, self._epoch_offset = restart["step_offset"], restart["epoch_offset"]
         self._resume = {
             "time": _now(),
             "reasons": reasons,
@@ -232,9 +243,78 @@ class AutoSpecCallback(keras.callbacks.Callback):
             "step": self._first_step,
             "epoch_offset": self._epoch_offset,
             "step_offset": self._step_offset,
-            "first_row": len(run),
+            "first_row": len(run) if restart is None else restart["keep"]["records"],
             "metadata": self.metadata,
         }
+        if restart is not None:
+            self._drop_abandoned(run, restart)
+
+    def _restart_point(self, run, first_epoch):
+        """Where a fit restored from a checkpoint continues the file, when the file holds
+        rows recorded after that checkpoint (by a fit that did not finish); else None.
+
+        The optimizer of such a fit starts at a step > 0 that the file has already
+        recorded. Only the file's last rows numbered with one step offset are compared
+        (their optimizer steps are the stored steps less that offset): rows appended
+        before them by a fresh optimizer (``resume=True``) are another optimizer's.
+
+        Returns:
+            dict with ``keep`` (``{"records": n, "epochs": m}``: the rows before the
+            restore point), and the ``step_offset`` and ``epoch_offset`` of this fit:
+            those of the rows it replaces, so that it numbers its steps and epochs as
+            the abandoned fit did (0 and 0 for a run never renumbered).
+        """
+        if self._first_step <= 0 or not len(run):
+            return None
+        step_offsets, epoch_offsets = _row_offsets(run)
+        steps, epochs, finished = run.records["step"], run.records["epoch"], run.epochs["epoch"]
+        others = np.flatnonzero(step_offsets != step_offsets[-1])
+        start = int(others[-1]) + 1 if len(others) else 0
+        later = np.flatnonzero(steps[start:] - step_offsets[-1] >= self._first_step)
+        if not len(later):
+            return None  # the file ends before this fit's first step: it continues it
+        cut = start + int(later[0])
+        step_offset, epoch_offset = int(step_offsets[cut]), int(epoch_offsets[cut])
+        if cut:  # kept rows stay below this fit's first step
+            step_offset = max(step_offset, int(steps[cut - 1]) + 1 - self._first_step)
+        first_finished_dropped = first_epoch + epoch_offset
+        if cut and int(epochs[:cut].max()) > first_epoch + epoch_offset:
+            # The fit numbers its epochs from before the checkpoint's (initial_epoch not
+            # given): the epochs it abandoned are those of the dropped rows, and this fit
+            # numbers its own after the kept ones, as any other resume.
+            first_finished_dropped = int(epochs[cut])
+            kept = np.concatenate([epochs[:cut], finished[finished < first_finished_dropped]])
+            epoch_offset = int(kept.max()) + 1 - first_epoch
+        later_finished = np.flatnonzero(finished >= first_finished_dropped)  # a suffix: epochs increase
+        keep_finished = int(later_finished[0]) if len(later_finished) else len(finished)
+        return {
+            "keep": {"records": cut, "epochs": keep_finished},
+            "step_offset": step_offset,
+            "epoch_offset": epoch_offset,
+        }
+
+    def _drop_abandoned(self, run, restart):
+        """Cuts the rows recorded after the checkpoint this fit resumes from, before its
+        first step, records what was dropped in the resume record, and says so."""
+        keep = restart["keep"]
+        steps, finished = run.records["step"][keep["records"]:], run.epochs["epoch"][keep["epochs"]:]
+        self._resume["dropped"] = {
+            "rows": int(len(steps)),
+            "steps": [int(steps[0]), int(steps[-1])],
+            "epochs": [int(e) for e in finished],
+        }
+        self._writer = store.RunWriter(self.path, None, {}, resume=self._resume, keep=keep)
+        self._writer.layout = _layout(self.model, list(self._writer.file["records/logs"]))
+        rows = f"{len(steps)} recorded step{'s' * (len(steps) != 1)} (steps {steps[0]}..{steps[-1]})"
+        epochs = (f"{len(finished)} finished epoch{'s' * (len(finished) != 1)} "
+                  f"({', '.join(str(int(e)) for e in finished)})" if len(finished) else "no finished epoch")
+        tracking.warn(
+            f"AutoSpecCallback: dropped {rows} and {epochs} from '{self.path}': they were recorded "
+            f"after the checkpoint this fit resumes from (optimizer at step {self._first_step}, epoch "
+            f"{self._first_epoch}), by a fit that did not "
+            "finish, and the state that produced them is lost. This fit records from that checkpoint on; "
+            "the file's resumes attribute lists what was dropped (Run.resumes)."
+        )
 
     def _check_same_layout(self, run):
         expected = _layout(self.model, [])
@@ -410,6 +490,16 @@ class AutoSpecCallback(keras.callbacks.Callback):
                         for step, value in zip(steps, per_step[:, g]):
                             if np.isfinite(value):
                                 tf.summary.scalar(f"{kernel}/{group}/{name}", value, step=int(step))
+
+
+def _row_offsets(run):
+    """The step and epoch offsets each recorded row was stored with (from ``resumes``)."""
+    steps, epochs = np.zeros(len(run), dtype=np.int64), np.zeros(len(run), dtype=np.int64)
+    for resume in run.resumes:  # in order: a later fit rewrote every row from its first_row on
+        first = int(resume.get("first_row", len(run)))
+        steps[first:] = int(resume.get("step_offset", 0))
+        epochs[first:] = int(resume.get("epoch_offset", 0))
+    return steps, epochs
 
 
 def _contents(run):

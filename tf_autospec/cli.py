@@ -106,8 +106,11 @@ def info(args):
         width = max(map(len, metadata), default=0)
         print("  metadata" + "".join(f"\n    {key.ljust(width)}  {value}" for key, value in metadata.items()))
         for resume in run.resumes:
+            dropped = resume.get("dropped")
+            lost = (f"; dropped {dropped['rows']} rows recorded after the restored checkpoint (steps "
+                    f"{dropped['steps'][0]}..{dropped['steps'][1]})" if dropped and dropped.get("rows") else "")
             print(f"  resumed  {resume['time']} at row {resume['first_row']} ({', '.join(resume['reasons'])}): "
-                  f"steps +{resume['step_offset']}, epochs +{resume['epoch_offset']}")
+                  f"steps +{resume['step_offset']}, epochs +{resume['epoch_offset']}{lost}")
         rows = []
         for layer in run.layers:
             k = run.kernel_info[layer]

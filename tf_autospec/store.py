@@ -125,16 +125,22 @@ class RunWriter:
         resume: a false value to create the file; or, to append to the existing file
             (of the same layout), the record of this resume: a JSON-serialisable dict,
             added to the file's ``resumes`` attribute (see `Run.resumes`).
+        keep: when resuming, ``{"records": n, "epochs": m}``: the file is cut to its
+            first ``n`` recorded steps and ``m`` finished epochs before anything is
+            appended (the caller tells the user what was dropped). By default every
+            complete row is kept, and only the part of a row that a failed write left
+            (invisible to readers) is cut.
     """
 
-    def __init__(self, path, layout, attributes, resume):
+    def __init__(self, path, layout, attributes, resume, keep=None):
         self.path = path
         self.layout = layout
         try:
             if resume:
                 recover(path)
                 self.file = h5py.File(path, "a", libver="latest")
-                # Before SWMR mode, which forbids changing attributes.
+                # Before SWMR mode, which forbids changing attributes (and shrinking).
+                _cut(self.file, keep)
                 resumes = _json_attr(self.file.attrs, "resumes", [])
                 self.file.attrs["resumes"] = json.dumps([*resumes, resume])
             else:
@@ -256,6 +262,24 @@ def recover(path):
     os.replace(temporary, path)
 
 
+def _cut(file, keep=None):
+    """Cuts every per-row dataset of an open run file to ``keep["records"]`` rows
+    (``epochs/*``: ``keep["epochs"]``); by default to the rows complete in every column.
+
+    ``records/step`` and ``epochs/epoch``, whose lengths readers trust, are cut first: a
+    writer killed while cutting leaves no row that readers would see half cut.
+    """
+    complete = {"records": file["records/step"].shape[0], "epochs": file["epochs/epoch"].shape[0]}
+    keep = {key: min(complete[key], int((keep or complete)[key])) for key in complete}
+    names = []
+    file.visititems(lambda name, obj: names.append(name) if isinstance(obj, h5py.Dataset) else None)
+    for name in sorted(names, key=lambda name: name not in ("records/step", "epochs/epoch")):
+        rows = keep["epochs"] if name.startswith("epochs/") else keep["records"]
+        if file[name].shape[0] > rows:
+            file[name].resize(rows, axis=0)
+    file.flush()
+
+
 def annotate(path, name, value):
     """Adds a JSON attribute to a closed run file (e.g. an evaluation made after training);
     `Run.attributes` holds it.
@@ -329,7 +353,9 @@ class Run:
             ``"optimizer_steps"``, ``"resume=True"``), the fit's first ``"epoch"`` and
             ``"step"`` as Keras numbered them, the ``"epoch_offset"`` and
             ``"step_offset"`` added to them in the file, ``"first_row"`` (its first
-            record) and the ``"metadata"`` it was given.
+            record), the ``"metadata"`` it was given and, when it resumed from a
+            checkpoint older than the file's last rows, ``"dropped"``: the rows it
+            removed (``"rows"``, ``"steps"`` ``[first, last]``, finished ``"epochs"``).
         attributes: every file attribute (versions, options, model config, ...).
 
     Example:
