@@ -9,8 +9,17 @@ every group gradient and factor matrix). Runs alternate,
 the first epoch of each (tracing) is excluded, and the median seconds per epoch and
 its ratio to plain are reported.
 
+With plain and autospec among the variants, the floor of each model (`floor.py`: the
+float64 Gram matrices and eigen-problems its routes must do, and on the fan route the
+group gradients, on random factors of the same shapes) is timed in the same alternation,
+and ``(AutoSpec − plain) / floor`` is reported with the eigen-solver calls per recorded
+step, the floor's FLOPs and GPU estimates from them (``--no-floor`` to skip).
+``--profile`` also profiles one epoch of plain and AutoSpec op by op and reports where
+AutoSpec's extra time goes, by op category.
+
 Usage:
     python benchmarks/overhead.py [--models mlp cnn] [--batch 128] [--groups 2] [--repeats 5]
+        [--no-floor] [--profile]
 """
 
 import argparse
@@ -34,6 +43,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import tf_autospec as ts  # noqa: E402
 from tf_autospec import models  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import floor as floor_module  # noqa: E402
 
 
 def transformer_outputs(inputs, blocks=2, heads=4, key_dim=32, dense=128, outputs=10):
@@ -123,7 +135,9 @@ def build(kind, architecture, groups, every, jit_compile=False):
         model = WithoutGroupLossModel(inputs=inputs, outputs=outputs, groups=names, every_n_steps=every)
     else:
         kinds = ("grad",) if kind == "autospec_grad" else ts.KINDS
-        model = ts.AutoSpecModel(inputs=inputs, outputs=outputs, groups=names, kinds=kinds, every_n_steps=every)
+        precision = "float32" if kind == "autospec_float32" else "float64"
+        model = ts.AutoSpecModel(inputs=inputs, outputs=outputs, groups=names, kinds=kinds, every_n_steps=every,
+                                 precision=precision)
     model.compile(
         optimizer="adam", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         jit_compile=jit_compile,
@@ -145,35 +159,47 @@ def synthetic_data(shape, batch, steps, groups):
     return x, rng.integers(0, 10, size=len(x)), rng.integers(0, groups, size=len(x))
 
 
-def median_ms_per_step(models, data, batch, steps, repeats, callbacks=None):
+def ms_per_step_samples(models, data, batch, steps, repeats, callbacks=None):
     """Trains ``models`` side by side: one tracing epoch each (excluded), then ``repeats``
-    epochs alternating between them. Returns the median ms per step of each."""
+    epochs alternating between them. Returns the ms per step of each epoch, per model."""
     callbacks = callbacks or {}
     for name, model in models.items():
         epoch_seconds(model, *data, batch, callbacks.get(name, ()))
     times = {name: [] for name in models}
     for _ in range(repeats):
         for name, model in models.items():
-            times[name].append(epoch_seconds(model, *data, batch, callbacks.get(name, ())))
-    return {name: 1e3 * statistics.median(t) / steps for name, t in times.items()}
+            times[name].append(1e3 * epoch_seconds(model, *data, batch, callbacks.get(name, ())) / steps)
+    return times
 
 
-def run(architecture, batch, groups, steps, repeats, variants):
+def median_ms_per_step(models, data, batch, steps, repeats, callbacks=None):
+    """As `ms_per_step_samples`, the median ms per step of each model."""
+    samples = ms_per_step_samples(models, data, batch, steps, repeats, callbacks)
+    return {name: statistics.median(t) for name, t in samples.items()}
+
+
+def run(architecture, batch, groups, steps, repeats, variants, extra=None):
+    """Times ``variants`` (and the ``extra`` objects with a ``fit``, e.g. the floor) side
+    by side; per name: ms/step (median, min, max over the repeats), ratio to plain and
+    the per-repeat samples."""
     data = synthetic_data(ARCHITECTURES[architecture][1], batch, steps, groups)
     trained = {
         name: build(kind, architecture, groups, every)
         for name, (kind, every) in variants.items()
     }
+    trained.update(extra or {})
     scratch = tempfile.mkdtemp()
     callbacks = {
         name: [TimedCallback(os.path.join(scratch, f"{name}.h5"))]
         if name.endswith("_writer") else []
         for name in trained
     }
-    ms = median_ms_per_step(trained, data, batch, steps, repeats, callbacks)
+    samples = ms_per_step_samples(trained, data, batch, steps, repeats, callbacks)
+    ms = {name: statistics.median(t) for name, t in samples.items()}
     shutil.rmtree(scratch)
     results = {
-        name: {"s_per_epoch": ms[name] * steps / 1e3, "ms_per_step": ms[name], "ratio": ms[name] / ms["plain"]}
+        name: {"s_per_epoch": ms[name] * steps / 1e3, "ms_per_step": ms[name], "ratio": ms[name] / ms["plain"],
+               "ms_min": min(samples[name]), "ms_max": max(samples[name]), "samples_ms": samples[name]}
         for name in trained
     }
     for name, (callback,) in ((n, c) for n, c in callbacks.items() if c):
@@ -187,11 +213,51 @@ VARIANTS = {
     "plain": ("plain", 1),
     "autospec": ("autospec", 1),
     "autospec_no_group_loss": ("autospec_no_group_loss", 1),
+    "autospec_float32": ("autospec_float32", 1),
     "autospec_writer": ("autospec", 1),
     "autospec_every10": ("autospec", 10),
     "autospec_grad_only": ("autospec_grad", 1),
     "paper_svd": ("paper", 1),
 }
+
+
+def print_floor(architecture, report):
+    """The floor lines of one architecture's report."""
+    per_repeat = report["over_floor_per_repeat"]
+    graph = report["solver_ops_in_graph"]
+    print(f"{architecture:5s} floor {report['floor_ms']:.2f} ms/step [{report['floor_ms_min']:.2f}-"
+          f"{report['floor_ms_max']:.2f}]; (AutoSpec - plain) / floor = {report['over_floor']:.2f} "
+          f"(per repeat: median {per_repeat['median']:.2f}, {per_repeat['min']:.2f}-{per_repeat['max']:.2f}; target <= "
+          f"{floor_module.TARGET_OVER_FLOOR}: {'met' if report['target_over_floor_met'] else 'not met'}); "
+          f"rest {report['rest_ms']:.2f} ms/step")
+    print(f"{architecture:5s} eigen-solver calls per recorded step: {report['solver_calls_per_step']} "
+          f"({report['solver_matrices_per_step']} matrices); in the traced graph: {graph['total']} "
+          f"{graph['by_type']} ({graph['eigh']} with vectors; both branches of run-time conds)")
+    flops = report["flops"]
+    print(f"{architecture:5s} floor FLOPs/step: float64 Gram+core {flops['gram_and_core_float64_flops'] / 1e9:.3f} G, "
+          f"float32 group gradients {flops['gradient_float32_flops'] / 1e9:.3f} G, eigen {flops['eigen_float64_flops'] / 1e9:.3f} G; "
+          f"plain step ~{report['plain_step_flops'] / 1e9:.2f} G")
+    for path, t in (report["floor_per_kernel_ms"] or {}).items():
+        kernel = next(k for k in report["kernels"] if k["path"] == path)
+        print(f"{architecture:5s}   {path:40s} {kernel['route']:4s} R={kernel['rows_per_group']:6d} "
+              f"{kernel['fan_in']}x{kernel['fan_out']} {'/'.join(kernel['kinds'])}: {t['median']:.2f} ms "
+              f"[{t['min']:.2f}-{t['max']:.2f}]")
+    for gpu, e in report["gpu"].items():
+        print(f"{architecture:5s}   {gpu}: now {e['now'][0]:.2f}-{e['now'][1]:.2f} ms, float32 Grams "
+              f"{e['float32_grams'][0]:.2f}-{e['float32_grams'][1]:.2f}, batched solver calls "
+              f"{e['batched'][0]:.2f}-{e['batched'][1]:.2f}, both {e['float32_grams_batched'][0]:.2f}-"
+              f"{e['float32_grams_batched'][1]:.2f} ms/step")
+
+
+def print_profile(architecture, difference):
+    wall, ops = difference["wall_ms_per_step"], difference["op_ms_per_step"]
+    print(f"{architecture:5s} profile (median of the profiled epochs): wall plain {wall['plain']:.1f}, AutoSpec {wall['autospec']:.1f}, "
+          f"floor {wall['floor']:.1f} ms/step; op self time {ops['plain']:.1f} / {ops['autospec']:.1f} / "
+          f"{ops['floor']:.1f} ms/step; eigen-solver ops run per step: {difference['solver_calls_per_step']:.1f}")
+    print(f"{architecture:5s}   {'op category':40s} {'plain':>8s} {'AutoSpec':>9s} {'extra':>8s} {'floor':>8s} {'rest':>8s}")
+    for category, t in difference["by_category"].items():
+        print(f"{architecture:5s}   {category:40s} {t['plain']:8.2f} {t['autospec']:9.2f} {t['extra']:+8.2f} "
+              f"{t['floor']:8.2f} {t['rest']:+8.2f}")
 
 
 def main():
@@ -202,21 +268,47 @@ def main():
     parser.add_argument("--steps", type=int, default=20, help="steps per timed epoch")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--skip", nargs="*", default=[], help="variants to leave out")
+    parser.add_argument("--no-floor", action="store_true", help="do not time the floor of the exact spectra")
+    parser.add_argument("--profile", action="store_true",
+                        help="profile plain, AutoSpec and the floor op by op: where the rest goes")
+    parser.add_argument("--profile-repeats", type=int, default=3, help="profiled epochs of each (medians)")
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args()
     variants = {k: v for k, v in VARIANTS.items() if k not in args.skip}
+    with_floor = not args.no_floor and {"plain", "autospec"} <= set(variants)
     machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, TF {tf.__version__}, Keras {keras.__version__}"
     print(f"# {machine}; batch {args.batch}, {args.groups} groups, {args.steps} steps/epoch, median of {args.repeats}")
-    results = {}
+    results, floors, profiles = {}, {}, {}
     for architecture in args.models:
-        results[architecture] = run(architecture, args.batch, args.groups, args.steps, args.repeats, variants)
+        extra = None
+        if with_floor:
+            plans, probe = floor_module.kernel_plans(*ARCHITECTURES[architecture], args.batch, args.groups)
+            extra = {"floor": floor_module.FloorTimer(plans, args.batch, args.groups)}
+        results[architecture] = run(architecture, args.batch, args.groups, args.steps, args.repeats, variants, extra)
         for name, r in results[architecture].items():
             writer = (f"  (writer {r['writer_ms_per_step']:.2f} ms/step = "
                       f"{100 * r['writer_share_of_step']:.1f}% of the step)" if "writer_ms_per_step" in r else "")
-            print(f"{architecture:5s} {name:18s} {r['ms_per_step']:8.2f} ms/step  {r['ratio']:6.2f}x plain{writer}")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"machine": machine, "args": vars(args), "results": results}, f, indent=2)
+            print(f"{architecture:5s} {name:18s} {r['ms_per_step']:8.2f} ms/step [{r['ms_min']:.2f}-{r['ms_max']:.2f}]"
+                  f"  {r['ratio']:6.2f}x plain{writer}")
+        if with_floor:
+            per_kernel = floor_module.time_per_kernel(plans, args.batch, args.groups, args.repeats)
+            floors[architecture] = floor_module.analysis(
+                plans, probe, args.batch, args.groups, results[architecture], per_kernel, xla_rows=True
+            )
+            print_floor(architecture, floors[architecture])
+        if args.profile:
+            data = synthetic_data(ARCHITECTURES[architecture][1], args.batch, args.steps, args.groups)
+            profiled = {kind: build(kind, architecture, args.groups, 1) for kind in ("plain", "autospec")}
+            if with_floor:
+                profiled["floor"] = extra["floor"]
+            steps = floor_module.profile_models(profiled, data, args.batch, args.steps, args.profile_repeats)
+            profiles[architecture] = floor_module.profile_difference(steps["plain"], steps["autospec"], steps.get("floor"))
+            print_profile(architecture, profiles[architecture])
+        sys.stdout.flush()
+        if args.json:  # after every architecture, so that a long run keeps what it measured
+            with open(args.json, "w") as f:
+                json.dump({"machine": machine, "args": vars(args), "results": results, "floor": floors,
+                           "profile": profiles}, f, indent=2)
 
 
 if __name__ == "__main__":

@@ -699,7 +699,11 @@ class AutoSpecModel(keras.Model):
                         "with layers=[...].",
                     )
                 laid_out = grouping.apply(tensor, fill)
-                whole_samples = tf.concat([[-1], tf.shape(tensor)[1:]], 0)
+                # Static per-sample shapes keep the rows per sample known while tracing, so
+                # that each kernel's route is chosen then (not by a tf.cond at every step).
+                per_sample = tensor.shape[1:]
+                whole_samples = [-1, *per_sample] if per_sample.is_fully_defined() else tf.concat(
+                    [[-1], tf.shape(tensor)[1:]], 0)
                 out.append(rows(layer, tf.reshape(laid_out, whole_samples)))
             return tf.concat(out, axis=1)
 

@@ -104,7 +104,8 @@ class SampleGrouping:
                 self.members, [self.num_groups, -1] + [1] * (values.shape.rank - 1)
             )
             return tf.where(members, values[None], tf.cast(fill, values.dtype))
-        fill_row = tf.fill(tf.concat([[1], tf.shape(values)[1:]], 0), tf.cast(fill, values.dtype))
+        fill_row = tf.ensure_shape(  # a static per-sample shape survives the concat below
+            tf.fill(tf.concat([[1], tf.shape(values)[1:]], 0), tf.cast(fill, values.dtype)), [1, *values.shape[1:]])
         return tf.gather(tf.concat([fill_row, values], axis=0), self.sample_index)
 
 

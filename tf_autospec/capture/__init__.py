@@ -7,15 +7,16 @@ Example:
 
 ```python
 from tf_autospec.capture import LayerCapture, register
+from tf_autospec.capture.base import as_rows
 
 @register(MyDense)
 class MyDenseCapture(LayerCapture):
     def matrix_shape(self, layer):
         return layer.kernel.shape
     def input_rows(self, layer, inputs):
-        return tf.reshape(inputs, [tf.shape(inputs)[0], -1, layer.kernel.shape[0]])
+        return as_rows(inputs, layer.kernel.shape[0])
     def output_rows(self, layer, product):
-        return tf.reshape(product, [tf.shape(product)[0], -1, layer.kernel.shape[1]])
+        return as_rows(product, layer.kernel.shape[1])
 ```
 """
 

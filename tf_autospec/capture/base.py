@@ -2,6 +2,8 @@
 
 import functools
 
+import tensorflow as tf
+
 from tf_autospec import spectra
 
 
@@ -129,3 +131,14 @@ class Recording:
     def calls_of(self, layer, kernel):
         """``[(inputs, product), ...]`` for each use of the layer's ``kernel`` in this pass."""
         return self.calls.get((id(layer), kernel), [])
+
+
+def as_rows(tensor, width=None):
+    """``tensor`` ``[N, ...]`` as factor rows ``[N, s, width]`` (``[N, s]`` without a
+    width). ``s`` is static when the per-sample shape is, so that each kernel's route is
+    chosen while the step is traced rather than by a ``tf.cond`` at every step."""
+    tail = [] if width is None else [width]
+    per_sample = tensor.shape[1:]
+    if per_sample.is_fully_defined():
+        return tf.reshape(tensor, [-1, per_sample.num_elements() // (width or 1), *tail])
+    return tf.reshape(tensor, [tf.shape(tensor)[0], -1, *tail])

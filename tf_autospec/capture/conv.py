@@ -11,6 +11,7 @@ import tensorflow as tf
 
 from tf_autospec import spectra
 from tf_autospec.capture import LayerCapture, register
+from tf_autospec.capture.base import as_rows
 
 
 def _channels_last(layer, tensor):
@@ -51,7 +52,7 @@ def _patches(layer, inputs):
         )
         slices.append(x[(slice(None), *window)])
     patches = tf.concat(slices, axis=-1)
-    return tf.reshape(patches, [tf.shape(x)[0], -1, patches.shape[-1]])
+    return as_rows(patches, patches.shape[-1])
 
 
 @register(keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.Conv3D)
@@ -72,4 +73,4 @@ class ConvCapture(LayerCapture):
 
     def output_rows(self, layer, product):
         product = _channels_last(layer, product)
-        return tf.reshape(product, [tf.shape(product)[0], -1, layer.filters])
+        return as_rows(product, layer.filters)

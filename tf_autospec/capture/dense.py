@@ -4,6 +4,7 @@ import keras
 import tensorflow as tf
 
 from tf_autospec.capture import LayerCapture, register
+from tf_autospec.capture.base import as_rows
 
 
 @register(keras.layers.Dense)
@@ -17,7 +18,7 @@ class DenseCapture(LayerCapture):
         return None
 
     def input_rows(self, layer, inputs):
-        return tf.reshape(inputs, [tf.shape(inputs)[0], -1, self.matrix_shape(layer)[0]])
+        return as_rows(inputs, self.matrix_shape(layer)[0])
 
     def output_rows(self, layer, product):
-        return tf.reshape(product, [tf.shape(product)[0], -1, self.matrix_shape(layer)[1]])
+        return as_rows(product, self.matrix_shape(layer)[1])

@@ -12,6 +12,7 @@ import numpy as np
 import tensorflow as tf
 
 from tf_autospec.capture import LayerCapture, register
+from tf_autospec.capture.base import as_rows
 
 
 class _Layout:
@@ -68,11 +69,9 @@ class EinsumDenseCapture(LayerCapture):
     def input_rows(self, layer, inputs):
         layout = _Layout.for_tensor(layer, inputs, "inputs")
         order = [layout.inputs.index(c) for c in layout.rows + layout.contracted]
-        return tf.reshape(tf.transpose(inputs, order), [tf.shape(inputs)[0], -1, layout.fan_in])
+        return as_rows(tf.transpose(inputs, order), layout.fan_in)
 
     def output_rows(self, layer, product):
         layout = _Layout.for_tensor(layer, product, "output")
         order = [layout.output.index(c) for c in layout.rows + layout.produced]
-        return tf.reshape(
-            tf.transpose(product, order), [tf.shape(product)[0], -1, layout.fan_out]
-        )
+        return as_rows(tf.transpose(product, order), layout.fan_out)

@@ -7,7 +7,7 @@ import tensorflow as tf
 
 from tf_autospec import spectra
 from tf_autospec.capture import LayerCapture, register
-from tf_autospec.capture.base import replace_attribute
+from tf_autospec.capture.base import as_rows, replace_attribute
 
 
 @register(keras.layers.Embedding)
@@ -24,10 +24,10 @@ class EmbeddingCapture(LayerCapture):
         return None
 
     def input_rows(self, layer, inputs):
-        return tf.reshape(inputs, [tf.shape(inputs)[0], -1])
+        return as_rows(inputs)
 
     def output_rows(self, layer, product):
-        return tf.reshape(product, [tf.shape(product)[0], -1, layer.output_dim])
+        return as_rows(product, layer.output_dim)
 
     def factor(self, layer, rows):
         return spectra.OneHotRows(rows, layer.input_dim)

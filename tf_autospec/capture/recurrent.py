@@ -26,7 +26,7 @@ from keras import ops
 from keras.src import backend, tree
 
 from tf_autospec.capture import LayerCapture, register
-from tf_autospec.capture.base import replace_attribute
+from tf_autospec.capture.base import as_rows, replace_attribute
 
 
 def _stacked_rows(layer):
@@ -60,7 +60,7 @@ class _StateKernel(_CellKernel):
     kernel_attribute = "recurrent_kernel"
 
     def input_rows(self, layer, inputs):
-        return tf.reshape(inputs, [tf.shape(inputs)[0], -1, layer.cell.units])
+        return as_rows(inputs, layer.cell.units)
 
     def output_rows(self, layer, product):
         if not _stacked_rows(layer):
@@ -69,7 +69,7 @@ class _StateKernel(_CellKernel):
         gates, candidate = product[..., : 2 * units], product[..., 2 * units :]
         rows = tf.stack([tf.pad(gates, [[0, 0], [0, 0], [0, units]]),
                          tf.pad(candidate, [[0, 0], [0, 0], [2 * units, 0]])], axis=2)
-        return tf.reshape(rows, [tf.shape(product)[0], -1, 3 * units])
+        return as_rows(rows, 3 * units)
 
 
 _INPUT_KERNEL, _STATE_KERNEL = _InputKernel(), _StateKernel()
