@@ -148,3 +148,14 @@ def test_an_infinite_pydataset_with_steps(models):
     _check(results, _expected(plain, x, y, np.concatenate([b[0]["group"] for b in batches]), 8))
     with pytest.raises(ValueError, match="steps="):
         model.evaluate(Endless(), verbose=0)
+
+
+def test_one_model_evaluates_labels_of_either_rank():
+    # Keras retraces the step with labels of unknown rank when their rank changes.
+    inputs = keras.Input((4,))
+    model = ts.AutoSpecModel(inputs, keras.layers.Dense(2)(inputs), groups=["HC", "SZ"])
+    model.compile(optimizer="sgd", loss="mse")
+    x, y, labels = np.ones((8, 4), "float32"), np.zeros((8, 2), "float32"), np.array([0, 1] * 4, "int32")
+    for column in (labels, labels[:, None]):
+        dataset = tf.data.Dataset.from_tensor_slices(({"x": x, "group": column}, y)).batch(4)
+        assert np.isfinite(model.evaluate(dataset, return_dict=True, verbose=0)["loss/SZ"])

@@ -361,6 +361,8 @@ def labels_to_indices_tensor(labels, group_names, check=True):
 def _checked(indices, valid, labels, message):
     """``indices``, once an assertion naming the labels that are not ``valid`` has passed
     (the control dependency runs it before anything uses the indices)."""
-    check = tf.debugging.Assert(tf.reduce_all(valid), [message, tf.boolean_mask(labels, ~valid)], summarize=10)
+    # Flat, so that labels of a rank unknown while tracing (Keras retraces with it) work.
+    offending = tf.boolean_mask(tf.reshape(labels, [-1]), tf.reshape(~valid, [-1]))
+    check = tf.debugging.Assert(tf.reduce_all(valid), [message, offending], summarize=10)
     with tf.control_dependencies([check]):
         return tf.identity(indices)
