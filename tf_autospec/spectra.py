@@ -126,7 +126,7 @@ class DenseRows:
 
     def zeroed(self, keep):
         """The same factor with the rows of groups not in ``keep`` set to zero."""
-        return DenseRows(tf.where(keep[:, None, None], self.values, 0.0))
+        return DenseRows(_where_groups(keep, self.values, 0.0))
 
     def row_gram(self, gram_dtype=COMPUTE_DTYPE):
         """``AAᵀ`` per group, formed in ``gram_dtype``, float64 ``[G, R, R]``."""
@@ -325,7 +325,15 @@ def _without_overflow(matrices):
     """``[G, m, n]`` matrices with the groups holding Inf or NaN (float32 overflow of huge,
     finite factors) set to zero, so that no solver sees them; and those groups, bool ``[G]``."""
     overflow = ~tf.reduce_all(tf.math.is_finite(matrices), axis=[1, 2])
-    return tf.where(overflow[:, None, None], tf.zeros_like(matrices), matrices), overflow
+    return _where_groups(~overflow, matrices, 0.0), overflow
+
+
+def _where_groups(keep, values, fill):
+    """``values`` ``[G, ...]`` with the groups not in ``keep`` set to ``fill``: a copy of the
+    whole tensor only at the steps where some group is not kept (NaN or Inf is rare)."""
+    mask = tf.reshape(keep, [-1] + [1] * (values.shape.rank - 1))
+    return tf.cond(tf.reduce_all(keep), lambda: values,
+                   lambda: tf.where(mask, values, tf.cast(fill, values.dtype)))
 
 
 def _nan_where(groups, values):
