@@ -129,3 +129,59 @@ def test_a_model_without_a_compiled_loss_warns_and_records_nan():
     with pytest.warns(ts.AutoSpecWarning, match="loss per group is not recorded"):
         model.fit(np.ones((8, 4), "float32"), np.ones((8, 1), "float32"), groups=[0, 1] * 4, verbose=0)
     assert np.all(np.isnan(model.last_spectra.group_loss))
+
+
+def _evaluated_alone(model, x, y, labels, weights=None):
+    """Keras's own loss on each group's samples, with the model's (unchanged) weights."""
+    plain = keras.Model(model.inputs, model.outputs)
+    plain.compile(loss=model.loss, loss_weights=model._compile_config.config.get("loss_weights"))
+    out = []
+    for group in GROUPS:
+        rows = labels == group
+        pick = (lambda v: {k: a[rows] for k, a in v.items()} if isinstance(v, dict) else
+                [a[rows] for a in v] if isinstance(v, list) else v[rows])
+        out.append(plain.evaluate(pick(x), pick(y), sample_weight=None if weights is None else pick(weights),
+                                  batch_size=len(labels), verbose=0, return_dict=True)["loss"] if rows.any()
+                   else np.nan)
+    return np.array(out)
+
+
+def _one_step(model, x, y, labels, **fit):
+    model.compile(optimizer=keras.optimizers.SGD(0.0), loss=model._test_loss,
+                  loss_weights=getattr(model, "_test_loss_weights", None))
+    model.fit(x, y, groups=labels, batch_size=len(labels), epochs=1, shuffle=False, verbose=0, **fit)
+    return model.last_spectra.group_loss
+
+
+def test_names_read_as_compile_reads_them_per_output_weights_dict_targets_and_masks():
+    rng = np.random.default_rng(3)
+    labels = _labels(24, rng)
+    # "crossentropy": compile picks the sparse categorical cross-entropy from the shapes.
+    inputs = keras.Input((5,))
+    model = ts.AutoSpecModel(inputs, keras.layers.Dense(3, activation="softmax")(inputs), groups=GROUPS)
+    model._test_loss = "crossentropy"
+    x, y = rng.normal(size=(24, 5)).astype("float32"), rng.integers(0, 3, 24)
+    np.testing.assert_allclose(_one_step(model, x, y, labels), _evaluated_alone(model, x, y, labels), rtol=1e-5)
+    # Two outputs, one sample weight per output; targets keyed by output name (not in order).
+    inputs = keras.Input((5,))
+    zeta = keras.layers.Dense(1, name="zeta")(inputs)
+    alpha = keras.layers.Dense(3, name="alpha")(inputs)
+    model = ts.AutoSpecModel(inputs, [zeta, alpha], groups=GROUPS)
+    model._test_loss, model._test_loss_weights = ["mse", "mae"], [0.5, 2.0]
+    y = [rng.normal(size=(24, 1)).astype("float32"), rng.normal(size=(24, 3)).astype("float32")]
+    weights = [rng.uniform(0.5, 2, 24).astype("float32"), rng.uniform(0.5, 2, 24).astype("float32")]
+    recorded = _one_step(model, x, y, labels, sample_weight=weights)
+    np.testing.assert_allclose(recorded, _evaluated_alone(model, x, y, labels, weights), rtol=1e-5)
+    by_name = {"zeta": y[0], "alpha": y[1]}
+    np.testing.assert_allclose(_one_step(model, x, by_name, labels), _evaluated_alone(model, x, by_name, labels),
+                               rtol=1e-5)
+    # A masked sequence output: Keras divides by the unmasked elements.
+    inputs = keras.Input((6,), dtype="int32")
+    hidden = keras.layers.SimpleRNN(4, return_sequences=True)(keras.layers.Embedding(10, 3, mask_zero=True)(inputs))
+    model = ts.AutoSpecModel(inputs, keras.layers.Dense(1)(hidden), groups=GROUPS)
+    model._test_loss = "mse"
+    ids = rng.integers(1, 10, size=(24, 6)).astype("int32")
+    ids[:, 4:] = 0  # padding
+    ids[::3, 2:] = 0
+    y = rng.normal(size=(24, 6, 1)).astype("float32")
+    np.testing.assert_allclose(_one_step(model, ids, y, labels), _evaluated_alone(model, ids, y, labels), rtol=1e-5)

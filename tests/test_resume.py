@@ -398,3 +398,24 @@ def test_a_resume_after_a_failed_write_appends_after_the_complete_rows(tmp_path,
     lengths = _lengths(path)
     assert len(lengths) > 10
     assert {n: rows for n, rows in lengths.items() if not n.startswith("epochs/") and rows != 6} == {}
+
+
+def test_under_a_sparse_schedule_an_abandoned_finished_epoch_is_dropped(tmp_path):
+    # Steps 0, 5, 10 are recorded. The checkpoint holds epoch 1's end (step 6); the crashed
+    # fit finished epoch 2 (steps 6..8, none recorded) and died at step 9.
+    path, checkpoint = tmp_path / "run.h5", tmp_path / "checkpoint.keras"
+    callback = ts.AutoSpecCallback(path, flush_every_seconds=1e-6)
+    save_epoch_1 = keras.callbacks.LambdaCallback(
+        on_epoch_end=lambda epoch, logs: model.save(checkpoint) if epoch == 1 else None)
+    model = _model(every_n_steps=5)
+    with pytest.raises(RuntimeError, match="crash"):
+        _fit(model, callback, save_epoch_1, _Crash(callback, 9), epochs=4)
+    assert list(ts.load(path).epochs["epoch"]) == [0, 1, 2]
+    restored = keras.models.load_model(checkpoint)
+    with pytest.warns(ts.AutoSpecWarning, match="dropped no recorded step and 1 finished epoch"):
+        _fit(restored, ts.AutoSpecCallback(path), epochs=4, initial_epoch=2)
+    run = ts.load(path)
+    assert list(run.epochs["epoch"]) == [0, 1, 2, 3]
+    np.testing.assert_array_equal(run.records["step"], [0, 5, 10])
+    np.testing.assert_array_equal(run.records["epoch"], [0, 1, 3])
+    assert run.resumes[-1]["dropped"] == {"rows": 0, "steps": [], "epochs": [2]}

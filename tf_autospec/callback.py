@@ -272,7 +272,14 @@ class AutoSpecCallback(keras.callbacks.Callback):
         start = int(others[-1]) + 1 if len(others) else 0
         later = np.flatnonzero(steps[start:] - step_offsets[-1] >= self._first_step)
         if not len(later):
-            return None  # the file ends before this fit's first step: it continues it
+            # No recorded step after the restore point, but under a sparse schedule the
+            # abandoned fit may still have finished an epoch (its row) after it.
+            epoch_offset = int(epoch_offsets[-1])
+            abandoned = np.flatnonzero(finished >= first_epoch + epoch_offset) if first_epoch > 0 else []
+            if not len(abandoned):
+                return None  # the file ends before this fit's first step: it continues it
+            return {"keep": {"records": len(run), "epochs": int(abandoned[0])},
+                    "step_offset": int(step_offsets[-1]), "epoch_offset": epoch_offset}
         cut = start + int(later[0])
         step_offset, epoch_offset = int(step_offsets[cut]), int(epoch_offsets[cut])
         if cut:  # kept rows stay below this fit's first step
@@ -300,12 +307,13 @@ class AutoSpecCallback(keras.callbacks.Callback):
         steps, finished = run.records["step"][keep["records"]:], run.epochs["epoch"][keep["epochs"]:]
         self._resume["dropped"] = {
             "rows": int(len(steps)),
-            "steps": [int(steps[0]), int(steps[-1])],
+            "steps": [int(steps[0]), int(steps[-1])] if len(steps) else [],
             "epochs": [int(e) for e in finished],
         }
         self._writer = store.RunWriter(self.path, None, {}, resume=self._resume, keep=keep)
         self._writer.layout = _layout(self.model, list(self._writer.file["records/logs"]))
-        rows = f"{len(steps)} recorded step{'s' * (len(steps) != 1)} (steps {steps[0]}..{steps[-1]})"
+        rows = (f"{len(steps)} recorded step{'s' * (len(steps) != 1)} (steps {steps[0]}..{steps[-1]})"
+                if len(steps) else "no recorded step")
         epochs = (f"{len(finished)} finished epoch{'s' * (len(finished) != 1)} "
                   f"({', '.join(str(int(e)) for e in finished)})" if len(finished) else "no finished epoch")
         tracking.warn(

@@ -107,8 +107,11 @@ def info(args):
         print("  metadata" + "".join(f"\n    {key.ljust(width)}  {value}" for key, value in metadata.items()))
         for resume in run.resumes:
             dropped = resume.get("dropped")
-            lost = (f"; dropped {dropped['rows']} rows recorded after the restored checkpoint (steps "
-                    f"{dropped['steps'][0]}..{dropped['steps'][1]})" if dropped and dropped.get("rows") else "")
+            lost = ""
+            if dropped:
+                steps = f" (steps {dropped['steps'][0]}..{dropped['steps'][1]})" if dropped["steps"] else ""
+                lost = (f"; dropped {dropped['rows']} rows{steps} and finished epochs {dropped['epochs']} "
+                        "recorded after the restored checkpoint")
             print(f"  resumed  {resume['time']} at row {resume['first_row']} ({', '.join(resume['reasons'])}): "
                   f"steps +{resume['step_offset']}, epochs +{resume['epoch_offset']}{lost}")
         rows = []

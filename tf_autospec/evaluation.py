@@ -19,6 +19,11 @@ samples (its number of batches must be known: see `_dataset_of_group`).
 
 They are returned as ``"<name>/<group>"`` (``"loss/HC"``, ``"cls_loss/SZ"``), NaN for a
 group with no sample in the data.
+
+A `tf.data.Dataset` is read in several passes (the count, each group's, Keras's own): a
+pipeline that shuffles or augments at random gives each pass other samples, so with such
+a pipeline the per-group results are of other draws than Keras's own (with ``steps``, of
+other batches). Evaluate on a deterministic pipeline, or ``cache()`` it.
 """
 
 import warnings

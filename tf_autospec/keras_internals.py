@@ -8,9 +8,10 @@ this module's import, not code deep inside a training step.
 import sys
 
 from keras.src import backend, tree  # noqa: F401  (backend.rnn: the recurrent loop)
+from keras.src.backend import get_keras_mask  # noqa: F401
 from keras.src.losses.loss import unscale_loss_for_distribution  # noqa: F401
-from keras.src.losses.losses import LossFunctionWrapper  # noqa: F401
 from keras.src.models.functional import Functional, functional_from_config  # noqa: F401
+from keras.src.trainers.compile_utils import get_loss  # noqa: F401  (a compiled loss's name, as compile reads it)
 from keras.src.trainers.data_adapters.data_adapter_utils import unpack_x_y_sample_weight  # noqa: F401
 from keras.src.utils.naming import to_snake_case  # noqa: F401
 from keras.src.utils.python_utils import default as keras_default  # noqa: F401  (get_config Keras may auto-fill)

@@ -613,8 +613,7 @@ class AutoSpecModel(keras.Model):
                 replicas, labels, len(self.groups), self._batch_size_hint, self.jit_compile
             )
             grouping = exchange.grouping
-            if sample_losses is not None:
-                sample_losses = exchange.gather([sample_losses])[0]
+            sample_losses = group_loss.gathered(sample_losses, exchange.gather)
             computations = [
                 self._global_kernel_spectra(exchange, *arguments)
                 for arguments in zip(state.kernels, calls, deltas, kinds)
