@@ -115,11 +115,9 @@ def batch_size(x, batch_size, replicas):
     """
     if isinstance(x, tf.data.Dataset):
         first = tree.flatten(x.element_spec)[0]
-        if not first.shape.rank:
-            return None
-        if first.shape[0] is None and replicas > 1:
+        if first.shape.rank and first.shape[0] is None and replicas > 1:
             return dataset_batch_size(x)
-        return first.shape[0]
+        return first.shape[0] if first.shape.rank else None
     if isinstance(x, (keras.utils.PyDataset, tf.distribute.DistributedDataset)) or hasattr(x, "__next__"):
         return None
     return batch_size or 32  # keras.Model.fit's default for arrays
