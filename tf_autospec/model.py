@@ -365,7 +365,7 @@ class AutoSpecModel(keras.Model):
 
         Example:
             >>> model.evaluate(x, y, groups=labels, return_dict=True)
-            {'accuracy': 0.81, 'loss': 0.43, 'accuracy/HC': 0.84, 'loss/HC': 0.39, ...}
+            {'accuracy': 0.81, 'loss': 0.43, 'loss/HC': 0.39, 'accuracy/HC': 0.84, ...}
         """
         x = self._with_indices(x, groups)
         by_group = None
