@@ -382,7 +382,7 @@ def test_a_resume_after_a_failed_write_appends_after_the_complete_rows(tmp_path,
 
     def failing(dataset, rows):
         calls.append(dataset.name)
-        if len(calls) > 20:  # 13 datasets per flush + 2 per epoch: fails inside the second flush
+        if len(calls) > 26:  # 19 datasets per flush + 2 per epoch: fails inside the second flush
             raise OSError(errno.ENOSPC, "No space left on device")
         original(dataset, rows)
 

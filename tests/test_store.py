@@ -82,7 +82,8 @@ def test_round_trip_holds_every_step_exactly(tmp_path):
     assert run.attributes["keras_version"] == keras.__version__
     assert run.attributes["options"] == {"layers": None, "kinds": list(ts.KINDS), "top_k": None, "randomized": False,
                                         "every_n_steps": 1, "null_partitions": 2, "schedule": None,
-                                        "precision": "float64"}
+                                        "precision": "float64", "geometry": ["cosine", "overlap"],
+                                        "overlap_k": 3}
     assert run.attributes["model_config"]["class_name"]
     assert run.kernel_info["hidden/kernel"]["fan_in"] == 6 and run.kernel_info["hidden/kernel"]["rank_bound"] == 6
     assert [e["val_loss"] > 0 for e in run.epochs["logs"]] == [True, True]
@@ -189,7 +190,7 @@ def test_full_disk_stops_training_with_the_flushed_steps_kept(tmp_path, monkeypa
 
     def failing(dataset, rows):
         calls.append(dataset.name)
-        if len(calls) > 16:  # 14 datasets per flush + 2 per epoch: the second flush fails
+        if len(calls) > 22:  # 20 datasets per flush + 2 per epoch: the second flush fails
             raise OSError(errno.ENOSPC, "No space left on device")
         original(dataset, rows)
 

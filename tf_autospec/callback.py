@@ -10,7 +10,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tf_autospec import serialization, store, summaries, tracking
+from tf_autospec import geometry, serialization, store, summaries, tracking
+from tf_autospec.pairs import group_pairs
 
 
 def _layout(model, log_keys):
@@ -26,11 +27,15 @@ def _layout(model, log_keys):
                 "fan_out": k.fan_out,
                 "widths": dict(k.widths),
                 "reads_model_input": k.path in model.input_kernels,
+                "overlap_k": geometry.overlap_width(model.autospec_overlap_k, k.fan_in, k.fan_out)
+                if "overlap" in model.autospec_geometry else 0,
             }
             for k in model.tracked_kernels
         ],
         "log_keys": list(log_keys),
         "null_partitions": model.autospec_null_partitions,
+        "geometry": list(model.autospec_geometry),
+        "overlap_k": model.autospec_overlap_k,
     }
 
 
@@ -40,6 +45,11 @@ def _options(model):
     options = serialization.options_config(model)
     del options["groups"]
     return options
+
+
+def _without_geometry(options):
+    """``options`` without the geometry's, which a resume compares on their own."""
+    return {key: value for key, value in options.items() if key not in ("geometry", "overlap_k")}
 
 
 def _model_config(model):
@@ -100,7 +110,11 @@ class AutoSpecCallback(keras.callbacks.Callback):
             together with ``overwrite``.
         tensorboard_dir: if given, also write TensorBoard scalars there: per tracked
             kernel and group, the ``grad`` spectrum's top singular value, effective rank
-            and nuclear norm.
+            and nuclear norm (``<kernel>/<group>/top``, ``.../effective_rank``,
+            ``.../nuclear_norm``) and, with ``geometry``, the group's gradient cosine with
+            the batch's (``<kernel>/<group>/batch_cosine``); per pair of groups, their
+            gradients' cosine and subspace overlap (``<kernel>/<a>~<b>/cosine``,
+            ``<kernel>/<a>~<b>/overlap``).
 
     Example:
 
@@ -326,14 +340,20 @@ class AutoSpecCallback(keras.callbacks.Callback):
 
     def _check_same_layout(self, run):
         expected = _layout(self.model, [])
+        # The geometry is compared from what the file records (``k`` only where both record
+        # the overlap), not from its options, so that the error names what differs.
+        both_overlap = "overlap" in run.geometry and "overlap" in expected["geometry"]
         stored = {
             "groups": list(run.groups),
             "kinds": list(run.kinds),
             "kernels": [(k, run.kernel_info[k]["fan_in"], run.kernel_info[k]["fan_out"]) for k in run.layers],
             "widths": run.widths,
             "null_partitions": run.null_partitions,
+            "geometry": list(run.geometry),
+            "overlap_k": run.overlap_k if both_overlap else None,
             # Files written before an option existed were recorded with its default.
-            "options": {**serialization.LATER_OPTION_DEFAULTS, **(run.attributes.get("options") or {})},
+            "options": _without_geometry({**serialization.LATER_OPTION_DEFAULTS,
+                                          **(run.attributes.get("options") or {})}),
         }
         current = {
             "groups": expected["groups"],
@@ -341,7 +361,9 @@ class AutoSpecCallback(keras.callbacks.Callback):
             "kernels": [(k["path"], k["fan_in"], k["fan_out"]) for k in expected["kernels"]],
             "widths": {k["path"]: k["widths"] for k in expected["kernels"]},
             "null_partitions": expected["null_partitions"],
-            "options": json.loads(json.dumps(_options(self.model))),
+            "geometry": expected["geometry"],
+            "overlap_k": expected["overlap_k"] if both_overlap else None,
+            "options": _without_geometry(json.loads(json.dumps(_options(self.model)))),
         }
         differences = [
             f"{key}: file has {stored[key]}, model has {current[key]}"
@@ -349,11 +371,19 @@ class AutoSpecCallback(keras.callbacks.Callback):
             if stored[key] != current[key]
         ]
         if differences:
+            geometry = ""
+            if stored["geometry"] != current["geometry"] or stored["overlap_k"] != current["overlap_k"]:
+                k = f", overlap_k={run.overlap_k}" if run.overlap_k is not None else ""
+                geometry = (
+                    f" To continue it, record the file's gradient geometry: AutoSpecModel(..., "
+                    f"geometry={tuple(stored['geometry'])!r}{k})." if stored["geometry"] else
+                    " To continue it, record no gradient geometry: AutoSpecModel(..., geometry=False)."
+                )
             raise store.StoreError(
                 f"'{self.path}' holds a run of another model or group set ("
                 + "; ".join(differences)
                 + "). Write to a new path, or pass AutoSpecCallback(..., overwrite=True) "
-                "to replace the file."
+                "to replace the file." + geometry
             )
 
     def _check_same_metadata(self, run, reasons):
@@ -475,16 +505,28 @@ class AutoSpecCallback(keras.callbacks.Callback):
         counts = np.stack([s.counts for s in steps])
         null_counts = np.stack([s.null_counts for s in steps])
         group_loss = np.stack([s.group_loss for s in steps])
-        self._submit(self._write, self._writer, records, spectra, counts, null_spectra, null_counts, group_loss)
+        geometry = {key: np.stack([s.geometry[key] for s in steps]) for key in steps[0].geometry}
+        null_geometry = {key: np.stack([s.null_geometry[key] for s in steps]) for key in steps[0].null_geometry}
+        self._submit(self._write, self._writer, records, spectra, counts, null_spectra, null_counts, group_loss,
+                     geometry, null_geometry)
 
-    def _write(self, writer, records, spectra, counts, null_spectra, null_counts, group_loss):
-        writer.append(records, spectra, counts, null_spectra, null_counts, group_loss)
+    def _write(self, writer, records, spectra, counts, null_spectra, null_counts, group_loss, geometry,
+               null_geometry):
+        writer.append(records, spectra, counts, null_spectra, null_counts, group_loss, geometry, null_geometry)
         if self._tensorboard is not None:
-            self._write_tensorboard(records["step"], spectra)
+            self._write_tensorboard(records["step"], spectra, geometry)
 
-    def _write_tensorboard(self, steps, spectra):
+    def _write_tensorboard(self, steps, spectra, geometry):
         groups = self.model.groups
+        pairs = [f"{groups[a]}~{groups[b]}" for a, b in group_pairs(groups)]
         with self._tensorboard.as_default():
+            for (kernel, measure), values in geometry.items():
+                # Per group (batch_cosine [n, G]) as the spectra's scalars; per pair ([n, n_pairs]).
+                names = groups if measure == "batch_cosine" else pairs
+                for column, name in enumerate(names):
+                    for step, value in zip(steps, values[:, column]):
+                        if np.isfinite(value):
+                            tf.summary.scalar(f"{kernel}/{name}/{measure}", value, step=int(step))
             for (kernel, kind), values in spectra.items():
                 if kind != "grad":
                     continue

@@ -6,6 +6,8 @@ import warnings
 import numpy as np
 import tensorflow as tf
 
+from tf_autospec import geometry as geometry_module
+from tf_autospec import spectra as spectra_module
 from tf_autospec import tracking
 from tf_autospec.results import StepSpectra
 
@@ -13,26 +15,30 @@ from tf_autospec.results import StepSpectra
 class LastStep:
     """One float64 variable holding the last recorded step.
 
-    Layout: ``[step, counts (G'), finite flags (K), loss per group (G), spectra...]``
-    where each (kernel, kind) spectrum ``[G', width]`` follows the previous one,
-    flattened; ``G' = G · (1 + null partitions)``, the real groups first. float64 holds the step and the counts
+    Layout: ``[step, counts (G'), finite flags (K), loss per group (G), values...]``
+    where each (kernel, kind) spectrum ``[G', width]`` and each (kernel, geometry value)
+    ``[1 + null partitions, ...]`` follows the previous one, flattened;
+    ``G' = G · (1 + null partitions)``, the real groups first. float64 holds the step and the counts
     exactly. A second variable, ``recorded``, says whether the last step that ran was
     recorded: the steps that do not record set it to 0.
     """
 
-    def __init__(self, kernels, num_groups, null_partitions):
+    def __init__(self, kernels, num_groups, null_partitions, geometry=()):
         self.kernels = kernels
         self.num_groups = num_groups
         self.null_partitions = null_partitions
         recorded_groups = num_groups * (1 + null_partitions)
         self.recorded_groups = recorded_groups
-        self.segments = []  # (kernel path, kind, start, width)
+        partitions = 1 + null_partitions
+        self.segments = []  # (kernel path, kind or geometry value, start, shape per partition)
         self.header_size = 1 + recorded_groups + len(kernels) + num_groups
         start = self.header_size
+        geometry_shapes = geometry_module.recorded_shapes(geometry, num_groups)
         for kernel in kernels:
-            for kind, width in kernel.widths.items():
-                self.segments.append((kernel.path, kind, start, width))
-                start += recorded_groups * width
+            shapes = {**{kind: [num_groups, width] for kind, width in kernel.widths.items()}, **geometry_shapes}
+            for name, shape in shapes.items():
+                self.segments.append((kernel.path, name, start, shape))
+                start += partitions * int(np.prod(shape))
         self.warned_nonfinite = False
         # Under tf.distribute every replica holds the same values; the first one's are kept.
         self.recorded = tf.Variable(
@@ -75,12 +81,14 @@ class LastStep:
             )
         partitions, groups_count = 1 + self.null_partitions, self.num_groups
         counts = buffer[1 : 1 + self.recorded_groups].astype(np.int32).reshape(partitions, groups_count)
-        spectra = {
-            (path, kind): buffer[start : start + self.recorded_groups * width]
-            .reshape(partitions, groups_count, width)
+        values = {
+            (path, name): buffer[start : start + partitions * int(np.prod(shape))]
+            .reshape(partitions, *shape)
             .astype(np.float32)
-            for path, kind, start, width in self.segments
+            for path, name, start, shape in self.segments
         }
+        spectra = {key: v for key, v in values.items() if key[1] in spectra_module.KINDS}
+        geometry = {key: v for key, v in values.items() if key[1] not in spectra_module.KINDS}
         return StepSpectra(
             step=step,
             groups=groups,
@@ -90,4 +98,6 @@ class LastStep:
             null_counts=counts[1:],
             null_spectra={key: values[1:] for key, values in spectra.items()},
             group_loss=buffer[self.header_size - self.num_groups : self.header_size].copy(),
+            geometry={key: v[0] for key, v in geometry.items()},
+            null_geometry={key: v[1:] for key, v in geometry.items()},
         )

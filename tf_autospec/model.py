@@ -9,6 +9,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from tf_autospec import geometry as geometry_module
 from tf_autospec import groups as groups_module
 from tf_autospec import distributed, evaluation, group_loss, inputs, layer_paths, logits, schedules, serialization, spectra, tracking
 from tf_autospec.capture import Recording, capture_for
@@ -79,6 +80,12 @@ class AutoSpecModel(keras.Model):
             here (every sample a subject, seed 0); labels from a `tf.data.Dataset`, or
             several samples per subject, or CV folds, need them drawn once for the whole
             dataset: ``groups=tf_autospec.null_partitions(labels, P, subjects=ids)``.
+        geometry: the group gradient geometry to record with the spectra
+            (`tf_autospec.geometry`): ``True`` (default) both measures, ``False`` none,
+            or a subset of ``("cosine", "overlap")``. ``cosine``: between every pair of
+            groups' gradients, and of each group's with the whole batch's; ``overlap``:
+            of every pair's top-``overlap_k`` left singular subspaces.
+        overlap_k: the ``k`` of ``overlap`` (default 3; at most the kernel's smaller fan).
         **kwargs: passed to `keras.Model` (``name``, or ``inputs``/``outputs``).
 
     Example:
@@ -143,7 +150,8 @@ class AutoSpecModel(keras.Model):
 
     def __init__(
         self, *args, groups=None, layers=None, kinds=spectra.KINDS, top_k=None,
-        randomized=False, every_n_steps=1, null_partitions=0, schedule=None, precision="float64", **kwargs
+        randomized=False, every_n_steps=1, null_partitions=0, schedule=None, precision="float64", geometry=True,
+        overlap_k=geometry_module.DEFAULT_OVERLAP_K, **kwargs
     ):
         # keras's Functional ignores keyword arguments it does not know: a misspelt option
         # would build a model that silently records with the default.
@@ -182,6 +190,8 @@ class AutoSpecModel(keras.Model):
                 f"null_partitions must be a whole number >= 0; received {null_partitions!r}."
             )
         self.autospec_null_partitions = int(null_partitions)
+        self.autospec_geometry = geometry_module.check_geometry(geometry)
+        self.autospec_overlap_k = geometry_module.check_overlap_k(overlap_k)
         self._spectra_state = None
         self.input_kernels = frozenset()
         self.null_partitions_origin = None
@@ -490,7 +500,9 @@ class AutoSpecModel(keras.Model):
                 self, self._layer_tree_root(), self.autospec_layers, self.autospec_kinds, self.autospec_top_k
             )
             with self.distribute_strategy.scope():
-                self._spectra_state = LastStep(kernels, len(self.groups), self.autospec_null_partitions)
+                self._spectra_state = LastStep(
+                    kernels, len(self.groups), self.autospec_null_partitions, self.autospec_geometry
+                )
 
     @contextlib.contextmanager
     def _recording(self, tape):
@@ -649,7 +661,8 @@ class AutoSpecModel(keras.Model):
         if not kernel_calls:
             return functools.partial(self._kernel_spectra, kernel, kernel_calls, kernel_deltas, exchange.grouping)
         spec = spectra.row_sums_spec(
-            kernel.capture.input_factor_type, kernel.fan_in, kernel.fan_out, kinds, self._recorded_groups
+            kernel.capture.input_factor_type, kernel.fan_in, kernel.fan_out, kinds, self._recorded_groups,
+            bool(self.autospec_geometry),
         )
         gathered_size = distributed.gathered_values(kernel_calls, kernel_deltas, exchange.global_batch)
         summed_size = distributed.summed_values(spec)
@@ -662,28 +675,44 @@ class AutoSpecModel(keras.Model):
         self._exchanges[kernel.path] = {"exchange": "sums", "values": summed_size}
 
         a, delta, _, _ = self._factors(kernel, kernel_calls, kernel_deltas, exchange.local_grouping)
-        summed = exchange.all_reduce(spectra.row_sums(a, delta, kinds))
+        geometry = self._geometry_request(kernel, kernel_calls, kernel_deltas, exchange.local_grouping)
+        summed = exchange.all_reduce(spectra.row_sums(a, delta, kinds, geometry))
         rows_per_sample = _rows_per_sample(kernel, kernel_deltas)
         return lambda _: spectra.spectra_from_row_sums(
             summed, kernel.capture.input_factor_type, kernel.fan_in, kernel.fan_out, rows_per_sample,
-            exchange.grouping.counts, kernel.widths,
+            exchange.grouping.counts, kernel.widths, geometry,
         )
 
     def _kernel_spectra(self, kernel, kernel_calls, kernel_deltas, grouping, kinds):
         if not kernel_calls:
             groups = self._recorded_groups
             nothing = {k: tf.fill([groups, w], float("nan")) for k, w in kernel.widths.items()}
+            partitions = 1 + self.autospec_null_partitions
+            for name, shape in geometry_module.recorded_shapes(self.autospec_geometry, len(self.groups)).items():
+                nothing[name] = tf.fill([partitions, *shape], float("nan"))
             return nothing, tf.fill([groups], True)
         a, delta, rows_per_sample, rows_hint = self._factors(kernel, kernel_calls, kernel_deltas, grouping)
         return spectra.group_spectra(
             a, delta, rows_per_sample, grouping.counts, kinds, kernel.widths, rows_hint, self.autospec_randomized,
-            self.autospec_precision,
+            self.autospec_precision, self._geometry_request(kernel, kernel_calls, kernel_deltas, grouping),
+        )
+
+    def _geometry_request(self, kernel, kernel_calls, kernel_deltas, grouping):
+        """The `geometry.Request` of one kernel with ``grouping``'s samples in no group, or
+        ``None`` when no geometry is recorded."""
+        if not self.autospec_geometry:
+            return None
+        a, delta, _, _ = self._factors(kernel, kernel_calls, kernel_deltas, grouping.unassigned)
+        return geometry_module.Request(
+            self.autospec_geometry,
+            geometry_module.overlap_width(self.autospec_overlap_k, kernel.fan_in, kernel.fan_out),
+            len(self.groups), 1 + self.autospec_null_partitions, a, delta,
         )
 
     def _factors(self, kernel, kernel_calls, kernel_deltas, grouping):
         """The kernel's factors laid out per group, the rows per sample, and a bound of the
         rows per group when it is known while tracing (or ``None``)."""
-        groups = self._recorded_groups
+        groups = grouping.num_groups
         layer, capture = kernel.layer, kernel.capture
 
         def grouped_rows(tensors, rows, fill):

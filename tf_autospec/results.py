@@ -4,6 +4,8 @@ import dataclasses
 
 import numpy as np
 
+from tf_autospec.pairs import group_pairs
+
 
 @dataclasses.dataclass(frozen=True)
 class StepSpectra:
@@ -28,6 +30,12 @@ class StepSpectra:
         group_loss: float64 ``[G]``, the mean training loss of each group's samples in the
             batch (Keras's per-sample loss before reduction, with sample weights, without
             regularization losses; see `tf_autospec.group_loss`); NaN for an absent group.
+        geometry: ``{(kernel_path, name): float32 array}``, the groups' gradient geometry
+            (`tf_autospec.geometry`; empty with ``geometry=False``): ``"cosine"`` and
+            ``"overlap"`` ``[n_pairs]`` for the pairs of `pairs`, ``"batch_cosine"`` ``[G]``,
+            each group's cosine with the whole batch's gradient. Read them with `cosine`
+            and `overlap`.
+        null_geometry: the same for the null partitions, ``[P, ...]``.
 
     Example:
 
@@ -48,6 +56,8 @@ class StepSpectra:
     null_counts: np.ndarray = None
     null_spectra: dict = None
     group_loss: np.ndarray = None
+    geometry: dict = dataclasses.field(default_factory=dict)
+    null_geometry: dict = dataclasses.field(default_factory=dict)
 
     @property
     def kernels(self):
@@ -76,3 +86,42 @@ class StepSpectra:
     def null_spectrum(self, kernel, kind, group):
         """Singular values ``[P, width]`` of ``group``'s counterpart in each null partition."""
         return self._values(self.null_spectra or {}, kernel, kind)[:, self._index(group)]
+
+    @property
+    def pairs(self):
+        """The pairs of group names in the order of the ``"cosine"`` and ``"overlap"`` values."""
+        return [(self.groups[a], self.groups[b]) for a, b in group_pairs(self.groups)]
+
+    def _geometry(self, values, kernel, name, a, b):
+        key = (kernel, name if b is not None or name != "cosine" else "batch_cosine")
+        if key not in values:
+            raise KeyError(
+                f"No '{name}' recorded for '{kernel}'; recorded: {sorted(values) or 'no geometry'} "
+                "(record it with AutoSpecModel(..., geometry=True))."
+            )
+        first = self._index(a)
+        if b is None:
+            return values[key][..., first]
+        second = self._index(b)
+        if first == second:
+            raise ValueError(f"'{a}' and '{b}' are the same group; give two different groups.")
+        pair = group_pairs(self.groups).index((min(first, second), max(first, second)))
+        return values[key][..., pair]
+
+    def cosine(self, kernel, a, b=None):
+        """The cosine between groups ``a`` and ``b``'s gradients of ``kernel`` (names or
+        indices, either order); with ``b=None``, between ``a``'s and the whole batch's
+        gradient. NaN where undefined (`tf_autospec.geometry`)."""
+        return float(self._geometry(self.geometry, kernel, "cosine", a, b))
+
+    def overlap(self, kernel, a, b):
+        """The overlap of groups ``a`` and ``b``'s top-k left singular subspaces of ``kernel``."""
+        return float(self._geometry(self.geometry, kernel, "overlap", a, b))
+
+    def null_cosine(self, kernel, a, b=None):
+        """`cosine` of ``a`` and ``b``'s counterparts in each null partition, ``[P]``."""
+        return self._geometry(self.null_geometry, kernel, "cosine", a, b)
+
+    def null_overlap(self, kernel, a, b):
+        """`overlap` of ``a`` and ``b``'s counterparts in each null partition, ``[P]``."""
+        return self._geometry(self.null_geometry, kernel, "overlap", a, b)

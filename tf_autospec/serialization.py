@@ -15,10 +15,10 @@ run file when the fit continues the training (``initial_epoch``, see ``docs/api.
 import keras
 
 OPTIONS = ("groups", "layers", "kinds", "top_k", "randomized", "every_n_steps", "null_partitions", "schedule",
-           "precision")
+           "precision", "geometry", "overlap_k")
 
 # Options added after the first run files were written, with the value those files had.
-LATER_OPTION_DEFAULTS = {"schedule": None, "precision": "float64"}
+LATER_OPTION_DEFAULTS = {"schedule": None, "precision": "float64", "geometry": [], "overlap_k": 3}
 
 # Keyword arguments of keras.Model's functional constructor that AutoSpecModel passes on.
 KERAS_ARGUMENTS = ("inputs", "outputs", "name", "trainable", "dtype")
@@ -34,7 +34,7 @@ def options_config(model):
         >>> options_config(model)
         {'groups': ['HC', 'SZ'], 'layers': None, 'kinds': ['grad', 'act', 'delta'],
          'top_k': None, 'randomized': False, 'every_n_steps': 1, 'null_partitions': 0,
-         'schedule': None, 'precision': 'float64'}
+         'schedule': None, 'precision': 'float64', 'geometry': ['cosine', 'overlap'], 'overlap_k': 3}
     """
     from tf_autospec import schedules  # it registers its classes through this module
 
@@ -49,6 +49,8 @@ def options_config(model):
         "null_partitions": model.autospec_null_partitions,
         "schedule": schedules.config(model.autospec_schedule) if given else None,
         "precision": model.autospec_precision,
+        "geometry": list(model.autospec_geometry),
+        "overlap_k": model.autospec_overlap_k,
     }
 
 

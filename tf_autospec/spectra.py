@@ -47,8 +47,12 @@ for all groups of a kernel. Outside XLA the rows of each group are gathered (``R
 largest group); under XLA they are masked (``R`` = batch) so that shapes stay static.
 """
 
+import functools
+
 import numpy as np
 import tensorflow as tf
+
+from tf_autospec import geometry as geometry_module
 
 KINDS = ("grad", "act", "delta")
 COMPUTE_DTYPE = tf.float64
@@ -78,6 +82,7 @@ class SampleGrouping:
         if labels.shape.rank == 1:
             labels = labels[:, None]
         partitions = labels.shape[1]
+        self.labels = labels
         self.num_groups = num_groups * partitions
         self.static_shapes = static_shapes
         recorded = tf.where(labels >= 0, labels + num_groups * tf.range(partitions)[None, :], -1)
@@ -96,6 +101,11 @@ class SampleGrouping:
             positions, tf.cast(membership[:, 0], tf.int32) + 1,
             tf.stack([self.num_groups, largest]),
         )
+
+    @functools.cached_property
+    def unassigned(self):
+        """The samples in no group, as a `SampleGrouping` of one group."""
+        return SampleGrouping(tf.where(self.labels[:, 0] < 0, 0, -1), 1, self.static_shapes)
 
     def apply(self, values, fill):
         """Returns ``values`` laid out as ``[G', S, ...]``; empty slots hold ``fill``."""
@@ -128,10 +138,20 @@ class DenseRows:
         """The same factor with the rows of groups not in ``keep`` set to zero."""
         return DenseRows(_where_groups(keep, self.values, 0.0))
 
+    def take(self, groups):
+        """The factor of the groups at indices ``groups``, in that order."""
+        return DenseRows(tf.gather(self.values, groups))
+
+    def cross_gram(self, other, gram_dtype=COMPUTE_DTYPE):
+        """``A Bᵀ`` between the rows of two factors, per group (broadcast), float64 ``[G, R, R_other]``."""
+        return tf.cast(
+            tf.matmul(tf.cast(self.values, gram_dtype), tf.cast(other.values, gram_dtype), transpose_b=True),
+            COMPUTE_DTYPE,
+        )
+
     def row_gram(self, gram_dtype=COMPUTE_DTYPE):
         """``AAᵀ`` per group, formed in ``gram_dtype``, float64 ``[G, R, R]``."""
-        values = tf.cast(self.values, gram_dtype)
-        return tf.cast(tf.matmul(values, values, transpose_b=True), COMPUTE_DTYPE)
+        return self.cross_gram(self, gram_dtype)
 
     def column_gram(self, gram_dtype=COMPUTE_DTYPE):
         """``AᵀA`` per group, formed in ``gram_dtype``, float64 ``[G, d, d]``: a sum over rows."""
@@ -150,7 +170,7 @@ class DenseRows:
         return self.eigenvalues_of_column_gram(self.column_gram(gram_dtype))
 
     def transpose_matmul(self, other):
-        return tf.matmul(self.values, other, transpose_a=True)
+        return tf.matmul(tf.cast(self.values, other.dtype), other, transpose_a=True)
 
 
 class OneHotRows:
@@ -170,11 +190,18 @@ class OneHotRows:
     def zeroed(self, keep):
         return OneHotRows(tf.where(keep[:, None], self.ids, -1), self.width)
 
+    def take(self, groups):
+        return OneHotRows(tf.gather(self.ids, groups), self.width)
+
+    def cross_gram(self, other, gram_dtype=None):
+        """Whether a row of one factor holds the same token as a row of the other (exact)."""
+        same = tf.equal(self.ids[:, :, None], other.ids[:, None, :])
+        present = (self.ids >= 0)[:, :, None] & (other.ids >= 0)[:, None, :]
+        return tf.cast(same & present, COMPUTE_DTYPE)
+
     def row_gram(self, gram_dtype=None):
         """Whether two rows hold the same token: exact, whatever ``gram_dtype``."""
-        present = self.ids >= 0
-        same = tf.equal(self.ids[:, :, None], self.ids[:, None, :])
-        return tf.cast(same & present[:, :, None] & present[:, None, :], COMPUTE_DTYPE)
+        return self.cross_gram(self)
 
     def column_gram(self, gram_dtype=None):
         """The diagonal of ``AᵀA`` (which is diagonal): rows per token, float64 ``[G, d]``
@@ -238,28 +265,52 @@ def _smaller_gram_eigenvalues(factor, rows, gram_dtype):
     )
 
 
-def _rows_route(a, delta, kinds, widths, gram_dtype):
+def _rows_route(a, delta, kinds, widths, gram_dtype, geometry):
     gram_a = a.row_gram(gram_dtype)
     out = {}
-    if "grad" in kinds:
+    gradient_needed = "grad" in kinds or geometry is not None
+    if gradient_needed:
         eig_a, vectors_a = tf.linalg.eigh(gram_a)
     elif "act" in kinds:
         eig_a = tf.linalg.eigvalsh(gram_a)
     if "act" in kinds:
         out["act"] = _singular_values(eig_a, widths["act"])
-    if "grad" in kinds or "delta" in kinds:
+    if gradient_needed or "delta" in kinds:
         gram_delta = delta.row_gram(gram_dtype)
     if "delta" in kinds:
         out["delta"] = _singular_values(tf.linalg.eigvalsh(gram_delta), widths["delta"])
-    if "grad" in kinds:
+    if gradient_needed:
         scale = tf.sqrt(tf.maximum(eig_a, 0.0))
         projected = tf.matmul(vectors_a, tf.matmul(gram_delta, vectors_a), transpose_a=True)
         core = scale[:, :, None] * projected * scale[:, None, :]
-        out["grad"] = _singular_values(tf.linalg.eigvalsh(core), widths["grad"])
+        wants_vectors = geometry is not None and geometry.wants_vectors
+        eig_core, vectors_core = tf.linalg.eigh(core) if wants_vectors else (tf.linalg.eigvalsh(core), None)
+        if "grad" in kinds:
+            out["grad"] = _singular_values(eig_core, widths["grad"])
+        if geometry is not None:
+            top_values = left = None
+            if wants_vectors:
+                top_values, top_core = geometry_module.top_left_vectors(eig_core, vectors_core, geometry.overlap_k)
+                left = _rows_left_vectors(a, vectors_a, projected, scale, top_values, top_core)
+            inner = geometry.rows_inner_products(a, delta, gram_a, gram_delta, gram_dtype)
+            out.update(geometry.measures_from(inner, top_values, left))
     return out
 
 
-def _fan_route(a, delta, kinds, widths, rows, randomized, gram_dtype):
+def _rows_left_vectors(a, vectors_a, projected, scale, top_values, top_core):
+    """Left singular vectors ``[G, fan_in, k]`` of ``G_g = A_gᵀ Δ_g`` on the rows route.
+
+    With ``A_g A_gᵀ = U Λ Uᵀ``, ``P = Uᵀ Δ_g Δ_gᵀ U`` and the core ``Λ^½ P Λ^½ = W Σ² Wᵀ``,
+    they are ``A_gᵀ U Λ^-½ W``; ``Λ^-½ W = P Λ^½ W Σ^-2`` avoids dividing by the small
+    eigenvalues of ``Λ``.
+    """
+    k = top_core.shape[-1]
+    squared = top_values[:, :k] ** 2
+    weights = tf.matmul(projected, scale[:, :, None] * top_core) / tf.where(squared > 0, squared, 1.0)[:, None, :]
+    return a.transpose_matmul(tf.matmul(vectors_a, weights))
+
+
+def _fan_route(a, delta, kinds, widths, rows, randomized, gram_dtype, geometry):
     def cheaper_randomized(width, size):
         return randomized and width + RANDOMIZED_OVERSAMPLING < size
 
@@ -272,12 +323,19 @@ def _fan_route(a, delta, kinds, widths, rows, randomized, gram_dtype):
             out[kind] = randomized_top_singular_values(factor.values, widths[kind])[0]
         else:
             out[kind] = _singular_values(_smaller_gram_eigenvalues(factor, rows, gram_dtype), widths[kind])
-    if "grad" in kinds:
+    if "grad" in kinds or geometry is not None:
         gradient = a.transpose_matmul(delta.values)
-        if cheaper_randomized(widths["grad"], min(a.width, delta.width)):
-            out["grad"] = randomized_top_singular_values(gradient, widths["grad"])[0]
+        width = widths.get("grad", 0)
+        k = geometry.overlap_k if geometry is not None and geometry.wants_vectors else 0
+        if cheaper_randomized(max(width, k), min(a.width, delta.width)):
+            values, _, top_values, left = _randomized(gradient, max(width, k), vectors=k)
         else:
-            out["grad"] = _gradient_singular_values(gradient, widths["grad"], gram_dtype)
+            values, top_values, left = _gradient_singular_values(gradient, width, gram_dtype, vectors=k)
+        if "grad" in kinds:
+            out["grad"] = values[:, :width]
+        if geometry is not None:
+            inner = geometry.gradient_inner_products(gradient, geometry.unassigned_gradient())
+            out.update(geometry.measures_from(inner, top_values, left))
     return out
 
 
@@ -307,6 +365,14 @@ def randomized_top_singular_values(matrices, width):
         true singular value; and float64 ``[G]``, the a-posteriori bound
         ``√(‖M‖_F² − ‖B‖_F²)`` on how far each may lie below the truth.
     """
+    values, residual, _, _ = _randomized(matrices, width, vectors=0)
+    return values, residual
+
+
+def _randomized(matrices, width, vectors):
+    """`randomized_top_singular_values`, and with ``vectors > 0`` the top ``vectors + 1``
+    values and the top-``vectors`` left singular vectors of ``B`` lifted by ``Q`` (as
+    `geometry_module.top_left_vectors` gives them; ``None`` otherwise)."""
     matrices, overflow = _without_overflow(tf.cast(matrices, FACTOR_DTYPE))
     sketch = tf.random.normal(tf.stack([tf.shape(matrices)[0], dim(matrices, 2), width + RANDOMIZED_OVERSAMPLING]))
     basis = tf.linalg.qr(tf.matmul(matrices, sketch))[0]
@@ -317,8 +383,13 @@ def randomized_top_singular_values(matrices, width):
     gram = tf.matmul(projected, projected, transpose_b=True)
     exact = tf.cast(matrices, COMPUTE_DTYPE)
     missing = tf.reduce_sum(exact * exact, axis=[1, 2]) - tf.linalg.trace(gram)
-    values = _nan_where(overflow, _singular_values(tf.linalg.eigvalsh(gram), width))
-    return values, _nan_where(overflow, tf.sqrt(tf.maximum(missing, 0.0)))
+    residual = _nan_where(overflow, tf.sqrt(tf.maximum(missing, 0.0)))
+    if not vectors:
+        return _nan_where(overflow, _singular_values(tf.linalg.eigvalsh(gram), width)), residual, None, None
+    eigenvalues, eigenvectors = tf.linalg.eigh(gram)
+    top_values, top = geometry_module.top_left_vectors(eigenvalues, eigenvectors, vectors)
+    left = tf.matmul(tf.cast(basis, COMPUTE_DTYPE), top)
+    return _nan_where(overflow, _singular_values(eigenvalues, width)), residual, top_values, left
 
 
 def _without_overflow(matrices):
@@ -342,17 +413,30 @@ def _nan_where(groups, values):
     return tf.where(mask, tf.constant(float("nan"), values.dtype), values)
 
 
-def _gradient_singular_values(gradient, width, gram_dtype=COMPUTE_DTYPE):
+def _gradient_singular_values(gradient, width, gram_dtype=COMPUTE_DTYPE, vectors=0):
     """σ of float32 group gradients ``[G, fan_in, fan_out]``, from the smaller Gram matrix
-    (formed in ``gram_dtype``)."""
+    (formed in ``gram_dtype``).
+
+    Returns:
+        ``(values, top_values, left)``: ``[G, width]`` as `_singular_values` gives them;
+        with ``vectors > 0`` the top ``vectors + 1`` values and ``[G, fan_in, vectors]``
+        left singular vectors (`geometry_module.top_left_vectors`), ``None`` otherwise.
+    """
     gradient, overflow = _without_overflow(tf.cast(gradient, gram_dtype))
     tall = gradient.shape[1] >= gradient.shape[2]
     gram = tf.cast(tf.matmul(gradient, gradient, transpose_a=tall, transpose_b=not tall), COMPUTE_DTYPE)
-    return _nan_where(overflow, _singular_values(tf.linalg.eigvalsh(gram), width))
+    if not vectors:
+        return _nan_where(overflow, _singular_values(tf.linalg.eigvalsh(gram), width)), None, None
+    eigenvalues, eigenvectors = tf.linalg.eigh(gram)
+    top_values, top = geometry_module.top_left_vectors(eigenvalues, eigenvectors, vectors)
+    if tall:  # eigenvectors of GᵀG are right singular vectors: u = G v / σ
+        safe = tf.where(top_values[:, :vectors] > 0, top_values[:, :vectors], 1.0)
+        top = tf.matmul(tf.cast(gradient, COMPUTE_DTYPE), top) / safe[:, None, :]
+    return _nan_where(overflow, _singular_values(eigenvalues, width)), top_values, top
 
 
 def group_spectra(a, delta, rows_per_sample, counts, kinds, widths, rows_hint=None, randomized=False,
-                  precision="float64"):
+                  precision="float64", geometry=None):
     """Singular values of each group's gradient and factors for one kernel.
 
     Args:
@@ -368,16 +452,21 @@ def group_spectra(a, delta, rows_per_sample, counts, kinds, widths, rows_hint=No
             cheaper than its Gram matrix (widths well below the matrix's size).
         precision: ``"float64"`` (default) or ``"float32"``: the dtype in which the Gram
             matrices are formed (see the module docstring).
+        geometry: a `tf_autospec.geometry.Request` to compute the groups' gradient
+            geometry too, or ``None``.
 
     Returns:
         ``(spectra, finite)``: dict kind -> float32 ``[G, width]``, singular values in
         descending order, 0 at or below the numerical-rank tolerance (`_rank_tolerances`),
         NaN beyond the group's rank bound ``min(rows_g, ...)``, for groups with no
-        sample and for groups whose factors hold NaN or Inf; and bool
-        ``[G]``, False for the latter. Non-finite rows never reach an eigen-solver.
+        sample and for groups whose factors hold NaN or Inf; with ``geometry``, also
+        each recorded geometry value (``"cosine"``, ``"batch_cosine"``, ``"overlap"``,
+        float32 ``[partitions, ...]``, see `Request.measures_from`); and bool
+        ``[G]``, False for the groups whose factors hold NaN or Inf. Non-finite rows never
+        reach an eigen-solver.
     """
     finite = a.finite_groups() & delta.finite_groups()
-    if not kinds:
+    if not kinds and geometry is None:
         return {}, finite
     a, delta = a.zeroed(finite), delta.zeroed(finite)
     rows = a.num_rows
@@ -385,12 +474,17 @@ def group_spectra(a, delta, rows_per_sample, counts, kinds, widths, rows_hint=No
         rows = rows_hint
     smallest_fan = min(a.width, delta.width)
     gram_dtype = PRECISIONS[precision]
-    spectra = _select(
+    if geometry is not None:
+        geometry = geometry.for_step(finite, geometry.unassigned_finite(),
+                                     _rank_tolerances(a.width, delta.width, precision)["grad"])
+    values = _select(
         rows < smallest_fan,
-        lambda: _rows_route(a, delta, kinds, widths, gram_dtype),
-        lambda: _fan_route(a, delta, kinds, widths, rows, randomized, gram_dtype),
+        lambda: _rows_route(a, delta, kinds, widths, gram_dtype, geometry),
+        lambda: _fan_route(a, delta, kinds, widths, rows, randomized, gram_dtype, geometry),
     )
+    spectra = {kind: v for kind, v in values.items() if kind in KINDS}
     bounded = _within_bounds(spectra, finite, counts * rows_per_sample, a.width, delta.width, widths, precision)
+    bounded.update({name: v for name, v in values.items() if name not in KINDS})
     return bounded, finite
 
 
@@ -443,7 +537,7 @@ def _within_bounds(spectra, finite, group_rows, fan_in, fan_out, widths, precisi
     return out
 
 
-def row_sums(a, delta, kinds):
+def row_sums(a, delta, kinds, geometry=None):
     """Per-group sums over rows from which `spectra_from_row_sums` gives the spectra.
 
     Sums over disjoint sets of rows add up: under `tf.distribute` each replica computes
@@ -452,18 +546,25 @@ def row_sums(a, delta, kinds):
     Args:
         a, delta: the group-laid-out factors, as for `group_spectra`.
         kinds: subset of `KINDS`.
+        geometry: a `tf_autospec.geometry.Request` (with this part's samples in no
+            group) when the geometry is recorded, or ``None``.
 
     Returns:
         dict: ``"nonfinite"`` float64 ``[G]`` (1 where a group's rows hold NaN or Inf;
         such groups contribute zeros to the other sums), and per kind ``"grad"``
         ``AᵀΔ`` float32 ``[G, fan_in, fan_out]``, ``"act"`` the column Gram matrix of
-        ``A``, ``"delta"`` that of ``Δ`` (float64).
+        ``A``, ``"delta"`` that of ``Δ`` (float64). With ``geometry``, also ``"grad"``
+        and the unassigned samples' ``"unassigned_grad"`` ``[1, fan_in, fan_out]`` and
+        ``"unassigned_nonfinite"`` ``[1]``.
     """
     finite = a.finite_groups() & delta.finite_groups()
     a, delta = a.zeroed(finite), delta.zeroed(finite)
     sums = {"nonfinite": tf.cast(~finite, COMPUTE_DTYPE)}
-    if "grad" in kinds:
+    if "grad" in kinds or geometry is not None:
         sums["grad"] = a.transpose_matmul(delta.values)
+    if geometry is not None:
+        sums["unassigned_grad"] = geometry.unassigned_gradient()
+        sums["unassigned_nonfinite"] = tf.cast(~geometry.unassigned_finite(), COMPUTE_DTYPE)[None]
     if "act" in kinds:
         sums["act"] = a.column_gram()
     if "delta" in kinds:
@@ -471,7 +572,7 @@ def row_sums(a, delta, kinds):
     return sums
 
 
-def row_sums_spec(input_factor_type, fan_in, fan_out, kinds, num_groups):
+def row_sums_spec(input_factor_type, fan_in, fan_out, kinds, num_groups, geometry=False):
     """The `tf.TensorSpec` of each entry of `row_sums`, known before any data.
 
     Args:
@@ -479,10 +580,14 @@ def row_sums_spec(input_factor_type, fan_in, fan_out, kinds, num_groups):
         fan_in, fan_out: the kernel read as a matrix.
         kinds: subset of `KINDS`.
         num_groups: ``G``.
+        geometry: whether the geometry is recorded.
     """
     spec = {"nonfinite": tf.TensorSpec([num_groups], COMPUTE_DTYPE)}
-    if "grad" in kinds:
+    if "grad" in kinds or geometry:
         spec["grad"] = tf.TensorSpec([num_groups, fan_in, fan_out], FACTOR_DTYPE)
+    if geometry:
+        spec["unassigned_grad"] = tf.TensorSpec([1, fan_in, fan_out], FACTOR_DTYPE)
+        spec["unassigned_nonfinite"] = tf.TensorSpec([1], COMPUTE_DTYPE)
     if "act" in kinds:
         spec["act"] = tf.TensorSpec([num_groups, *input_factor_type.column_gram_shape(fan_in)], COMPUTE_DTYPE)
     if "delta" in kinds:
@@ -490,7 +595,7 @@ def row_sums_spec(input_factor_type, fan_in, fan_out, kinds, num_groups):
     return spec
 
 
-def spectra_from_row_sums(sums, input_factor_type, fan_in, fan_out, rows_per_sample, counts, widths):
+def spectra_from_row_sums(sums, input_factor_type, fan_in, fan_out, rows_per_sample, counts, widths, geometry=None):
     """The spectra of `group_spectra` from (all-reduced) `row_sums`.
 
     Args:
@@ -500,16 +605,25 @@ def spectra_from_row_sums(sums, input_factor_type, fan_in, fan_out, rows_per_sam
         rows_per_sample: rows each sample contributes.
         counts: int32 ``[G]`` samples per group in the whole batch.
         widths: dict kind -> fixed output width.
+        geometry: the `tf_autospec.geometry.Request` given to `row_sums`, or ``None``.
 
     Returns:
         ``(spectra, finite)`` as `group_spectra` returns them.
     """
     finite = tf.equal(sums["nonfinite"], 0.0)
-    spectra = {}
+    spectra, measures = {}, {}
     if "grad" in sums:
-        spectra["grad"] = _gradient_singular_values(sums["grad"], widths["grad"])
+        k = geometry.overlap_k if geometry is not None and geometry.wants_vectors else 0
+        values, top_values, left = _gradient_singular_values(sums["grad"], widths.get("grad", 0), vectors=k)
+        if "grad" in widths:
+            spectra["grad"] = values
+        if geometry is not None:
+            inner = geometry.gradient_inner_products(sums["grad"], sums["unassigned_grad"])
+            unassigned_finite = tf.equal(sums["unassigned_nonfinite"][0], 0.0)
+            step = geometry.for_step(finite, unassigned_finite, _rank_tolerances(fan_in, fan_out)["grad"])
+            measures = step.measures_from(inner, top_values, left)
     if "act" in sums:
         spectra["act"] = _singular_values(input_factor_type.eigenvalues_of_column_gram(sums["act"]), widths["act"])
     if "delta" in sums:
         spectra["delta"] = _singular_values(DenseRows.eigenvalues_of_column_gram(sums["delta"]), widths["delta"])
-    return _within_bounds(spectra, finite, counts * rows_per_sample, fan_in, fan_out, widths), finite
+    return {**_within_bounds(spectra, finite, counts * rows_per_sample, fan_in, fan_out, widths), **measures}, finite

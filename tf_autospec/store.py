@@ -13,11 +13,16 @@ import warnings
 import h5py
 import numpy as np
 
+from tf_autospec.pairs import group_pairs
+
 FORMAT = "tf_autospec"
 FORMAT_VERSION = 1
 # Written in this order: "step" last, so that its length counts the complete rows.
 RECORD_COLUMNS = ("epoch", "batch", "wall_time", "step")
 _INTEGER_COLUMNS = ("epoch", "step", "batch")
+# The per-kernel datasets of each gradient geometry measure, with the axis each has after
+# the rows: "pairs" (the pairs of groups, `group_pairs`) or "groups".
+GEOMETRY_DATASETS = {"cosine": {"cosine": "pairs", "batch_cosine": "groups"}, "overlap": {"overlap": "pairs"}}
 
 
 class StoreError(Exception):
@@ -29,11 +34,13 @@ def _extendable(parent, name, tail_shape, dtype, chunk_rows=8):
     # Numbers get a checksum: a corrupted chunk raises on read instead of returning garbage.
     checked = {"f": {"fillvalue": np.nan, "fletcher32": True}, "i": {"fillvalue": 0, "fletcher32": True}}
     options = checked.get(kind, {})
+    # HDF5 chunks need positive sizes: an empty axis (no pair of groups for one group)
+    # is chunked by 1 and left extendable, which HDF5 requires of such a chunk.
     return parent.create_dataset(
         name,
         shape=(0, *tail_shape),
-        maxshape=(None, *tail_shape),
-        chunks=(chunk_rows, *tail_shape),
+        maxshape=(None, *(size or None for size in tail_shape)),
+        chunks=(chunk_rows, *(size or 1 for size in tail_shape)),
         dtype=dtype,
         # Small chunks and fast gzip: a flush recompresses only the chunk it completes.
         compression="gzip",
@@ -119,7 +126,10 @@ class RunWriter:
     Args:
         path: the ``.h5`` file.
         layout: dict with ``groups``, ``kinds``, ``kernels`` (list of dicts with ``path``,
-            ``layer``, ``layer_class``, ``fan_in``, ``fan_out``, ``widths``), ``log_keys``.
+            ``layer``, ``layer_class``, ``fan_in``, ``fan_out``, ``widths``), ``log_keys``,
+            and optionally ``null_partitions`` (P, default 0), ``geometry`` (the gradient
+            geometry measures recorded, a subset of ``["cosine", "overlap"]``, default
+            none) and ``overlap_k`` (the ``k`` of ``overlap``).
         attributes: file attributes (versions, options, model config, metadata) as
             JSON-serialisable values; written when the file is created.
         resume: a false value to create the file; or, to append to the existing file
@@ -159,6 +169,13 @@ class RunWriter:
         f.attrs["kernels"] = json.dumps([k["path"] for k in layout["kernels"]])
         partitions = layout.get("null_partitions", 0)
         f.attrs["null_partitions"] = partitions
+        geometry = list(layout.get("geometry") or [])
+        f.attrs["geometry"] = json.dumps(geometry)
+        pairs = group_pairs(layout["groups"])
+        f.attrs["pairs"] = json.dumps([[layout["groups"][a], layout["groups"][b]] for a, b in pairs])
+        if "overlap" in geometry:
+            f.attrs["overlap_k"] = int(layout["overlap_k"])
+        axes = {"pairs": len(pairs), "groups": len(layout["groups"])}
         for key, value in attributes.items():
             f.attrs[key] = value if isinstance(value, str) else json.dumps(value)
         records = f.create_group("records")
@@ -174,7 +191,7 @@ class RunWriter:
         _extendable(epochs, "logs", (), h5py.string_dtype(), 64)
         for kernel in layout["kernels"]:
             group = f.require_group(f"kernels/{kernel['path']}")
-            for key in ("path", "layer", "layer_class", "fan_in", "fan_out", "reads_model_input"):
+            for key in ("path", "layer", "layer_class", "fan_in", "fan_out", "reads_model_input", "overlap_k"):
                 group.attrs[key] = kernel.get(key, False)
             group.attrs["rank_bound"] = min(kernel["fan_in"], kernel["fan_out"])  # of G_g
             for kind, width in kernel["widths"].items():
@@ -182,6 +199,10 @@ class RunWriter:
                 if partitions:
                     _extendable(f.require_group(f"null/{kernel['path']}"), kind,
                                 (partitions, len(layout["groups"]), width), "f4")
+            for name, axis in _geometry_datasets(geometry):
+                _extendable(group, name, (axes[axis],), "f4")
+                if partitions:
+                    _extendable(f.require_group(f"null/{kernel['path']}"), name, (partitions, axes[axis]), "f4")
         if partitions:
             _extendable(f["null"], "counts", (partitions, len(layout["groups"])), "i4", 1024)
         f.flush()
@@ -190,7 +211,8 @@ class RunWriter:
     def num_records(self):
         return self.file["records/step"].shape[0]
 
-    def append(self, records, spectra, counts, null_spectra, null_counts, group_loss):
+    def append(self, records, spectra, counts, null_spectra, null_counts, group_loss, geometry=None,
+               null_geometry=None):
         """Appends rows and flushes, so that every row written is on disk.
 
         Args:
@@ -202,9 +224,21 @@ class RunWriter:
             null_counts: int ``[n, P, G]``.
             group_loss: float ``[n, G]``, each group's mean training loss (not written to
                 a file created before it was recorded).
+            geometry: dict (kernel path, measure) -> ``[n, n_pairs]`` (``"cosine"``,
+                ``"overlap"``) or ``[n, G]`` (``"batch_cosine"``), for the measures of
+                the layout's ``geometry``.
+            null_geometry: the same keys -> ``[n, P, ...]``, the null partitions'
+                (ignored when the run has none).
         """
         f = self.file
         partitions = self.layout.get("null_partitions", 0)
+        measures = _geometry_datasets(self.layout.get("geometry") or [])
+        if measures and (geometry is None or (partitions and null_geometry is None)):
+            raise ValueError(
+                f"The layout of '{self.path}' records the gradient geometry "
+                f"{list(self.layout['geometry'])}; pass geometry= (and null_geometry= with null "
+                "partitions) to RunWriter.append."
+            )
         try:
             for kernel in self.layout["kernels"]:
                 for kind in kernel["widths"]:
@@ -212,6 +246,11 @@ class RunWriter:
                     _append(f[f"kernels/{kernel['path']}/{kind}"], spectra[key])
                     if partitions:
                         _append(f[f"null/{kernel['path']}/{kind}"], null_spectra[key])
+                for name, _ in measures:
+                    key = (kernel["path"], name)
+                    _append(f[f"kernels/{kernel['path']}/{name}"], geometry[key])
+                    if partitions:
+                        _append(f[f"null/{kernel['path']}/{name}"], null_geometry[key])
             _append(f["counts"], counts)
             if "group_loss" in f:
                 _append(f["group_loss"], group_loss)
@@ -301,7 +340,12 @@ def annotate(path, name, value):
 
 
 _WRITER_ATTRIBUTES = ("format", "format_version", "groups", "kinds", "kernels", "null_partitions", "options",
-                      "metadata", "model_config", "created", "resumes")
+                      "metadata", "model_config", "created", "resumes", "geometry", "pairs", "overlap_k")
+
+
+def _geometry_datasets(measures):
+    """``(dataset name, axis)`` of each per-kernel dataset of the geometry ``measures``."""
+    return [item for measure in measures for item in GEOMETRY_DATASETS[measure].items()]
 
 
 def _copy(name, obj, target, rows):
@@ -348,6 +392,13 @@ class Run:
         metadata: the user metadata given to `AutoSpecCallback`.
         null_partitions: how many null partitions were recorded beside the groups
             (``null_spectrum``, ``null_counts``); 0 for none.
+        geometry: the gradient geometry measures recorded (``cosine``, ``overlap``), a
+            subset of ``("cosine", "overlap")``; ``()`` when none was (also for files
+            written before geometry was recorded).
+        pairs: the pairs of groups ``(name_a, name_b)`` that ``cosine`` and ``overlap``
+            compare, in the order of the files' pair axis (`tf_autospec.pairs.group_pairs`).
+        overlap_k: the number of top singular directions ``overlap`` compares; None
+            when ``overlap`` was not recorded.
         resumes: one dict per ``fit`` appended to the file after the first (see
             ``docs/hdf5-format.md``): ``"time"``, ``"reasons"`` (``"initial_epoch"``,
             ``"optimizer_steps"``, ``"resume=True"``), the fit's first ``"epoch"`` and
@@ -364,6 +415,7 @@ class Run:
     run = tf_autospec.load("run.h5")
     sz = run.spectrum("dense/kernel", "grad", "SZ")        # [n_records, k]
     epochs, per_epoch = run.epoch_spectrum("dense/kernel", "grad", "SZ", "median")
+    cosine = run.cosine("dense/kernel", "HC", "SZ")       # [n_records], with geometry=True
     ```
     """
 
@@ -378,6 +430,12 @@ class Run:
             self.metadata = self.attributes.get("metadata") or {}
             self.resumes = self.attributes.get("resumes") or []
             self.null_partitions = int(self.attributes.get("null_partitions") or 0)
+            self.geometry = tuple(self.attributes.get("geometry") or ())
+            pairs = self.attributes.get("pairs")
+            if pairs is None:  # a file written before geometry was recorded
+                pairs = [[self.groups[a], self.groups[b]] for a, b in group_pairs(self.groups)]
+            self.pairs = [tuple(pair) for pair in pairs]
+            self.overlap_k = self.attributes.get("overlap_k")
             # Columns are written in a fixed order with "step" last: its length counts
             # the complete rows, even while a writer is appending.
             self._rows = f["records/step"].shape[0]
@@ -467,6 +525,133 @@ class Run:
         """Samples of ``group``'s counterpart in each null partition, ``[n_records, P]``."""
         self._check_null()
         return self._null_counts[:, :, self._group_index(group)]
+
+    def _geometry_dataset(self, layer, measure, a, b, null):
+        """The path and the index on the last axis of the dataset that holds ``measure``
+        of groups ``a`` and ``b`` (``b=None``: ``a`` with the whole batch)."""
+        if layer not in self.layers:
+            raise KeyError(f"Unknown layer {layer!r}; this run has {self.layers}.")
+        if measure not in self.geometry:
+            raise KeyError(
+                f"{self.path} holds no gradient {measure} (recorded geometry: {list(self.geometry)}); "
+                "train with AutoSpecModel(..., geometry=True) to record it."
+            )
+        if null:
+            self._check_null()
+        first = self._group_index(a)
+        root = "null" if null else "kernels"
+        if b is None:
+            return f"{root}/{layer}/batch_cosine", first
+        second = self._group_index(b)
+        if first == second:
+            fix = ", or b=None for its cosine with the whole batch's gradient" if measure == "cosine" else ""
+            raise ValueError(
+                f"The {measure} of group {self.groups[first]!r} with itself is not recorded; give two "
+                f"different groups{fix}."
+            )
+        names = (self.groups[min(first, second)], self.groups[max(first, second)])
+        return f"{root}/{layer}/{measure}", self.pairs.index(names)
+
+    def _read(self, dataset, index):
+        with reading(self.path) as f:
+            return f[dataset][: self._rows, ..., index]
+
+    def cosine(self, layer, a, b=None):
+        """The cosine between the gradients of groups ``a`` and ``b`` of one kernel, at
+        each recorded step; with ``b=None``, between ``a``'s gradient and the whole
+        batch's.
+
+        Args:
+            layer: a kernel path of `layers`.
+            a, b: group names or indices, in either order (``cosine(l, "SZ", "HC")`` is
+                ``cosine(l, "HC", "SZ")``); two different groups.
+
+        Returns:
+            float32 ``[n_records]``; NaN where it is undefined (a group absent from the
+            batch, a zero gradient).
+
+        Raises:
+            KeyError: the cosine was not recorded (`geometry`), or an unknown layer or group.
+            ValueError: ``a`` and ``b`` are the same group.
+
+        Example:
+
+        ```python
+        run.cosine("dense/kernel", "HC", "SZ")   # [n_records]
+        run.cosine("dense/kernel", "SZ")         # SZ's gradient against the batch's
+        ```
+        """
+        return self._read(*self._geometry_dataset(layer, "cosine", a, b, null=False))
+
+    def overlap(self, layer, a, b):
+        """The overlap of groups ``a`` and ``b``'s gradient subspaces of one kernel at each
+        recorded step: ``||U_aᵀ U_b||_F² / k`` for the top ``k`` (`overlap_k`) left
+        singular vectors ``U`` of each group's gradient, from 0 (orthogonal) to 1 (the same
+        subspace).
+
+        Args:
+            layer: a kernel path of `layers`.
+            a, b: two different groups, names or indices, in either order.
+
+        Returns:
+            float32 ``[n_records]``; NaN where it is undefined (a group absent from the batch).
+
+        Raises:
+            KeyError: the overlap was not recorded (`geometry`), or an unknown layer or group.
+            ValueError: ``a`` and ``b`` are the same group.
+
+        Example:
+
+        ```python
+        run.overlap("dense/kernel", "HC", "SZ")  # [n_records]
+        ```
+        """
+        return self._read(*self._geometry_dataset(layer, "overlap", a, b, null=False))
+
+    def null_cosine(self, layer, a, b=None):
+        """`cosine` of ``a`` and ``b``'s counterparts in each null partition (see
+        `tf_autospec.null_partitions`).
+
+        Returns:
+            float32 ``[n_records, P]``.
+
+        Raises:
+            KeyError: as `cosine`, or the run holds no null partitions.
+        """
+        return self._read(*self._geometry_dataset(layer, "cosine", a, b, null=True))
+
+    def null_overlap(self, layer, a, b):
+        """`overlap` of ``a`` and ``b``'s counterparts in each null partition.
+
+        Returns:
+            float32 ``[n_records, P]``.
+
+        Raises:
+            KeyError: as `overlap`, or the run holds no null partitions.
+        """
+        return self._read(*self._geometry_dataset(layer, "overlap", a, b, null=True))
+
+    def epoch_cosine(self, layer, a, b=None, reduce="mean"):
+        """`cosine` aggregated per epoch over its recorded steps (NaN-aware).
+
+        Args:
+            reduce: ``"mean"`` or ``"median"``.
+
+        Returns:
+            ``(epochs, values)``: the epoch numbers ``[E]`` and float64 ``[E]`` aggregates.
+        """
+        return self.per_epoch(self.cosine(layer, a, b).astype(np.float64), reduce)
+
+    def epoch_overlap(self, layer, a, b, reduce="mean"):
+        """`overlap` aggregated per epoch over its recorded steps (NaN-aware).
+
+        Args:
+            reduce: ``"mean"`` or ``"median"``.
+
+        Returns:
+            ``(epochs, values)``: the epoch numbers ``[E]`` and float64 ``[E]`` aggregates.
+        """
+        return self.per_epoch(self.overlap(layer, a, b).astype(np.float64), reduce)
 
     def epoch_spectrum(self, layer, kind, group, reduce="mean"):
         """Per-epoch aggregate of a spectrum over the epoch's recorded steps.

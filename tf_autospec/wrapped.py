@@ -60,7 +60,8 @@ def wrap(model, groups, **options):
             (shared, not copied).
         groups: the group names (see `AutoSpecModel`).
         **options: ``layers``, ``kinds``, ``top_k``, ``randomized``, ``every_n_steps``,
-            ``null_partitions``, ``schedule``, ``precision`` as for `AutoSpecModel`.
+            ``null_partitions``, ``schedule``, ``precision``, ``geometry``, ``overlap_k`` as
+            for `AutoSpecModel`.
 
     Returns:
         An `AutoSpecModel` to ``compile`` and ``fit`` in place of ``model``. It saves and

@@ -1,0 +1,202 @@
+"""Group gradient geometry against the independent reference (tests/reference.py).
+
+Each group's gradient comes from its own tape pass on the group-masked loss, the whole
+batch's from the unmasked loss; cosines and top-k left singular subspaces are computed
+from them in float64 NumPy. The model is trained one step on one batch with four
+declared groups: imbalanced groups, unassigned (-1) samples, a group of one sample and
+a group absent from the batch.
+"""
+
+import keras
+import numpy as np
+import pytest
+
+import tf_autospec as ts
+from reference import group_gradients
+from test_layers_exact import N, data
+
+GROUPS = ("a", "b", "c", "absent")
+LABELS = np.array([0, 1, 0, 0, -1, 2, 0, 1, 0, -1, 0, 1])  # N samples, as `data` makes
+LOSS = keras.losses.MeanSquaredError(reduction=None)
+COSINE_TOL = 1e-5
+OVERLAP_TOL = 1e-4
+GAP = 1e-3  # overlaps are compared where σ_k − σ_{k+1} ≥ GAP · σ_1 for both groups
+RANK_ZERO = 1e-5  # a reference σ_k below RANK_ZERO · σ_1: rank below k, recorded NaN
+
+
+def _cosine(first, second):
+    norms = np.linalg.norm(first) * np.linalg.norm(second)
+    return np.nan if norms == 0 else float(np.sum(first * second) / norms)
+
+
+def _subspace(matrix, k):
+    """Top-k left singular vectors, singular values, and whether the subspace is
+    determined (gap) or of rank below k (None: neither, skipped)."""
+    u, sigma, _ = np.linalg.svd(matrix)
+    sigma = np.concatenate([sigma, [0.0]])
+    if sigma[0] == 0 or sigma[k - 1] < RANK_ZERO * sigma[0]:
+        return u[:, :k], False
+    if sigma[k - 1] - sigma[k] >= GAP * sigma[0]:
+        return u[:, :k], True
+    return u[:, :k], None
+
+
+def references(model, x, y, labels=LABELS):
+    """Per trainable kernel path: (group gradients, whole-batch gradient), float64."""
+    out = {}
+    for variable in model.trainable_variables:
+        if len(variable.shape) < 2:
+            continue
+        grads = group_gradients(model, variable, x, y, labels, len(GROUPS), LOSS)
+        whole = group_gradients(model, variable, x, y, np.zeros(len(labels)), 1, LOSS)[0]
+        out[model.kernel_path(variable)] = grads, whole
+    return out
+
+
+def check_geometry(model, x, y, labels=LABELS):
+    """Trains one step and compares every tracked kernel's geometry with the reference;
+    returns the overlaps skipped for a small gap (printed, run pytest with -s)."""
+    expected = references(model, x, y, labels)
+    model.compile(optimizer=keras.optimizers.SGD(0.01), loss="mse")
+    model.fit(x, y, groups=labels, batch_size=len(labels), epochs=1, shuffle=False, verbose=0)
+    spectra = model.last_spectra
+    present = [g for g in range(len(GROUPS)) if np.any(labels == g)]
+    skipped, compared = [], 0
+    assert model.tracked_kernels
+    for kernel in model.tracked_kernels:
+        grads, whole = expected[kernel.path]
+        matrices = [g.reshape(kernel.fan_in, kernel.fan_out) for g in grads]
+        k = min(3, kernel.fan_in, kernel.fan_out)
+        subspaces = [_subspace(m, k) for m in matrices]
+        for g, name in enumerate(GROUPS):
+            want = _cosine(grads[g], whole) if g in present else np.nan
+            got = spectra.cosine(kernel.path, name)
+            _assert_close(got, want, COSINE_TOL, f"{kernel.path} {name}~batch")
+        for a, b in spectra.pairs:
+            ia, ib = GROUPS.index(a), GROUPS.index(b)
+            label = f"{kernel.path} {a}~{b}"
+            want = _cosine(grads[ia], grads[ib]) if ia in present and ib in present else np.nan
+            _assert_close(spectra.cosine(kernel.path, a, b), want, COSINE_TOL, label)
+            np.testing.assert_equal(spectra.cosine(kernel.path, b, a), spectra.cosine(kernel.path, a, b))
+            got = spectra.overlap(kernel.path, a, b)
+            (u_a, ok_a), (u_b, ok_b) = subspaces[ia], subspaces[ib]
+            if ok_a is False or ok_b is False or ia not in present or ib not in present:
+                assert np.isnan(got), f"{label}: rank below k={k} or absent, recorded {got}"
+            elif ok_a and ok_b:
+                _assert_close(got, np.sum((u_a.T @ u_b) ** 2) / k, OVERLAP_TOL, f"{label} overlap")
+                compared += 1
+            else:
+                skipped.append(label)
+    if skipped:
+        print(f"overlaps not compared, gap below {GAP}·σ_1: {skipped}")
+    assert compared or len(present) < 2, "no overlap was compared"
+    return skipped
+
+
+def _assert_close(got, want, tolerance, label):
+    if np.isnan(want):
+        assert np.isnan(got), f"{label}: expected NaN, recorded {got}"
+    else:
+        assert abs(got - want) <= tolerance, f"{label}: recorded {got}, reference {want}"
+
+
+def _model(inputs, outputs, **options):
+    return ts.AutoSpecModel(inputs=inputs, outputs=outputs, groups=GROUPS, **options)
+
+
+@pytest.mark.parametrize("precision", ["float64", "float32"])
+def test_dense_rows_and_fan_routes(precision):
+    # 24 wide: a group's rows (≤ 6) < fans -> rows route; 4 outputs -> fan route.
+    inputs = keras.Input((32,))
+    outputs = keras.layers.Dense(4)(keras.layers.Dense(24, activation="tanh")(inputs))
+    x, y = data((32,), 4)
+    check_geometry(_model(inputs, outputs, precision=precision), x, y)
+
+
+def test_conv2d_fan_route():
+    inputs = keras.Input((6, 6, 2))
+    hidden = keras.layers.Conv2D(5, 3, activation="relu")(inputs)
+    outputs = keras.layers.Dense(3)(keras.layers.Flatten()(hidden))
+    x, y = data((6, 6, 2), 3)
+    check_geometry(_model(inputs, outputs), x, y)
+
+
+@pytest.mark.parametrize("cell", [keras.layers.SimpleRNN, keras.layers.GRU, keras.layers.LSTM])
+def test_recurrent_kernels(cell):
+    inputs = keras.Input((4, 3))
+    outputs = keras.layers.Dense(2)(cell(6)(inputs))
+    x, y = data((4, 3), 2)
+    check_geometry(_model(inputs, outputs), x, y)
+
+
+def test_embedding_one_hot_rows():
+    inputs = keras.Input((5,), dtype="int32")
+    hidden = keras.layers.Flatten()(keras.layers.Embedding(40, 6)(inputs))
+    outputs = keras.layers.Dense(3)(hidden)
+    x, y = data((5,), 3, integer_inputs=40)
+    check_geometry(_model(inputs, outputs), x, y)
+
+
+def test_einsum_dense_and_attention_projections():
+    inputs = keras.Input((5, 8))
+    attended = keras.layers.MultiHeadAttention(num_heads=2, key_dim=4)(inputs, inputs)
+    hidden = keras.layers.EinsumDense("btd,de->bte", output_shape=(5, 6), activation="tanh")(attended)
+    outputs = keras.layers.Dense(2)(keras.layers.Flatten()(hidden))
+    x, y = data((5, 8), 2)
+    check_geometry(_model(inputs, outputs), x, y)
+
+
+def test_randomized_route_gives_the_exact_cosines():
+    # The randomized route approximates singular values; the cosines come from the
+    # formed gradients and stay exact.
+    inputs = keras.Input((6, 6, 2))
+    hidden = keras.layers.Conv2D(24, 3)(inputs)
+    outputs = keras.layers.Dense(3)(keras.layers.Flatten()(hidden))
+    x, y = data((6, 6, 2), 3)
+    model = _model(inputs, outputs, top_k=2, randomized=True, geometry="cosine")
+    expected = references(model, x, y)
+    model.compile(optimizer=keras.optimizers.SGD(0.01), loss="mse")
+    model.fit(x, y, groups=LABELS, batch_size=N, epochs=1, shuffle=False, verbose=0)
+    path = model.kernel_path(model.layers[1].kernel)
+    grads, _ = expected[path]
+    _assert_close(model.last_spectra.cosine(path, "a", "b"), _cosine(grads[0], grads[1]), COSINE_TOL, path)
+    assert set(name for _, name in model.last_spectra.geometry) == {"cosine", "batch_cosine"}
+
+
+def test_only_unassigned_besides_one_group_and_no_unassigned():
+    inputs = keras.Input((10,))
+    outputs = keras.layers.Dense(3)(keras.layers.Dense(12, activation="tanh")(inputs))
+    x, y = data((10,), 3)
+    labels = np.where(np.arange(N) < 8, 0, -1)
+    check_geometry(_model(inputs, outputs), x, y, labels)
+    labels = np.arange(N) % 3
+    check_geometry(_model(inputs, outputs), x, y, labels)
+
+
+def test_geometry_off_records_none_and_spectra_unchanged():
+    x, y = data((10,), 3)
+    recorded = {}
+    for geometry in (True, False):
+        keras.utils.set_random_seed(1)
+        inputs = keras.Input((10,))
+        outputs = keras.layers.Dense(3)(keras.layers.Dense(12, name="hidden")(inputs))
+        model = _model(inputs, outputs, geometry=geometry)
+        model.compile(optimizer=keras.optimizers.SGD(0.01), loss="mse")
+        model.fit(x, y, groups=LABELS, batch_size=N, epochs=1, shuffle=False, verbose=0)
+        recorded[geometry] = model.last_spectra
+    assert recorded[False].geometry == {}
+    with pytest.raises(KeyError, match="geometry=True"):
+        recorded[False].cosine("hidden/kernel", "a", "b")
+    for key, values in recorded[False].spectra.items():
+        np.testing.assert_array_equal(values, recorded[True].spectra[key])
+
+
+def test_options_are_checked():
+    inputs = keras.Input((4,))
+    outputs = keras.layers.Dense(2)(inputs)
+    with pytest.raises(ValueError, match="geometry takes True, False or a subset"):
+        _model(inputs, outputs, geometry=["angle"])
+    with pytest.raises(ValueError, match="overlap_k must be a positive whole number"):
+        _model(inputs, outputs, overlap_k=0)
+    model = _model(inputs, outputs, geometry=["overlap"], overlap_k=2)
+    assert model.autospec_geometry == ("overlap",) and model.autospec_overlap_k == 2

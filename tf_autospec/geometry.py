@@ -1,0 +1,254 @@
+"""Group gradient geometry: do two groups' gradients move a layer the same way?
+
+Singular values say how strongly and in how many directions each group's share of a
+gradient, ``G_g = Aᵀ M_g Δ``, moves a layer; they do not say whether two groups move it
+the same way. At every recorded step, for every tracked kernel and every pair of groups
+``(a, b)`` (``itertools.combinations`` order, `tf_autospec.pairs.group_pairs`), this module gives:
+
+* ``cosine``: ``⟨G_a, G_b⟩_F / (‖G_a‖_F ‖G_b‖_F)``: +1 the groups push the weights the
+  same way, 0 unrelated directions, −1 opposed (a compromise between the groups, the
+  "gradient conflict" of multi-task learning). Beside it, ``batch_cosine``: each group's
+  cosine with the whole batch's gradient ``G = Σ_g G_g + G_unassigned`` (samples in no
+  group count in ``G``), which says whether the step follows that group.
+* ``overlap``: ``‖U_aᵀ U_b‖_F² / k`` of the groups' top-``k`` left singular vectors (the
+  directions of the layer's input space that each group's gradient uses most): 1 when
+  they use the same ``k`` directions, about ``k / fan_in`` for unrelated directions.
+
+The inner products never need ``G_g`` where the rows route applies:
+``⟨G_a, G_b⟩_F = Σ_ij (A_a A_bᵀ)_ij (Δ_a Δ_bᵀ)_ij``, row-Gram matrices between the two
+groups' rows (float64, or the Gram dtype of ``precision="float32"``). On the fan route
+they are read from the formed ``G_g``. The left singular vectors come from the same
+eigen-problems as the spectra (see `tf_autospec.spectra`).
+
+**Undefined values are NaN**: a cosine whose group is absent, whose gradient is exactly
+zero, or whose factors held NaN or Inf; a ``batch_cosine`` when any group's factors (or
+those of the samples in no group) held NaN or Inf; an ``overlap`` unless both groups'
+``k``-th singular value stands out of the next one by more than the numerical-rank
+tolerance (``σ_k − σ_{k+1} > tol · σ_1``, `spectra._rank_tolerances`): below that the
+top-``k`` subspace is not determined by the data but by round-off (this includes a
+gradient of numerical rank below ``k``). ``k`` is ``min(overlap_k, fan_in, fan_out)``
+per kernel (`overlap_width`).
+"""
+
+import copy
+from typing import NamedTuple
+
+import tensorflow as tf
+
+from tf_autospec.pairs import group_pairs
+
+MEASURES = ("cosine", "overlap")
+# What a step records per kernel for each measure (batch_cosine goes with cosine).
+RECORDED = {"cosine": ("cosine", "batch_cosine"), "overlap": ("overlap",)}
+DEFAULT_OVERLAP_K = 3
+COMPUTE_DTYPE = tf.float64
+
+
+def check_geometry(geometry):
+    """The measures to record, as a tuple (a subset of `MEASURES`, in its order).
+
+    Args:
+        geometry: ``True`` (every measure), ``False`` or ``None`` (none), or a measure
+            name or a list of them.
+    """
+    if geometry is True:
+        return MEASURES
+    if geometry is False or geometry is None:
+        return ()
+    chosen = (geometry,) if isinstance(geometry, str) else tuple(geometry)
+    unknown = [m for m in chosen if m not in MEASURES]
+    if unknown:
+        raise ValueError(
+            f"Unknown geometry measure(s) {unknown}: geometry takes True, False or a subset of "
+            f"{list(MEASURES)}, e.g. geometry=['cosine']."
+        )
+    return tuple(m for m in MEASURES if m in chosen)
+
+
+def check_overlap_k(overlap_k):
+    if isinstance(overlap_k, bool) or int(overlap_k) != overlap_k or overlap_k < 1:
+        raise ValueError(f"overlap_k must be a positive whole number; received {overlap_k!r}.")
+    return int(overlap_k)
+
+
+def overlap_width(overlap_k, fan_in, fan_out):
+    """The ``k`` of a kernel's overlap: no more directions than the gradient has."""
+    return min(overlap_k, fan_in, fan_out)
+
+
+def recorded_shapes(measures, num_groups):
+    """name -> shape per partition of each recorded geometry value."""
+    pairs = len(group_pairs(range(num_groups)))
+    shapes = {"cosine": [pairs], "batch_cosine": [num_groups], "overlap": [pairs]}
+    return {name: shapes[name] for measure in measures for name in RECORDED[measure]}
+
+
+class InnerProducts(NamedTuple):
+    """The Frobenius inner products between a kernel's group gradients, float64.
+
+    Attributes:
+        diagonal: ``[G']``, ``‖G_g‖²`` of every recorded group (partition-major).
+        pairs: ``[partitions · n_pairs]``, ``⟨G_a, G_b⟩`` of each pair in each partition.
+        with_unassigned: ``[G']``, ``⟨G_g, G_unassigned⟩``.
+        unassigned: scalar, ``‖G_unassigned‖²``.
+    """
+
+    diagonal: tf.Tensor
+    pairs: tf.Tensor
+    with_unassigned: tf.Tensor
+    unassigned: tf.Tensor
+
+
+class Request:
+    """What one kernel's geometry needs besides its groups' factors.
+
+    Args:
+        measures: subset of `MEASURES`.
+        overlap_k: ``k`` of the overlap for this kernel (`overlap_width`).
+        num_groups: declared groups ``G``.
+        partitions: ``1 +`` null partitions; the recorded groups are partition-major.
+        unassigned_a, unassigned_delta: the factors of the samples in no group, laid out
+            as one group ``[1, R_u, ...]`` (``R_u = 0`` when every sample has a group).
+    """
+
+    def __init__(self, measures, overlap_k, num_groups, partitions, unassigned_a, unassigned_delta):
+        self.measures = measures
+        self.overlap_k = overlap_k
+        self.num_groups = num_groups
+        self.partitions = partitions
+        self.unassigned_a = unassigned_a
+        self.unassigned_delta = unassigned_delta
+        pairs = group_pairs(range(num_groups))
+        self.first = [p * num_groups + a for p in range(partitions) for a, _ in pairs]
+        self.second = [p * num_groups + b for p in range(partitions) for _, b in pairs]
+
+    def for_step(self, finite, unassigned_finite, tolerance):
+        """This request with what `measures_from` needs from the step's spectra.
+
+        Args:
+            finite: bool ``[G']``, False where a group's factors held NaN or Inf.
+            unassigned_finite: bool scalar, False where those of the samples in no group did.
+            tolerance: the numerical-rank tolerance of ``grad``, relative to σ_1.
+        """
+        step = copy.copy(self)
+        step.finite, step.unassigned_finite_flag, step.tolerance = finite, unassigned_finite, tolerance
+        return step
+
+    @property
+    def wants_vectors(self):
+        return "overlap" in self.measures
+
+    def unassigned_finite(self):
+        return tf.reduce_all(self.unassigned_a.finite_groups() & self.unassigned_delta.finite_groups())
+
+    def zeroed_unassigned(self):
+        """The unassigned factors, zero where they hold NaN or Inf."""
+        finite = self.unassigned_a.finite_groups() & self.unassigned_delta.finite_groups()
+        return self.unassigned_a.zeroed(finite), self.unassigned_delta.zeroed(finite)
+
+    def unassigned_gradient(self):
+        """``G_unassigned`` ``[1, fan_in, fan_out]`` float32 (zero when no sample is unassigned)."""
+        a, delta = self.zeroed_unassigned()
+        return a.transpose_matmul(delta.values)
+
+    def rows_inner_products(self, a, delta, gram_a, gram_delta, gram_dtype):
+        """`InnerProducts` from the rows: ``⟨G_a, G_b⟩ = Σ (A_a A_bᵀ) ∘ (Δ_a Δ_bᵀ)``.
+
+        Args:
+            a, delta: the (finite-zeroed) factors ``[G', R, ...]``.
+            gram_a, gram_delta: their row Gram matrices (float64 ``[G', R, R]``).
+            gram_dtype: the dtype the cross Gram matrices are formed in.
+        """
+        diagonal = tf.reduce_sum(gram_a * gram_delta, axis=[1, 2])
+        if self.first:
+            pairs_a = a.take(self.first).cross_gram(a.take(self.second), gram_dtype)
+            pairs_delta = delta.take(self.first).cross_gram(delta.take(self.second), gram_dtype)
+            pair_products = tf.reduce_sum(pairs_a * pairs_delta, axis=[1, 2])
+        else:
+            pair_products = tf.zeros([0], COMPUTE_DTYPE)
+        other_a, other_delta = self.zeroed_unassigned()
+        with_unassigned = tf.reduce_sum(
+            a.cross_gram(other_a, gram_dtype) * delta.cross_gram(other_delta, gram_dtype), axis=[1, 2]
+        )
+        unassigned = tf.reduce_sum(other_a.row_gram(gram_dtype) * other_delta.row_gram(gram_dtype))
+        return InnerProducts(diagonal, pair_products, with_unassigned, unassigned)
+
+    def gradient_inner_products(self, gradient, unassigned_gradient):
+        """`InnerProducts` from formed gradients ``[G', fan_in, fan_out]`` and
+        ``G_unassigned`` ``[1, fan_in, fan_out]``."""
+        flat = tf.reshape(tf.cast(gradient, COMPUTE_DTYPE), [tf.shape(gradient)[0], -1])
+        other = tf.reshape(tf.cast(unassigned_gradient, COMPUTE_DTYPE), [-1])
+        pair_products = tf.reduce_sum(tf.gather(flat, self.first) * tf.gather(flat, self.second), axis=1)
+        return InnerProducts(
+            tf.reduce_sum(flat * flat, axis=1), pair_products, tf.linalg.matvec(flat, other),
+            tf.reduce_sum(other * other),
+        )
+
+    def measures_from(self, inner, top_values, left):
+        """The recorded geometry values, each ``[partitions, ...]`` float32.
+
+        Args:
+            inner: `InnerProducts`.
+            top_values: float64 ``[G', k + 1]``, each group gradient's largest singular
+                values, descending, 0-padded (``None`` without overlap).
+            left: float64 ``[G', fan_in, k]``, the matching left singular vectors.
+
+        Uses what `for_step` set.
+        """
+        out = {}
+        if "cosine" in self.measures:
+            out["cosine"], out["batch_cosine"] = self._cosines(inner)
+        if "overlap" in self.measures:
+            out["overlap"] = self._overlaps(top_values, left)
+        return {name: tf.cast(values, tf.float32) for name, values in out.items()}
+
+    def _cosines(self, inner):
+        groups, partitions = self.num_groups, self.partitions
+        norms = tf.sqrt(tf.maximum(inner.diagonal, 0.0))
+        pair_norms = tf.gather(norms, self.first) * tf.gather(norms, self.second)
+        pair_cosine = _ratio(inner.pairs, pair_norms)
+        # ⟨G_g, G⟩ = Σ_h ⟨G_g, G_h⟩ + ⟨G_g, G_u⟩, h over g's partition: the products in one
+        # symmetric [G', G'] matrix, zero between partitions.
+        size = groups * partitions
+        products = tf.linalg.diag(inner.diagonal)
+        if self.first:
+            indices = [[a, b] for a, b in zip(self.first, self.second)] + [[b, a] for a, b in zip(self.first, self.second)]
+            products += tf.scatter_nd(tf.constant(indices, tf.int32), tf.concat([inner.pairs, inner.pairs], 0),
+                                      [size, size])
+        with_batch = tf.reduce_sum(products, axis=1) + inner.with_unassigned
+        per_partition = tf.reshape(with_batch, [partitions, groups])
+        batch_norm2 = (tf.reduce_sum(per_partition, axis=1) + tf.reduce_sum(
+            tf.reshape(inner.with_unassigned, [partitions, groups]), axis=1) + inner.unassigned)
+        batch_norms = tf.sqrt(tf.maximum(batch_norm2, 0.0))
+        batch_cosine = _ratio(per_partition, tf.reshape(norms, [partitions, groups]) * batch_norms[:, None])
+        partition_finite = tf.reduce_all(tf.reshape(self.finite, [partitions, groups]), axis=1) & self.unassigned_finite_flag
+        batch_cosine = tf.where(partition_finite[:, None], batch_cosine, float("nan"))
+        return tf.reshape(pair_cosine, [partitions, -1]), batch_cosine
+
+    def _overlaps(self, top_values, left):
+        k = self.overlap_k
+        gap = top_values[:, k - 1] - top_values[:, k]
+        determined = gap > self.tolerance * top_values[:, 0]
+        if not self.first:
+            return tf.zeros([self.partitions, 0], COMPUTE_DTYPE)
+        products = tf.matmul(tf.gather(left, self.first), tf.gather(left, self.second), transpose_a=True)
+        overlap = tf.reduce_sum(products * products, axis=[1, 2]) / k
+        both = tf.gather(determined, self.first) & tf.gather(determined, self.second)
+        return tf.reshape(tf.where(both, overlap, float("nan")), [self.partitions, -1])
+
+
+def _ratio(numerator, denominator):
+    """``numerator / denominator`` clipped to [-1, 1], NaN where the denominator is 0."""
+    safe = tf.where(denominator > 0, denominator, 1.0)
+    return tf.where(denominator > 0, tf.clip_by_value(numerator / safe, -1.0, 1.0), float("nan"))
+
+
+def top_left_vectors(eigenvalues, vectors, k):
+    """Top ``k + 1`` singular values and top-``k`` vectors from an ascending eigen-decomposition
+    of a Gram matrix (``[G, n]``, ``[G, n, n]``), 0-padded when ``n ≤ k``."""
+    values = tf.sqrt(tf.maximum(tf.reverse(eigenvalues, axis=[-1]), 0.0))
+    missing = tf.maximum(k + 1 - tf.shape(values)[-1], 0)
+    values = tf.pad(values, [[0, 0], [0, missing]])[:, : k + 1]
+    top = tf.reverse(vectors, axis=[-1])[:, :, :k]
+    top = tf.pad(top, [[0, 0], [0, 0], [0, tf.maximum(k - tf.shape(top)[-1], 0)]])
+    return tf.ensure_shape(values, [None, k + 1]), tf.ensure_shape(top, [None, None, k])
