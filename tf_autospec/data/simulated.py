@@ -7,7 +7,11 @@
   In the second group (40 % of the subjects by default) the correlation between the first
   two domains is raised by ``effect_size`` (0 gives a dataset with no group effect); in the
   second level of an independent, balanced condition the correlation between the third
-  and fourth domains is raised by ``condition_effect``. Each signal is convolved with a
+  and fourth domains is raised by ``condition_effect``. ``conflict`` plants a gradient
+  conflict: the condition raises the correlation between the fifth and sixth domains by
+  ``conflict`` in the first group and lowers it by as much in the second, so that the two
+  groups pull the weights that read those connections opposite ways (0, the default,
+  plants none). Each signal is convolved with a
   canonical double-gamma HRF (TR = 2 s), scaled by a subject-specific amplitude
   (lognormal, σ 0.2) and given Gaussian noise (``noise`` × its standard deviation).
   Target: the condition (or the group).
@@ -18,6 +22,7 @@
 
 import dataclasses
 import math
+import numbers
 
 import numpy as np
 
@@ -57,11 +62,12 @@ def _between(domain, first, second):
     )
 
 
-def _fnc(n_components, n_domains, within, group_effect, condition_effect, pattern):
+def _fnc(n_components, n_domains, within, group_effect, condition_effect, pattern, conflict_effect):
     """The FNC of one cell of the design: ``group_effect`` added between the first two
     domains (``pattern="domains"``) or to one edge between the first and the last
     component (``"one_edge"``, components of two domains that are otherwise uncorrelated);
-    ``condition_effect`` added between the third and fourth domains."""
+    ``condition_effect`` added between the third and fourth domains; ``conflict_effect``
+    (signed: the groups' conditions move it opposite ways) between the fifth and sixth."""
     domain = np.arange(n_components) * n_domains // n_components
     correlation = np.where(domain[:, None] == domain[None, :], within, 0.0)
     if pattern == "domains":
@@ -69,11 +75,12 @@ def _fnc(n_components, n_domains, within, group_effect, condition_effect, patter
     else:
         correlation[0, -1] = correlation[-1, 0] = correlation[0, -1] + group_effect
     correlation = correlation + condition_effect * _between(domain, 2, 3)
+    correlation = correlation + conflict_effect * _between(domain, 4, 5)
     np.fill_diagonal(correlation, 1.0)
     if np.linalg.eigvalsh(correlation)[0] <= 0:
         raise ValueError(
-            f"effect_size={group_effect}, condition_effect={condition_effect} with within={within} make the "
-            "connectivity matrix not positive definite; use smaller effects."
+            f"effect_size={group_effect}, condition_effect={condition_effect}, conflict={abs(conflict_effect)} with "
+            f"within={within} make the connectivity matrix not positive definite; use smaller effects."
         )
     return correlation
 
@@ -84,14 +91,18 @@ EFFECT_PATTERNS = ("domains", "one_edge")
 
 def simulated_fmri(n_subjects=200, n_components=53, n_timepoints=150, group_names=("HC", "SZ"),
                    effect_size=0.3, group_fraction=0.4, target="condition", condition_effect=0.3,
-                   effect_pattern="domains", n_domains=7, within=0.4, noise=0.5, seed=0):
+                   effect_pattern="domains", n_domains=7, within=0.4, noise=0.5, conflict=0.0, seed=0):
     """SimTB-style ICA time courses of two groups whose FNC differs by ``effect_size``.
 
     Every subject has a group (``group_names``; a fraction ``group_fraction`` in the second)
     and, independently, a condition (two levels, balanced within each group, e.g. a task
     or a trait) that changes other connections. The model predicts the condition by
     default, so that how it learns can be compared between the groups without the groups
-    being what it is taught to separate.
+    being what it is taught to separate. With ``conflict`` the condition also changes the
+    connections between the fifth and sixth domains, in opposite directions in the two
+    groups: a gradient conflict, which shows as a negative cosine between the groups'
+    gradients in the layers that read those connections (the MLP's first layer on FNC
+    features).
 
     Args:
         n_subjects: subjects.
@@ -109,6 +120,10 @@ def simulated_fmri(n_subjects=200, n_components=53, n_timepoints=150, group_name
         n_domains: functional domains the components fall into.
         within: correlation between components of one domain.
         noise: Gaussian noise standard deviation relative to the signal's.
+        conflict: correlation that the second condition adds between the fifth and sixth
+            domains in the first group and removes in the second (0, the default: none;
+            at most about 0.48 with ``within=0.4``). Needs ``n_domains >= 6`` and
+            ``target="condition"``.
         seed: random seed; the same seed gives the same data.
 
     Returns:
@@ -123,6 +138,17 @@ def simulated_fmri(n_subjects=200, n_components=53, n_timepoints=150, group_name
         raise ValueError(f"effect_pattern must be one of {EFFECT_PATTERNS}; received {effect_pattern!r}.")
     if not 0 < group_fraction < 1:
         raise ValueError(f"group_fraction must be between 0 and 1; received {group_fraction}.")
+    if isinstance(conflict, bool) or not isinstance(conflict, numbers.Real) or not 0 <= conflict < 1:
+        raise ValueError(f"conflict must be a number from 0 (no conflict, the default) up to below 1, the correlation "
+                         f"the condition adds in one group and removes in the other; received {conflict!r}.")
+    if conflict and not 6 <= n_domains <= n_components:
+        raise ValueError(f"conflict acts between the fifth and sixth domains, which n_domains={n_domains} and "
+                         f"n_components={n_components} do not make; use n_domains >= 6 (and n_components >= "
+                         "n_domains), or conflict=0.")
+    if conflict and target != "condition":
+        raise ValueError(f"conflict makes the condition act with opposite signs in the two groups, which shows only "
+                         f"when the model predicts the condition; with target={target!r} use conflict=0, or "
+                         "target='condition'.")
     rng = np.random.default_rng(seed)
     labels = (np.arange(n_subjects) >= round(n_subjects * (1 - group_fraction))).astype(np.int32)
     rng.shuffle(labels)
@@ -132,7 +158,8 @@ def simulated_fmri(n_subjects=200, n_components=53, n_timepoints=150, group_name
         condition[members] = rng.permutation(np.arange(len(members)) % 2)
     factors = {
         (group, level): np.linalg.cholesky(_fnc(n_components, n_domains, within, effect_size * group,
-                                                condition_effect * level, effect_pattern))
+                                                condition_effect * level, effect_pattern,
+                                                conflict * level * (1 - 2 * group)))
         for group in (0, 1) for level in (0, 1)
     }
     hrf = _hrf()
@@ -151,7 +178,7 @@ def simulated_fmri(n_subjects=200, n_components=53, n_timepoints=150, group_name
     info = dict(dataset="simulated_fmri", kind="timecourses", n_components=n_components, n_timepoints=n_timepoints,
                 effect_size=effect_size, group_fraction=group_fraction, condition_effect=condition_effect,
                 effect_pattern=effect_pattern, target=target, n_domains=n_domains, within=within, noise=noise,
-                seed=seed, tr=2.0)
+                conflict=conflict, seed=seed, tr=2.0)
     y = condition if target == "condition" else labels.copy()
     return GroupedData(x, y, labels, tuple(group_names), info)
 
