@@ -1,7 +1,8 @@
 """Overhead of AutoSpecModel.fit against plain keras.Model.fit, side by side in one process.
 
 For each architecture the same data is trained by: plain `keras.Model.fit`;
-`AutoSpecModel.fit` with all kinds at every step; the same without the loss per group;
+`AutoSpecModel.fit` with all kinds and the gradient geometry at every step; the same
+without the loss per group; the same without the geometry (``geometry=False``);
 the same writing every step to HDF5
 with `AutoSpecCallback`; the same every 10 steps; `grad` spectra only (what
 `peer_backpack.py` computes in PyTorch); and the paper's route (a full SVD of
@@ -120,8 +121,8 @@ class TimedCallback(ts.AutoSpecCallback):
 
 
 def build(kind, architecture, groups, every, jit_compile=False):
-    """A compiled model of ``kind`` (plain, autospec, autospec_no_group_loss, autospec_grad,
-    paper); ``architecture``
+    """A compiled model of ``kind`` (plain, autospec, autospec_no_group_loss, autospec_no_geometry,
+    autospec_float32, autospec_grad, paper); ``architecture``
     is a name of `ARCHITECTURES` or a ``(make_outputs, input_shape)`` pair."""
     make, shape = ARCHITECTURES[architecture] if isinstance(architecture, str) else architecture
     inputs = keras.Input(shape)
@@ -137,7 +138,7 @@ def build(kind, architecture, groups, every, jit_compile=False):
         kinds = ("grad",) if kind == "autospec_grad" else ts.KINDS
         precision = "float32" if kind == "autospec_float32" else "float64"
         model = ts.AutoSpecModel(inputs=inputs, outputs=outputs, groups=names, kinds=kinds, every_n_steps=every,
-                                 precision=precision)
+                                 precision=precision, geometry=kind != "autospec_no_geometry")
     model.compile(
         optimizer="adam", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         jit_compile=jit_compile,
@@ -213,6 +214,7 @@ VARIANTS = {
     "plain": ("plain", 1),
     "autospec": ("autospec", 1),
     "autospec_no_group_loss": ("autospec_no_group_loss", 1),
+    "autospec_no_geometry": ("autospec_no_geometry", 1),
     "autospec_float32": ("autospec_float32", 1),
     "autospec_writer": ("autospec", 1),
     "autospec_every10": ("autospec", 10),

@@ -95,7 +95,8 @@ def fit(model, callbacks, dataset=False):
 
 def as_arrays(steps):
     """``{"step": [n], "counts": [n, G], "group_loss": [n, G], "<kernel path, / as ~>|<kind>": [n, G, width]}``, and
-    with null partitions ``"null_counts": [n, P, G]``, ``"null:<kernel path>|<kind>": [n, P, G, width]``."""
+    with null partitions ``"null_counts": [n, P, G]``, ``"null:<kernel path>|<kind>": [n, P, G, width]``; the
+    gradient geometry as ``"geometry:<kernel path>|<name>": [n, 1 + P, ...]`` (the real groups first)."""
     out = {"step": np.array([s.step for s in steps]), "counts": np.stack([s.counts for s in steps]),
            "group_loss": np.stack([s.group_loss for s in steps])}
     for key in steps[0].spectra:
@@ -104,6 +105,10 @@ def as_arrays(steps):
         out["null_counts"] = np.stack([s.null_counts for s in steps])
         for key in steps[0].null_spectra:
             out["null:" + "|".join(key).replace("/", "~")] = np.stack([s.null_spectra[key] for s in steps])
+    for key in steps[0].geometry:
+        out["geometry:" + "|".join(key).replace("/", "~")] = np.stack(
+            [np.concatenate([s.geometry[key][None], s.null_geometry.get(key, np.zeros((0, *s.geometry[key].shape)))])
+             for s in steps])
     return out
 
 

@@ -29,8 +29,8 @@ def _assert_same_spectra(distributed_steps, single_steps):
     kernel and kind."""
     np.testing.assert_array_equal(distributed_steps["step"], single_steps["step"])
     np.testing.assert_array_equal(distributed_steps["counts"], single_steps["counts"])
-    keys = [k for k in single_steps if "|" in k and not k.startswith("null:")]
-    assert sorted(k for k in distributed_steps if "|" in k and not k.startswith("null:")) == sorted(keys)
+    keys = [k for k in single_steps if "|" in k and not k.startswith(("null:", "geometry:"))]
+    assert sorted(k for k in distributed_steps if "|" in k and not k.startswith(("null:", "geometry:"))) == sorted(keys)
     for key in keys:
         got, want = distributed_steps[key], single_steps[key]  # [steps, groups, width]
         np.testing.assert_array_equal(np.isnan(got), np.isnan(want), err_msg=key)
@@ -79,21 +79,40 @@ def test_mirrored_strategy_gives_the_global_batch_spectra(tmp_path):
     np.testing.assert_allclose(mirrored["group_loss"], single["group_loss"], rtol=1e-5)
     # The null partitions' groups, recorded beside the real ones, also as on one device.
     _assert_same_null_spectra(mirrored, single, scenario.NULL_PARTITIONS)
+    _assert_same_geometry(mirrored, single)
     _assert_exchanges(json.loads((tmp_path / "exchange.json").read_text()),
                       recorded_groups=len(scenario.GROUPS) * (1 + scenario.NULL_PARTITIONS))
 
 
+def _assert_same_geometry(distributed_steps, single_steps):
+    """Cosines within 1e-5 and overlaps within 1e-4 of one device's, for the groups and the
+    null partitions, with the same NaN pattern (whichever exchange each kernel used)."""
+    keys = [k for k in single_steps if k.startswith("geometry:")]
+    assert {k.split("|")[1] for k in keys} == {"cosine", "batch_cosine", "overlap"}
+    assert sorted(k for k in distributed_steps if k.startswith("geometry:")) == sorted(keys)
+    for key in keys:
+        got, want = distributed_steps[key], single_steps[key]  # [steps, 1 + P, ...]
+        np.testing.assert_array_equal(np.isnan(got), np.isnan(want), err_msg=key)
+        # A 3-class softmax's Δ has rank 2: out/kernel's top-3 subspace is undefined (NaN).
+        assert np.isfinite(want).any() or key == "geometry:out~kernel|overlap", key
+        tolerance = 1e-4 if key.endswith("overlap") else 1e-5
+        assert (np.nan_to_num(np.abs(got - want)) <= tolerance).all(), key
+
+
 def _assert_exchanges(exchange, recorded_groups=len(scenario.GROUPS)):
     """Both exchanges ran, each where it moves fewer values (16 samples; the sums grow with
-    the recorded groups: 4 groups, and 4 × 3 with two null partitions)."""
+    the recorded groups: 4 groups, and 4 × 3 with two null partitions; the gradient geometry
+    adds the unassigned samples' gradient and a float64 flag)."""
     g = recorded_groups
-    assert exchange["conv/kernel"] == {"exchange": "sums", "values": g * (2 + 18 * 4 + 2 * 18**2 + 2 * 4**2)}
+    assert exchange["conv/kernel"] == {"exchange": "sums",
+                                       "values": g * (2 + 18 * 4 + 2 * 18**2 + 2 * 4**2) + 18 * 4 + 2}
     assert exchange["hidden/kernel"] == {"exchange": "rows", "values": 16 * (10 * 10 * 4 + 5)}
     assert exchange["lstm/lstm_cell/recurrent_kernel"]["exchange"] == "sums"
     assert exchange["out/kernel"]["exchange"] == "rows"
     if g == len(scenario.GROUPS):
         # An Embedding's AᵀA is diagonal: 20 float64 per group, fewer than 16 × (10 ids + 10 × 4 Δ).
-        assert exchange["embedding/embeddings"] == {"exchange": "sums", "values": g * (2 + 20 * 4 + 2 * 20 + 2 * 4**2)}
+        assert exchange["embedding/embeddings"] == {"exchange": "sums",
+                                                    "values": g * (2 + 20 * 4 + 2 * 20 + 2 * 4**2) + 20 * 4 + 2}
         assert exchange["lstm/lstm_cell/kernel"]["exchange"] == "sums"
     else:
         # With 12 recorded groups, the rows of 16 samples are fewer values than the sums.
