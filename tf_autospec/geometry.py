@@ -33,6 +33,7 @@ per kernel (`overlap_width`).
 import copy
 from typing import NamedTuple
 
+import numpy as np
 import tensorflow as tf
 
 from tf_autospec.pairs import group_pairs
@@ -91,12 +92,15 @@ class InnerProducts(NamedTuple):
         pairs: ``[partitions · n_pairs]``, ``⟨G_a, G_b⟩`` of each pair in each partition.
         with_unassigned: ``[G']``, ``⟨G_g, G_unassigned⟩``.
         unassigned: scalar, ``‖G_unassigned‖²``.
+        unassigned_finite: bool scalar, False where the unassigned samples' factors held
+            NaN or Inf.
     """
 
     diagonal: tf.Tensor
     pairs: tf.Tensor
     with_unassigned: tf.Tensor
     unassigned: tf.Tensor
+    unassigned_finite: tf.Tensor
 
 
 class Request:
@@ -107,49 +111,61 @@ class Request:
         overlap_k: ``k`` of the overlap for this kernel (`overlap_width`).
         num_groups: declared groups ``G``.
         partitions: ``1 +`` null partitions; the recorded groups are partition-major.
-        unassigned_a, unassigned_delta: the factors of the samples in no group, laid out
-            as one group ``[1, R_u, ...]`` (``R_u = 0`` when every sample has a group).
+        has_unassigned: bool scalar, whether some sample of the batch is in no group.
+        unassigned_factors: ``() -> (a, delta)``, the factors of the samples in no group
+            laid out as one group ``[1, R_u, ...]``; called only inside a ``tf.cond`` on
+            ``has_unassigned``, so that a batch whose samples all have a group pays nothing
+            for them.
     """
 
-    def __init__(self, measures, overlap_k, num_groups, partitions, unassigned_a, unassigned_delta):
+    def __init__(self, measures, overlap_k, num_groups, partitions, has_unassigned, unassigned_factors):
         self.measures = measures
         self.overlap_k = overlap_k
         self.num_groups = num_groups
         self.partitions = partitions
-        self.unassigned_a = unassigned_a
-        self.unassigned_delta = unassigned_delta
+        self.has_unassigned = has_unassigned
+        self.unassigned_factors = unassigned_factors
         pairs = group_pairs(range(num_groups))
         self.first = [p * num_groups + a for p in range(partitions) for a, _ in pairs]
         self.second = [p * num_groups + b for p in range(partitions) for _, b in pairs]
+        # incidence[g, j] = 1 where group g is in pair j: ⟨G_g, Σ_h G_h⟩ from the pairs' products.
+        incidence = np.zeros([num_groups * partitions, len(self.first)])
+        incidence[self.first, range(len(self.first))] = 1
+        incidence[self.second, range(len(self.first))] = 1
+        self.incidence = incidence
 
-    def for_step(self, finite, unassigned_finite, tolerance):
+    def for_step(self, finite, tolerance):
         """This request with what `measures_from` needs from the step's spectra.
 
         Args:
             finite: bool ``[G']``, False where a group's factors held NaN or Inf.
-            unassigned_finite: bool scalar, False where those of the samples in no group did.
             tolerance: the numerical-rank tolerance of ``grad``, relative to σ_1.
         """
         step = copy.copy(self)
-        step.finite, step.unassigned_finite_flag, step.tolerance = finite, unassigned_finite, tolerance
+        step.finite, step.tolerance = finite, tolerance
         return step
 
     @property
     def wants_vectors(self):
         return "overlap" in self.measures
 
-    def unassigned_finite(self):
-        return tf.reduce_all(self.unassigned_a.finite_groups() & self.unassigned_delta.finite_groups())
+    def _zeroed_unassigned(self):
+        """The unassigned factors, zero where they hold NaN or Inf, and whether they did not."""
+        a, delta = self.unassigned_factors()
+        finite = a.finite_groups() & delta.finite_groups()
+        return a.zeroed(finite), delta.zeroed(finite), tf.reduce_all(finite)
 
-    def zeroed_unassigned(self):
-        """The unassigned factors, zero where they hold NaN or Inf."""
-        finite = self.unassigned_a.finite_groups() & self.unassigned_delta.finite_groups()
-        return self.unassigned_a.zeroed(finite), self.unassigned_delta.zeroed(finite)
+    def _unassigned_or_none(self, compute, none):
+        return tf.cond(self.has_unassigned, compute, none)
 
-    def unassigned_gradient(self):
-        """``G_unassigned`` ``[1, fan_in, fan_out]`` float32 (zero when no sample is unassigned)."""
-        a, delta = self.zeroed_unassigned()
-        return a.transpose_matmul(delta.values)
+    def unassigned_gradient(self, fan_in, fan_out):
+        """``(G_unassigned, finite)``: float32 ``[1, fan_in, fan_out]`` (zero when every
+        sample has a group) and a bool scalar."""
+        def compute():
+            a, delta, finite = self._zeroed_unassigned()
+            return a.transpose_matmul(delta.values), finite
+
+        return self._unassigned_or_none(compute, lambda: (tf.zeros([1, fan_in, fan_out]), tf.constant(True)))
 
     def rows_inner_products(self, a, delta, gram_a, gram_delta, gram_dtype):
         """`InnerProducts` from the rows: ``⟨G_a, G_b⟩ = Σ (A_a A_bᵀ) ∘ (Δ_a Δ_bᵀ)``.
@@ -166,22 +182,37 @@ class Request:
             pair_products = tf.reduce_sum(pairs_a * pairs_delta, axis=[1, 2])
         else:
             pair_products = tf.zeros([0], COMPUTE_DTYPE)
-        other_a, other_delta = self.zeroed_unassigned()
-        with_unassigned = tf.reduce_sum(
-            a.cross_gram(other_a, gram_dtype) * delta.cross_gram(other_delta, gram_dtype), axis=[1, 2]
-        )
-        unassigned = tf.reduce_sum(other_a.row_gram(gram_dtype) * other_delta.row_gram(gram_dtype))
-        return InnerProducts(diagonal, pair_products, with_unassigned, unassigned)
 
-    def gradient_inner_products(self, gradient, unassigned_gradient):
-        """`InnerProducts` from formed gradients ``[G', fan_in, fan_out]`` and
-        ``G_unassigned`` ``[1, fan_in, fan_out]``."""
+        def compute():
+            other_a, other_delta, finite = self._zeroed_unassigned()
+            with_unassigned = tf.reduce_sum(
+                a.cross_gram(other_a, gram_dtype) * delta.cross_gram(other_delta, gram_dtype), axis=[1, 2]
+            )
+            unassigned = tf.reduce_sum(other_a.row_gram(gram_dtype) * other_delta.row_gram(gram_dtype))
+            return with_unassigned, unassigned, finite
+
+        def none():
+            return tf.zeros_like(diagonal), tf.zeros([], COMPUTE_DTYPE), tf.constant(True)
+
+        return InnerProducts(diagonal, pair_products, *self._unassigned_or_none(compute, none))
+
+    def gradient_inner_products(self, gradient, unassigned=None):
+        """`InnerProducts` from formed gradients ``[G', fan_in, fan_out]``.
+
+        Args:
+            gradient: float32 ``[G', fan_in, fan_out]``.
+            unassigned: ``(G_unassigned, finite)`` as `unassigned_gradient` returns them
+                (e.g. summed over replicas); by default computed from this request's samples.
+        """
+        if unassigned is None:
+            unassigned = self.unassigned_gradient(*gradient.shape[1:])
+        unassigned_gradient, unassigned_finite = unassigned
         flat = tf.reshape(tf.cast(gradient, COMPUTE_DTYPE), [tf.shape(gradient)[0], -1])
         other = tf.reshape(tf.cast(unassigned_gradient, COMPUTE_DTYPE), [-1])
         pair_products = tf.reduce_sum(tf.gather(flat, self.first) * tf.gather(flat, self.second), axis=1)
         return InnerProducts(
             tf.reduce_sum(flat * flat, axis=1), pair_products, tf.linalg.matvec(flat, other),
-            tf.reduce_sum(other * other),
+            tf.reduce_sum(other * other), unassigned_finite,
         )
 
     def measures_from(self, inner, top_values, left):
@@ -207,21 +238,14 @@ class Request:
         norms = tf.sqrt(tf.maximum(inner.diagonal, 0.0))
         pair_norms = tf.gather(norms, self.first) * tf.gather(norms, self.second)
         pair_cosine = _ratio(inner.pairs, pair_norms)
-        # ⟨G_g, G⟩ = Σ_h ⟨G_g, G_h⟩ + ⟨G_g, G_u⟩, h over g's partition: the products in one
-        # symmetric [G', G'] matrix, zero between partitions.
-        size = groups * partitions
-        products = tf.linalg.diag(inner.diagonal)
-        if self.first:
-            indices = [[a, b] for a, b in zip(self.first, self.second)] + [[b, a] for a, b in zip(self.first, self.second)]
-            products += tf.scatter_nd(tf.constant(indices, tf.int32), tf.concat([inner.pairs, inner.pairs], 0),
-                                      [size, size])
-        with_batch = tf.reduce_sum(products, axis=1) + inner.with_unassigned
+        # ⟨G_g, G⟩ = ‖G_g‖² + Σ_h≠g ⟨G_g, G_h⟩ + ⟨G_g, G_u⟩, h over g's partition.
+        with_batch = inner.diagonal + tf.linalg.matvec(tf.constant(self.incidence), inner.pairs) + inner.with_unassigned
         per_partition = tf.reshape(with_batch, [partitions, groups])
         batch_norm2 = (tf.reduce_sum(per_partition, axis=1) + tf.reduce_sum(
             tf.reshape(inner.with_unassigned, [partitions, groups]), axis=1) + inner.unassigned)
         batch_norms = tf.sqrt(tf.maximum(batch_norm2, 0.0))
         batch_cosine = _ratio(per_partition, tf.reshape(norms, [partitions, groups]) * batch_norms[:, None])
-        partition_finite = tf.reduce_all(tf.reshape(self.finite, [partitions, groups]), axis=1) & self.unassigned_finite_flag
+        partition_finite = tf.reduce_all(tf.reshape(self.finite, [partitions, groups]), axis=1) & inner.unassigned_finite
         batch_cosine = tf.where(partition_finite[:, None], batch_cosine, float("nan"))
         return tf.reshape(pair_cosine, [partitions, -1]), batch_cosine
 

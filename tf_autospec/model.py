@@ -702,11 +702,11 @@ class AutoSpecModel(keras.Model):
         ``None`` when no geometry is recorded."""
         if not self.autospec_geometry:
             return None
-        a, delta, _, _ = self._factors(kernel, kernel_calls, kernel_deltas, grouping.unassigned)
         return geometry_module.Request(
             self.autospec_geometry,
             geometry_module.overlap_width(self.autospec_overlap_k, kernel.fan_in, kernel.fan_out),
-            len(self.groups), 1 + self.autospec_null_partitions, a, delta,
+            len(self.groups), 1 + self.autospec_null_partitions, grouping.has_unassigned(),
+            lambda: self._factors(kernel, kernel_calls, kernel_deltas, grouping.unassigned())[:2],
         )
 
     def _factors(self, kernel, kernel_calls, kernel_deltas, grouping):

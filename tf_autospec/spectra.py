@@ -47,8 +47,6 @@ for all groups of a kernel. Outside XLA the rows of each group are gathered (``R
 largest group); under XLA they are masked (``R`` = batch) so that shapes stay static.
 """
 
-import functools
-
 import numpy as np
 import tensorflow as tf
 
@@ -102,9 +100,13 @@ class SampleGrouping:
             tf.stack([self.num_groups, largest]),
         )
 
-    @functools.cached_property
+    def has_unassigned(self):
+        """bool scalar: some sample is in no group."""
+        return tf.reduce_any(self.labels[:, 0] < 0)
+
     def unassigned(self):
-        """The samples in no group, as a `SampleGrouping` of one group."""
+        """The samples in no group, as a `SampleGrouping` of one group (a new one at each
+        call: it may be built inside a ``tf.cond`` branch, whose tensors stay there)."""
         return SampleGrouping(tf.where(self.labels[:, 0] < 0, 0, -1), 1, self.static_shapes)
 
     def apply(self, values, fill):
@@ -334,7 +336,7 @@ def _fan_route(a, delta, kinds, widths, rows, randomized, gram_dtype, geometry):
         if "grad" in kinds:
             out["grad"] = values[:, :width]
         if geometry is not None:
-            inner = geometry.gradient_inner_products(gradient, geometry.unassigned_gradient())
+            inner = geometry.gradient_inner_products(gradient)
             out.update(geometry.measures_from(inner, top_values, left))
     return out
 
@@ -475,8 +477,7 @@ def group_spectra(a, delta, rows_per_sample, counts, kinds, widths, rows_hint=No
     smallest_fan = min(a.width, delta.width)
     gram_dtype = PRECISIONS[precision]
     if geometry is not None:
-        geometry = geometry.for_step(finite, geometry.unassigned_finite(),
-                                     _rank_tolerances(a.width, delta.width, precision)["grad"])
+        geometry = geometry.for_step(finite, _rank_tolerances(a.width, delta.width, precision)["grad"])
     values = _select(
         rows < smallest_fan,
         lambda: _rows_route(a, delta, kinds, widths, gram_dtype, geometry),
@@ -563,8 +564,9 @@ def row_sums(a, delta, kinds, geometry=None):
     if "grad" in kinds or geometry is not None:
         sums["grad"] = a.transpose_matmul(delta.values)
     if geometry is not None:
-        sums["unassigned_grad"] = geometry.unassigned_gradient()
-        sums["unassigned_nonfinite"] = tf.cast(~geometry.unassigned_finite(), COMPUTE_DTYPE)[None]
+        unassigned, unassigned_finite = geometry.unassigned_gradient(a.width, delta.width)
+        sums["unassigned_grad"] = unassigned
+        sums["unassigned_nonfinite"] = tf.cast(~unassigned_finite, COMPUTE_DTYPE)[None]
     if "act" in kinds:
         sums["act"] = a.column_gram()
     if "delta" in kinds:
@@ -618,9 +620,9 @@ def spectra_from_row_sums(sums, input_factor_type, fan_in, fan_out, rows_per_sam
         if "grad" in widths:
             spectra["grad"] = values
         if geometry is not None:
-            inner = geometry.gradient_inner_products(sums["grad"], sums["unassigned_grad"])
             unassigned_finite = tf.equal(sums["unassigned_nonfinite"][0], 0.0)
-            step = geometry.for_step(finite, unassigned_finite, _rank_tolerances(fan_in, fan_out)["grad"])
+            inner = geometry.gradient_inner_products(sums["grad"], (sums["unassigned_grad"], unassigned_finite))
+            step = geometry.for_step(finite, _rank_tolerances(fan_in, fan_out)["grad"])
             measures = step.measures_from(inner, top_values, left)
     if "act" in sums:
         spectra["act"] = _singular_values(input_factor_type.eigenvalues_of_column_gram(sums["act"]), widths["act"])
