@@ -103,28 +103,35 @@ class InnerProducts(NamedTuple):
     unassigned_finite: tf.Tensor
 
 
-class Request:
-    """What one kernel's geometry needs besides its groups' factors.
+class Pieces(NamedTuple):
+    """What one kernel's step gives `measures`: its `InnerProducts`, and per pair and group
+    what its overlap needs.
 
-    Args:
-        measures: subset of `MEASURES`.
-        overlap_k: ``k`` of the overlap for this kernel (`overlap_width`).
-        num_groups: declared groups ``G``.
-        partitions: ``1 +`` null partitions; the recorded groups are partition-major.
-        has_unassigned: bool scalar, whether some sample of the batch is in no group.
-        unassigned_factors: ``() -> (a, delta)``, the factors of the samples in no group
-            laid out as one group ``[1, R_u, ...]``; called only inside a ``tf.cond`` on
-            ``has_unassigned``, so that a batch whose samples all have a group pays nothing
-            for them.
+    Attributes:
+        inner: `InnerProducts`.
+        overlap: float64 ``[partitions · n_pairs]``, ``‖U_aᵀ U_b‖_F² / k`` (0 without overlap).
+        determined: bool ``[G']``, the group's top-``k`` subspace stands out of round-off
+            (``σ_k − σ_{k+1} > tol · σ_1``).
+        finite: bool ``[G']``, False where the group's factors held NaN or Inf.
     """
 
-    def __init__(self, measures, overlap_k, num_groups, partitions, has_unassigned, unassigned_factors):
-        self.measures = measures
-        self.overlap_k = overlap_k
+    inner: InnerProducts
+    overlap: tf.Tensor
+    determined: tf.Tensor
+    finite: tf.Tensor
+
+
+class Layout:
+    """The recorded pairs of a model's groups, in every partition.
+
+    Args:
+        num_groups: declared groups ``G``.
+        partitions: ``1 +`` null partitions; the recorded groups are partition-major.
+    """
+
+    def __init__(self, num_groups, partitions):
         self.num_groups = num_groups
         self.partitions = partitions
-        self.has_unassigned = has_unassigned
-        self.unassigned_factors = unassigned_factors
         pairs = group_pairs(range(num_groups))
         self.first = [p * num_groups + a for p in range(partitions) for a, _ in pairs]
         self.second = [p * num_groups + b for p in range(partitions) for _, b in pairs]
@@ -134,8 +141,31 @@ class Request:
         incidence[self.second, range(len(self.first))] = 1
         self.incidence = incidence
 
+
+class Request:
+    """What one kernel's geometry needs besides its groups' factors.
+
+    Args:
+        measures: subset of `MEASURES`.
+        overlap_k: ``k`` of the overlap for this kernel (`overlap_width`).
+        layout: the `Layout` of the model's groups.
+        has_unassigned: bool scalar, whether some sample of the batch is in no group.
+        unassigned_factors: ``() -> (a, delta)``, the factors of the samples in no group
+            laid out as one group ``[1, R_u, ...]``; called only inside a ``tf.cond`` on
+            ``has_unassigned``, so that a batch whose samples all have a group pays nothing
+            for them.
+    """
+
+    def __init__(self, measures, overlap_k, layout, has_unassigned, unassigned_factors):
+        self.measures = measures
+        self.overlap_k = overlap_k
+        self.layout = layout
+        self.first, self.second = layout.first, layout.second
+        self.has_unassigned = has_unassigned
+        self.unassigned_factors = unassigned_factors
+
     def for_step(self, finite, tolerance):
-        """This request with what `measures_from` needs from the step's spectra.
+        """This request with what `pieces` needs from the step's spectra.
 
         Args:
             finite: bool ``[G']``, False where a group's factors held NaN or Inf.
@@ -215,8 +245,8 @@ class Request:
             tf.reduce_sum(other * other), unassigned_finite,
         )
 
-    def measures_from(self, inner, top_values, left):
-        """The recorded geometry values, each ``[partitions, ...]`` float32.
+    def pieces(self, inner, top_values, left):
+        """The kernel's `Pieces` for `measures`.
 
         Args:
             inner: `InnerProducts`.
@@ -226,39 +256,53 @@ class Request:
 
         Uses what `for_step` set.
         """
-        out = {}
-        if "cosine" in self.measures:
-            out["cosine"], out["batch_cosine"] = self._cosines(inner)
-        if "overlap" in self.measures:
-            out["overlap"] = self._overlaps(top_values, left)
-        return {name: tf.cast(values, tf.float32) for name, values in out.items()}
-
-    def _cosines(self, inner):
-        groups, partitions = self.num_groups, self.partitions
-        norms = tf.sqrt(tf.maximum(inner.diagonal, 0.0))
-        pair_norms = tf.gather(norms, self.first) * tf.gather(norms, self.second)
-        pair_cosine = _ratio(inner.pairs, pair_norms)
-        # ⟨G_g, G⟩ = ‖G_g‖² + Σ_h≠g ⟨G_g, G_h⟩ + ⟨G_g, G_u⟩, h over g's partition.
-        with_batch = inner.diagonal + tf.linalg.matvec(tf.constant(self.incidence), inner.pairs) + inner.with_unassigned
-        per_partition = tf.reshape(with_batch, [partitions, groups])
-        batch_norm2 = (tf.reduce_sum(per_partition, axis=1) + tf.reduce_sum(
-            tf.reshape(inner.with_unassigned, [partitions, groups]), axis=1) + inner.unassigned)
-        batch_norms = tf.sqrt(tf.maximum(batch_norm2, 0.0))
-        batch_cosine = _ratio(per_partition, tf.reshape(norms, [partitions, groups]) * batch_norms[:, None])
-        partition_finite = tf.reduce_all(tf.reshape(self.finite, [partitions, groups]), axis=1) & inner.unassigned_finite
-        batch_cosine = tf.where(partition_finite[:, None], batch_cosine, float("nan"))
-        return tf.reshape(pair_cosine, [partitions, -1]), batch_cosine
-
-    def _overlaps(self, top_values, left):
+        groups = self.layout.num_groups * self.layout.partitions
+        if "overlap" not in self.measures or not self.first:
+            return Pieces(inner, tf.zeros([len(self.first)], COMPUTE_DTYPE), tf.zeros([groups], tf.bool), self.finite)
         k = self.overlap_k
-        gap = top_values[:, k - 1] - top_values[:, k]
-        determined = gap > self.tolerance * top_values[:, 0]
-        if not self.first:
-            return tf.zeros([self.partitions, 0], COMPUTE_DTYPE)
+        determined = top_values[:, k - 1] - top_values[:, k] > self.tolerance * top_values[:, 0]
         products = tf.matmul(tf.gather(left, self.first), tf.gather(left, self.second), transpose_a=True)
-        overlap = tf.reduce_sum(products * products, axis=[1, 2]) / k
-        both = tf.gather(determined, self.first) & tf.gather(determined, self.second)
-        return tf.reshape(tf.where(both, overlap, float("nan")), [self.partitions, -1])
+        return Pieces(inner, tf.reduce_sum(products * products, axis=[1, 2]) / k, determined, self.finite)
+
+
+def measures(chosen, layout, kernel_pieces):
+    """The recorded geometry values of every kernel of a step, computed together (one set
+    of small ops for all kernels).
+
+    Args:
+        chosen: subset of `MEASURES`.
+        layout: the model's `Layout`.
+        kernel_pieces: one `Pieces` per kernel.
+
+    Returns:
+        One dict per kernel: name (`RECORDED`) -> float32 ``[partitions, ...]``.
+    """
+    if not kernel_pieces:
+        return []
+    stacked = tf.nest.map_structure(lambda *values: tf.stack(values), *kernel_pieces)
+    inner, groups, partitions = stacked.inner, layout.num_groups, layout.partitions
+    kernels, pairs = len(kernel_pieces), len(layout.first) // partitions
+    out = {}
+    if "cosine" in chosen:
+        norms = tf.sqrt(tf.maximum(inner.diagonal, 0.0))  # [K, G']
+        pair_norms = tf.gather(norms, layout.first, axis=1) * tf.gather(norms, layout.second, axis=1)
+        out["cosine"] = tf.reshape(_ratio(inner.pairs, pair_norms), [kernels, partitions, pairs])
+        # ⟨G_g, G⟩ = ‖G_g‖² + Σ_h≠g ⟨G_g, G_h⟩ + ⟨G_g, G_u⟩, h over g's partition; ‖G‖² sums them
+        # with the unassigned's own terms.
+        with_batch = inner.diagonal + tf.matmul(inner.pairs, tf.constant(layout.incidence.T)) + inner.with_unassigned
+        per_partition = tf.reshape(with_batch, [kernels, partitions, groups])
+        batch_norm2 = tf.reduce_sum(per_partition + tf.reshape(inner.with_unassigned, [kernels, partitions, groups]),
+                                    axis=2) + inner.unassigned[:, None]
+        batch_cosine = _ratio(per_partition, tf.reshape(norms, [kernels, partitions, groups])
+                              * tf.sqrt(tf.maximum(batch_norm2, 0.0))[:, :, None])
+        partition_finite = (tf.reduce_all(tf.reshape(stacked.finite, [kernels, partitions, groups]), axis=2)
+                            & inner.unassigned_finite[:, None])
+        out["batch_cosine"] = tf.where(partition_finite[:, :, None], batch_cosine, float("nan"))
+    if "overlap" in chosen:
+        both = tf.gather(stacked.determined, layout.first, axis=1) & tf.gather(stacked.determined, layout.second, axis=1)
+        out["overlap"] = tf.reshape(tf.where(both, stacked.overlap, float("nan")), [kernels, partitions, pairs])
+    out = {name: tf.unstack(tf.cast(values, tf.float32), num=kernels) for name, values in out.items()}
+    return [{name: values[i] for name, values in out.items()} for i in range(kernels)]
 
 
 def _ratio(numerator, denominator):
@@ -273,6 +317,6 @@ def top_left_vectors(eigenvalues, vectors, k):
     values = tf.sqrt(tf.maximum(tf.reverse(eigenvalues, axis=[-1]), 0.0))
     missing = tf.maximum(k + 1 - tf.shape(values)[-1], 0)
     values = tf.pad(values, [[0, 0], [0, missing]])[:, : k + 1]
-    top = tf.reverse(vectors, axis=[-1])[:, :, :k]
+    top = tf.reverse(vectors[:, :, -k:], axis=[-1])  # reversing only the k columns kept
     top = tf.pad(top, [[0, 0], [0, 0], [0, tf.maximum(k - tf.shape(top)[-1], 0)]])
     return tf.ensure_shape(values, [None, k + 1]), tf.ensure_shape(top, [None, None, k])

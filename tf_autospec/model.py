@@ -630,9 +630,11 @@ class AutoSpecModel(keras.Model):
                 self._global_kernel_spectra(exchange, *arguments)
                 for arguments in zip(state.kernels, calls, deltas, kinds)
             ]
-        results, finite, delta_spectra = {}, [], {}
+        results, finite, delta_spectra, geometry_pieces = {}, [], {}, {}
         for kernel, kernel_calls, kernel_kinds, compute in zip(state.kernels, calls, kinds, computations):
             kernel_results, kernel_finite = compute(kernel_kinds)
+            if "geometry" in kernel_results:
+                geometry_pieces[kernel.path] = kernel_results.pop("geometry")
             if "delta" in kernel.widths and "delta" not in kernel_kinds:
                 shared = delta_spectra[_products_key(kernel, kernel_calls)]
                 kernel_results["delta"] = tf.where(kernel_finite[:, None], shared, float("nan"))
@@ -641,6 +643,11 @@ class AutoSpecModel(keras.Model):
             finite.append(tf.reduce_all(kernel_finite))
             for kind, values in kernel_results.items():
                 results[(kernel.path, kind)] = values
+        with tf.name_scope("geometry"):
+            measured = geometry_module.measures(self.autospec_geometry, self._geometry_layout,
+                                                list(geometry_pieces.values()))
+        for path, values in zip(geometry_pieces, measured):
+            results.update({(path, name): value for name, value in values.items()})
         losses = group_loss.group_means(sample_losses, grouping.one_hot, len(self.groups))
         state.assign(step, grouping.counts, losses, results, finite)
 
@@ -705,9 +712,13 @@ class AutoSpecModel(keras.Model):
         return geometry_module.Request(
             self.autospec_geometry,
             geometry_module.overlap_width(self.autospec_overlap_k, kernel.fan_in, kernel.fan_out),
-            len(self.groups), 1 + self.autospec_null_partitions, grouping.has_unassigned(),
+            self._geometry_layout, grouping.has_unassigned(),
             lambda: self._factors(kernel, kernel_calls, kernel_deltas, grouping.unassigned())[:2],
         )
+
+    @property
+    def _geometry_layout(self):
+        return geometry_module.Layout(len(self.groups), 1 + self.autospec_null_partitions)
 
     def _factors(self, kernel, kernel_calls, kernel_deltas, grouping):
         """The kernel's factors laid out per group, the rows per sample, and a bound of the

@@ -292,10 +292,12 @@ def _rows_route(a, delta, kinds, widths, gram_dtype, geometry):
         if geometry is not None:
             top_values = left = None
             if wants_vectors:
-                top_values, top_core = geometry_module.top_left_vectors(eig_core, vectors_core, geometry.overlap_k)
-                left = _rows_left_vectors(a, vectors_a, projected, scale, top_values, top_core)
-            inner = geometry.rows_inner_products(a, delta, gram_a, gram_delta, gram_dtype)
-            out.update(geometry.measures_from(inner, top_values, left))
+                with tf.name_scope("geometry_vectors"):
+                    top_values, top_core = geometry_module.top_left_vectors(eig_core, vectors_core, geometry.overlap_k)
+                    left = _rows_left_vectors(a, vectors_a, projected, scale, top_values, top_core)
+            with tf.name_scope("geometry_inner"):
+                inner = geometry.rows_inner_products(a, delta, gram_a, gram_delta, gram_dtype)
+            out["geometry"] = geometry.pieces(inner, top_values, left)
     return out
 
 
@@ -336,8 +338,7 @@ def _fan_route(a, delta, kinds, widths, rows, randomized, gram_dtype, geometry):
         if "grad" in kinds:
             out["grad"] = values[:, :width]
         if geometry is not None:
-            inner = geometry.gradient_inner_products(gradient)
-            out.update(geometry.measures_from(inner, top_values, left))
+            out["geometry"] = geometry.pieces(geometry.gradient_inner_products(gradient), top_values, left)
     return out
 
 
@@ -462,8 +463,8 @@ def group_spectra(a, delta, rows_per_sample, counts, kinds, widths, rows_hint=No
         descending order, 0 at or below the numerical-rank tolerance (`_rank_tolerances`),
         NaN beyond the group's rank bound ``min(rows_g, ...)``, for groups with no
         sample and for groups whose factors hold NaN or Inf; with ``geometry``, also
-        each recorded geometry value (``"cosine"``, ``"batch_cosine"``, ``"overlap"``,
-        float32 ``[partitions, ...]``, see `Request.measures_from`); and bool
+        ``"geometry"``: the kernel's `tf_autospec.geometry.Pieces`, from which
+        `tf_autospec.geometry.measures` computes the recorded values; and bool
         ``[G]``, False for the groups whose factors hold NaN or Inf. Non-finite rows never
         reach an eigen-solver.
     """
@@ -485,7 +486,8 @@ def group_spectra(a, delta, rows_per_sample, counts, kinds, widths, rows_hint=No
     )
     spectra = {kind: v for kind, v in values.items() if kind in KINDS}
     bounded = _within_bounds(spectra, finite, counts * rows_per_sample, a.width, delta.width, widths, precision)
-    bounded.update({name: v for name, v in values.items() if name not in KINDS})
+    if geometry is not None:
+        bounded["geometry"] = values["geometry"]
     return bounded, finite
 
 
@@ -613,7 +615,7 @@ def spectra_from_row_sums(sums, input_factor_type, fan_in, fan_out, rows_per_sam
         ``(spectra, finite)`` as `group_spectra` returns them.
     """
     finite = tf.equal(sums["nonfinite"], 0.0)
-    spectra, measures = {}, {}
+    spectra, pieces = {}, {}
     if "grad" in sums:
         k = geometry.overlap_k if geometry is not None and geometry.wants_vectors else 0
         values, top_values, left = _gradient_singular_values(sums["grad"], widths.get("grad", 0), vectors=k)
@@ -623,9 +625,9 @@ def spectra_from_row_sums(sums, input_factor_type, fan_in, fan_out, rows_per_sam
             unassigned_finite = tf.equal(sums["unassigned_nonfinite"][0], 0.0)
             inner = geometry.gradient_inner_products(sums["grad"], (sums["unassigned_grad"], unassigned_finite))
             step = geometry.for_step(finite, _rank_tolerances(fan_in, fan_out)["grad"])
-            measures = step.measures_from(inner, top_values, left)
+            pieces = {"geometry": step.pieces(inner, top_values, left)}
     if "act" in sums:
         spectra["act"] = _singular_values(input_factor_type.eigenvalues_of_column_gram(sums["act"]), widths["act"])
     if "delta" in sums:
         spectra["delta"] = _singular_values(DenseRows.eigenvalues_of_column_gram(sums["delta"]), widths["delta"])
-    return {**_within_bounds(spectra, finite, counts * rows_per_sample, fan_in, fan_out, widths), **measures}, finite
+    return {**_within_bounds(spectra, finite, counts * rows_per_sample, fan_in, fan_out, widths), **pieces}, finite
