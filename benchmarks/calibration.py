@@ -18,6 +18,15 @@ Parts (each one a sub-command; results merged into one JSON file):
     (5 runs on all subjects, different row noise and batch order), folds (5 stratified
     folds, each run on the other 4 with its own seed), and one run (`within_run`, 40
     steps). Null, then a planted ×(1 + shift) in the second group's rows of layer1.
+``geometry``   the gradient geometry tests (`stats.across_runs_geometry`,
+    `stats.within_run_geometry`) on `simulated_run(geometry=True)`: the same subjects,
+    groups and designs as ``simulated``; the whole geometry table (3 layers × cosine,
+    overlap, batch-cosine difference × each epoch's level and the change from the first
+    to the last epoch). Beside it a test against a fixed chance level (cosine 0, overlap
+    k / fan_in, batch-cosine difference 0), which is what "by chance" means for groups of
+    equal size and unrelated gradients. Power: a conflict planted in layer1 (the second
+    group's gradients sign-inverted on 1 or 2 of its 6 output columns), found when a
+    cosine of layer1 is significant and lower than chance.
 ``real``       real trainings through `tf_autospec.experiment.run_experiment`
     (``null_partitions=20``), designs folds 1 × seeds 3 and folds 3 × seeds 1:
     digits (4 classes, the target; groups drawn at random per repetition at 50/50, 70/30,
@@ -35,6 +44,7 @@ Usage (what docs/analysis.md and docs/benchmarks.md report; 2-core VM):
     python benchmarks/calibration.py simulated --signature 2 --fractions 0.5 0.2 --shifts --name simulated_signature_2
     python benchmarks/calibration.py simulated --repetitions 1000 --fractions 0.2 --designs seeds folds \
         --shifts --seed 7 --name simulated_80_20_1000
+    python benchmarks/calibration.py geometry --repetitions 400 --power-repetitions 100
     python benchmarks/calibration.py real          # 20 repetitions × 12 cells, 39 min
     python benchmarks/calibration.py cost --repeats 11 --name cost_repeat
     python benchmarks/calibration.py tables        # the markdown tables from the JSON file
@@ -276,6 +286,108 @@ def _simulated_line(cell):
     return text + f" ({cell['seconds']:.0f} s)"
 
 
+# --------------------------------------------------------------------------- geometry
+
+CONFLICT_LAYER = "layer1/kernel"
+
+
+def fixed_chance_rows(runs, design, alpha=0.05):
+    """The naive test of the gradient geometry: each pair's value against a fixed chance
+    level (cosine 0: unrelated directions; overlap ``k / fan_in``; the batch-cosine
+    difference 0: equal groups), a one-sample t test over the runs' epoch means (over the
+    steps within one run), BH at ``alpha``. It ignores what the groups' sizes and training
+    do to the measures, which the null partitions measure."""
+    rows = []
+    for layer, measure in itertools.product(runs[0].layers, stats.GEOMETRY_MEASURES):
+        chance = runs[0].overlap_k / runs[0].kernel_info[layer]["fan_in"] if measure == "overlap" else 0.0
+        values = [stats.geometry_values(run, layer, measure, *runs[0].groups[:2]) for run in runs]
+        if design == "within":
+            samples = {None: values[0][np.isfinite(values[0])]}
+        else:
+            per_run = [stats._epoch_means(v, run) for v, run in zip(values, runs)]
+            samples = {epoch: np.array([e[epoch] for e in per_run]) for epoch in per_run[0]}
+        for epoch, sample in samples.items():
+            sample = sample[np.isfinite(sample)]
+            p = scipy_stats.ttest_1samp(sample, chance).pvalue if len(sample) > 1 and np.ptp(sample) > 0 else np.nan
+            rows.append({"family": "geometry", "layer": layer, "measure": measure, "epoch": epoch,
+                         "p_value": float(p), "effect": float(np.mean(sample) - chance)})
+    for row, q in zip(rows, stats.benjamini_hochberg([r["p_value"] for r in rows])):
+        row.update(q_value=float(q), significant=bool(np.isfinite(q) and q <= alpha))
+    return rows
+
+
+def geometry_outcome(rows, planted=None):
+    """`outcome`, with "found" = a significant cosine in the planted layer, lower than chance."""
+    out = outcome(rows, planted)
+    if planted is not None:
+        out["found"] = any(r["significant"] and r["layer"] == planted and r["measure"] == "cosine"
+                           and r["effect"] < 0 for r in rows)
+    out["by_measure"] = {m: any(r["significant"] for r in rows if r["measure"] == m) for m in stats.GEOMETRY_MEASURES}
+    return out
+
+
+def geometry_repetition(folder, fraction, design, conflict, repetition, args):
+    """One repetition of the geometry calibration: a new population and groups, the
+    design's runs (`simulated_run(geometry=True)`), the null-partition tests and the
+    fixed-chance test on the same runs."""
+    sequence = np.random.SeedSequence([args.seed, repetition, round(100 * fraction), DESIGNS.index(design),
+                                       round(1000 * conflict), 17])
+    rng = np.random.default_rng(sequence)
+    labels, signature = simulated_subjects(rng, args.subjects, fraction, args.signature)
+    common = dict(labels=labels, signature=signature, partition_seed=int(rng.integers(2**31)),
+                  null_partitions=args.partitions, batch=args.batch, geometry=True, common=args.common,
+                  conflict=conflict, conflict_layer=CONFLICT_LAYER if conflict else None, with_spectra=False)
+    if design == "seeds":
+        plan = [None] * args.runs
+    elif design == "folds":
+        fold_of = experiment_module.stratified_folds(labels, args.folds, seed=int(rng.integers(2**31)))
+        plan = [np.flatnonzero(fold_of != fold) for fold in range(args.folds)]
+    else:
+        plan = [None]
+    epochs = args.within_epochs if design == "within" else args.epochs
+    runs = [simulated_run(os.path.join(folder, f"run{i}.h5"), np.random.default_rng(rng.integers(2**31)),
+                          subjects=subjects, epochs=epochs, **common) for i, subjects in enumerate(plan)]
+    new = stats.within_run_geometry(runs[0]) if design == "within" else stats.across_runs_geometry(runs)
+    planted = CONFLICT_LAYER if conflict else None
+    return {"null": geometry_outcome(new, planted), "old": geometry_outcome(fixed_chance_rows(runs, design), planted)}
+
+
+def geometry(args):
+    folder = tempfile.mkdtemp()
+    results = {"settings": {k: getattr(args, k) for k in ("repetitions", "power_repetitions", "subjects", "signature",
+                                                          "common", "runs", "folds", "epochs", "within_epochs",
+                                                          "batch", "partitions", "seed", "conflicts")},
+               "measures": stats.GEOMETRY_MEASURES, "statistics": stats.GEOMETRY_STATISTICS, "cells": []}
+    for conflict, fraction, design in itertools.product([0.0] + list(args.conflicts), args.fractions, args.designs):
+        repetitions = args.repetitions if conflict == 0 else args.power_repetitions
+        start = time.perf_counter()
+        outcomes = [geometry_repetition(folder, fraction, design, conflict, r, args) for r in range(repetitions)]
+        cell = {"conflict": conflict, "fraction": fraction, "design": design, "repetitions": repetitions,
+                "seconds": time.perf_counter() - start}
+        for reference in ("null", "old"):
+            cell[reference] = tally([o[reference] for o in outcomes], planted=bool(conflict))
+            cell[reference]["any_by_measure"] = {
+                m: rate(sum(o[reference]["by_measure"][m] for o in outcomes), repetitions)
+                for m in stats.GEOMETRY_MEASURES}
+        results["cells"].append(cell)
+        print(_geometry_line(cell), flush=True)
+        _save(args.json, args.name or "geometry", results)  # a partial result survives an interruption
+    shutil.rmtree(folder)
+    return results
+
+
+def _geometry_line(cell):
+    new, old = cell["null"], cell["old"]
+    text = (f"conflict {cell['conflict']:.2f} {_split(cell['fraction'])} {cell['design']:6s} n={cell['repetitions']}: "
+            f"any significant null {new['any']['rate']:.3f} fixed chance {old['any']['rate']:.3f}; per-test "
+            f"p≤.05 {new['per_test_p_le_0.05']:.3f} p≤.001 {new['per_test_p_le_0.001']:.4f}; by measure "
+            + ", ".join(f"{m} {r['rate']:.3f}" for m, r in new["any_by_measure"].items()))
+    if cell["conflict"]:
+        text += (f"; found {new['found']['rate']:.2f}, elsewhere {new['elsewhere']['rate']:.2f}, "
+                 f"FDR {new['fdr']:.3f}")
+    return text + f" ({cell['seconds']:.0f} s)"
+
+
 # --------------------------------------------------------------------------- real
 
 REAL_DESIGNS = {"seeds": (1, 3), "folds": (3, 1)}  # (folds, seeds)
@@ -491,6 +603,25 @@ def tables(path):
                              f"| {c['null']['found']['rate']:.2f} | {c['null']['elsewhere']['rate']:.2f} "
                              f"| {c['null']['fdr']:.3f} | {c['old']['found']['rate']:.2f} "
                              f"| {c['old']['elsewhere']['rate']:.2f} |")
+    for key in (k for k in results if k.startswith("geometry")):
+        lines += ["", f"`{key}`", "", "| groups | design | repetitions | null partitions: any significant [95 % CI] "
+                  "| cosine | overlap | batch cosine | per test: p ≤ 0.05 | p ≤ 0.001 | fixed chance level: any "
+                  "| fixed chance level: batch cosine |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+        for c in (c for c in results[key]["cells"] if c["conflict"] == 0):
+            n, o = c["null"], c["old"]
+            by = n["any_by_measure"]
+            lines.append(f"| {_split(c['fraction'])} | {c['design']} | {c['repetitions']} | **{_ci(n['any'])}** "
+                         f"| {by['cosine']['rate']:.3f} | {by['overlap']['rate']:.3f} "
+                         f"| {by['batch_cosine']['rate']:.3f} | {n['per_test_p_le_0.05']:.3f} "
+                         f"| {n['per_test_p_le_0.001']:.4f} | {_ci(o['any'])} "
+                         f"| {o['any_by_measure']['batch_cosine']['rate']:.3f} |")
+        lines += ["", "| conflict (columns of 6) | groups | design | repetitions | found: cosine lower than chance "
+                  "| another layer | FDR |", "|---|---|---|---|---|---|---|"]
+        for c in (c for c in results[key]["cells"] if c["conflict"] != 0):
+            n = c["null"]
+            lines.append(f"| {round(6 * c['conflict'])} | {_split(c['fraction'])} | {c['design']} "
+                         f"| {c['repetitions']} | {_ci(n['found'])} | {n['elsewhere']['rate']:.2f} "
+                         f"| {n['fdr']:.3f} |")
     real_keys = [k for k in results if k.startswith("real")]
     for key in real_keys:
         designs = results[key]["designs"]
@@ -530,7 +661,7 @@ def _save(path, part, results):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("part", choices=["simulated", "real", "cost", "tables"])
+    parser.add_argument("part", choices=["simulated", "geometry", "real", "cost", "tables"])
     parser.add_argument("--json", default=os.path.join(RESULTS, f"calibration_{datetime.date.today()}.json"))
     parser.add_argument("--repetitions", type=int, help="null repetitions (simulated 200, real 20)")
     parser.add_argument("--power-repetitions", type=int, default=100, help="simulated, per planted shift")
@@ -538,6 +669,10 @@ def main():
                         help="fraction of subjects in the second group")
     parser.add_argument("--designs", nargs="+", help="simulated: seeds folds within; real: seeds folds")
     parser.add_argument("--shifts", type=float, nargs="*", default=[0.2, 0.5], help="simulated planted shifts")
+    parser.add_argument("--conflicts", type=float, nargs="*", default=[1 / 6, 2 / 6],
+                        help="geometry: planted conflicts, the share of layer1's output columns inverted")
+    parser.add_argument("--common", type=float, default=0.5,
+                        help="geometry: the gradient direction common to every subject, relative to the noise")
     parser.add_argument("--subjects", type=int, default=40, help="simulated subjects")
     parser.add_argument("--signature", type=float, default=0.5, help="simulated subjects' signature scale")
     parser.add_argument("--runs", type=int, default=5, help="simulated seeds-only design: runs")
@@ -564,13 +699,13 @@ def main():
     if args.part == "tables":
         print(tables(args.json))
         return
-    simulated_part = args.part == "simulated"
+    simulated_part = args.part in ("simulated", "geometry")
     args.repetitions = args.repetitions or (200 if simulated_part else 20)
     args.epochs = args.epochs or (3 if simulated_part else 10)
     args.batch = args.batch or (16 if simulated_part else 32)
     args.designs = args.designs or (list(DESIGNS) if simulated_part else list(REAL_DESIGNS))
     start = time.perf_counter()
-    results = {"simulated": simulated, "real": real, "cost": cost}[args.part](args)
+    results = {"simulated": simulated, "geometry": geometry, "real": real, "cost": cost}[args.part](args)
     results["wall_seconds"] = time.perf_counter() - start
     results["cpu_seconds"] = time.process_time()
     results["command"] = " ".join(sys.argv)

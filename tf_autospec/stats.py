@@ -1,7 +1,8 @@
 """Statistics between groups: within one run, and across runs (seeds, CV folds).
 
-Every test compares one summary (see `tf_autospec.summaries`) of two groups' spectra and
-returns a tidy table: a list of dicts, one row per test, that `write_csv` saves.
+Every test compares one summary (see `tf_autospec.summaries`) of two groups' spectra, or
+one measure of their gradient geometry, and returns a tidy table: a list of dicts, one
+row per test, that `write_csv` saves.
 
 **The reference: random groups of the same sizes drawn from the same subjects**
 (``reference="null"``, the default). A run recorded with
@@ -35,12 +36,30 @@ sign-flip permutation test of the per-step differences).
 **Families.** The first layer's ``act`` spectrum (of every kernel that reads the model's
 input) is the data itself, not how the model trains: those tests form their own
 Benjamini–Hochberg family (``family = "input data"``), apart from the others
-(``"training"``). Each family is held at ``alpha`` divided by the number of families, so
-that the whole table keeps ``alpha``. A comparison of values that are all equal (such as the exact zeros past a
-matrix's numerical rank) is no test: NaN p, outside the family.
+(``"training"``); the gradient geometry's tests form a third (``"geometry"``). Each
+family is held at ``alpha`` divided by the number of families in the table, so that the
+whole table keeps ``alpha``; `combine` joins the tables of several tests (the spectra's
+and the geometry's) into one that does. A comparison of values that are all equal (such
+as the exact zeros past a matrix's numerical rank) is no test: NaN p, outside the family.
 
 **More than two groups**: every pair is compared (``group_a``, ``group_b`` left ``None``),
 all pairs in one FDR family per family.
+
+**Gradient geometry** (`across_runs_geometry`, `within_run_geometry`; a run recorded with
+``AutoSpecModel(geometry=True, null_partitions=P)``): whether two groups' gradients move a
+layer more or less alike than random groups of the same sizes do. Per pair of groups and
+layer, the measures of `tf_autospec.geometry`: the ``cosine`` between the groups'
+gradients, the ``overlap`` of their top singular subspaces, and ``batch_cosine``, group
+``a``'s cosine with the whole batch's gradient minus ``b``'s (which group the step
+follows more). The statistic is the measure itself, with the same reference: ``T`` (the
+mean over runs of an epoch's mean, ``"level"``, or of the change from the first tested
+epoch to the last, ``"change"``; over a window of steps within one run) for the real
+groups and for every null partition, ``T_0`` against ``T_1 … T_P`` as above. Chance is
+not a fixed number: two random groups' gradients share what the loss asks of every
+sample, so their cosine is positive and grows with their sizes, and a larger group's
+gradient is closer to the batch's; the null partitions have the same sizes, rows and
+weights. A cosine ``"lower than chance"`` means that the groups pull the layer in more
+different (at worst opposite) directions than random groups: a conflict between them.
 
 By default spectra are made per sample before summarizing (``normalize=True``): ``grad``
 divided by the group's sample count and ``act``/``delta`` by its square root (the null
@@ -129,7 +148,7 @@ def normalized_null_spectrum(run, layer, kind, group, normalize=True):
 
 FULL_SPECTRUM_SUMMARIES = ("nuclear_norm", "frobenius_norm", "effective_rank", "stable_rank", "top_energy")
 REFERENCES = ("null", "runs", "steps")
-FAMILIES = ("training", "input data")
+FAMILIES = ("training", "input data", "geometry")
 MINIMUM_NULL_PARTITIONS = 5
 
 
@@ -388,6 +407,9 @@ def within_run(run, group_a=None, group_b=None, layers=None, kinds=None, summari
     return rows
 
 
+WITHHELD = "none: the groups are the prediction target (differences by construction)"
+
+
 def _withhold_when_target(rows, runs):
     """No finding is claimed when the groups are the prediction target (metadata
     ``target_is_group``, which `autospec run` writes): the loss pulls each class towards
@@ -395,15 +417,15 @@ def _withhold_when_target(rows, runs):
     which mix the classes, are no reference for that."""
     if target_follows_groups(runs):
         for row in rows:
-            row["inference"] = "none: the groups are the prediction target (differences by construction)"
+            row["inference"] = WITHHELD
             row["significant"] = False
 
 
-def _check_comparable(runs):
+def _check_comparable(runs, one_run="tf_autospec.stats.within_run (CLI: autospec compare --within)"):
     if len(runs) < 2:
         raise ValueError(
             f"Tests across runs need at least 2 runs (seeds or CV folds); got {len(runs)}. "
-            "For one run, use tf_autospec.stats.within_run (CLI: autospec compare --within)."
+            f"For one run, use {one_run}."
         )
     first = runs[0]
     for run in runs:
@@ -544,6 +566,247 @@ def _runs_test(paired_a, paired_b, permutations, rng):
     return out
 
 
+GEOMETRY_MEASURES = ("cosine", "overlap", "batch_cosine")
+GEOMETRY_STATISTICS = ("level", "change")
+
+
+def geometry_values(run, layer, measure, group_a, group_b, null=False):
+    """A pair of groups' per-step values of one gradient geometry measure.
+
+    Args:
+        run: a `tf_autospec.Run` recorded with ``geometry``.
+        layer: a kernel path.
+        measure: ``"cosine"`` or ``"overlap"`` (the pair's, `Run.cosine`, `Run.overlap`),
+            or ``"batch_cosine"``: ``group_a``'s cosine with the whole batch's gradient
+            minus ``group_b``'s, which of the two the step follows more.
+        group_a, group_b: two group names.
+        null: the null partitions' counterparts instead.
+
+    Returns:
+        float64 ``[n_records]``, or ``[n_records, P]`` with ``null``.
+    """
+    if measure == "batch_cosine":
+        read = run.null_cosine if null else run.cosine
+        return read(layer, group_a).astype(np.float64) - read(layer, group_b).astype(np.float64)
+    read = {"cosine": (run.cosine, run.null_cosine), "overlap": (run.overlap, run.null_overlap)}[measure][null]
+    return read(layer, group_a, group_b).astype(np.float64)
+
+
+def _direction(effect):
+    if not np.isfinite(effect):
+        return ""
+    return "lower than chance" if effect < 0 else "higher than chance"
+
+
+def _geometry_selection(runs, layers, measures):
+    """Checks that ``runs`` hold the geometry ``measures`` (default: every one recorded)
+    with enough null partitions, and returns ``(layers, measures)``."""
+    fix = "record with AutoSpecModel(..., geometry=True, null_partitions=20) (autospec run records both)"
+    for run in runs:
+        _check_not_empty(run)
+        if not run.geometry:
+            raise ValueError(f"{run.path} holds no gradient geometry; {fix}.")
+        if list(run.geometry) != list(runs[0].geometry):
+            raise ValueError(f"{run.path} recorded the geometry {list(run.geometry)} but {runs[0].path} "
+                             f"{list(runs[0].geometry)}; compare runs recorded alike.")
+    recorded = [m for m in GEOMETRY_MEASURES if m in runs[0].geometry
+                or (m == "batch_cosine" and "cosine" in runs[0].geometry)]
+    measures = recorded if measures is None else [measures] if isinstance(measures, str) else list(measures)
+    unknown = [m for m in measures if m not in GEOMETRY_MEASURES]
+    if unknown or not measures:
+        raise ValueError(f"Unknown geometry measure(s) {unknown}; choose from {list(GEOMETRY_MEASURES)}.")
+    missing = [m for m in measures if m not in recorded]
+    if missing:
+        raise ValueError(f"{runs[0].path} did not record {missing} (recorded: {recorded}); {fix}.")
+    layers, _ = _selection(runs[0], layers, [])
+    counts = {run.path: run.null_partitions for run in runs}
+    if len(set(counts.values())) > 1:
+        raise ValueError(f"The runs hold different numbers of null partitions ({counts}); compare runs recorded "
+                         "with the same null partitions (drawn once for the whole dataset).")
+    if runs[0].null_partitions < MINIMUM_NULL_PARTITIONS:
+        raise ValueError(
+            f"{runs[0].path} holds {runs[0].null_partitions} null partitions; the gradient geometry is tested "
+            f"against random groups of the same sizes and needs at least {MINIMUM_NULL_PARTITIONS} (20 "
+            f"recommended): {fix}. No fixed value is what chance gives: the cosine between two groups' "
+            "gradients grows with their sizes and changes as the model trains."
+        )
+    _check_same_partitions(runs)
+    return layers, measures
+
+
+def _check_statistics(statistics):
+    statistics = [statistics] if isinstance(statistics, str) else list(statistics)
+    unknown = [s for s in statistics if s not in GEOMETRY_STATISTICS]
+    if unknown or not statistics:
+        raise ValueError(f"statistics must be a non-empty subset of {list(GEOMETRY_STATISTICS)}; received "
+                         f"{statistics}.")
+    return statistics
+
+
+def _runs_mean(per_run, first, last):
+    """The mean over runs of each run's epoch mean (``first == last``) or of its change
+    from epoch ``first`` to ``last`` (runs where it is undefined left out), and how
+    many runs count.
+
+    Args:
+        per_run: one ``{epoch: value}`` (`_epoch_means`) per run; values scalars or ``[P]``.
+    """
+    values = np.stack([v[last] - v[first] if first != last else v[last] for v in per_run])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # undefined in every run: NaN
+        return np.nanmean(values, axis=0), np.isfinite(values).sum(axis=0)
+
+
+def _steps_mean(values, steps, subtracted=None):
+    """The mean of ``values`` over ``steps``, minus that over ``subtracted`` when given."""
+    mean = _window_mean(values, steps)
+    return mean if subtracted is None else mean - _window_mean(values, subtracted)
+
+
+def _geometry_row(row, observed, null):
+    """``row`` with the test of ``observed`` (``T_0``) against the null partitions' ``null``."""
+    row["value"] = float(observed)
+    row.update(null_test(observed, null))
+    row["direction"] = _direction(row["effect"])
+    return row
+
+
+def across_runs_geometry(runs, group_a=None, group_b=None, layers=None, measures=None, epochs=None,
+                         statistics=GEOMETRY_STATISTICS, alpha=0.05, progress=None):
+    """Pairs of groups' gradient geometry against random groups of the same sizes, per
+    layer × measure × epoch, and its change between epochs, across runs.
+
+    For each pair of groups, layer and measure (see `geometry_values`):
+
+    * ``"level"``, per epoch: ``T`` = the mean over runs of the epoch's mean value;
+    * ``"change"``: ``T`` = the mean over runs of (the value in the last of the tested
+      epochs − that in the first), one test per pair, layer and measure.
+
+    ``T_0`` of the real groups is tested against ``T_1 … T_P`` of the null partitions
+    (`null_test`; the module docstring). All rows form one BH family, ``"geometry"``.
+
+    Args:
+        runs: `tf_autospec.Run`s of the same model and groups (seeds, folds), recorded
+            with ``geometry=True`` and null partitions.
+        group_a, group_b: the two group names; ``None`` compares every pair.
+        layers: kernel paths to test (default: all).
+        measures: subset of ``("cosine", "overlap", "batch_cosine")`` (default: every
+            one the runs recorded; ``batch_cosine`` comes with ``cosine``).
+        epochs: epochs to test (default: every epoch present in all runs).
+        statistics: subset of ``("level", "change")``.
+        alpha: FDR level for the ``significant`` column.
+        progress: optional callable ``progress(done, total)``.
+
+    Returns:
+        A list of row dicts: ``measure``, ``statistic``, the epochs (``from_epoch`` to
+        ``epoch``; the same for a level), ``value`` (``T_0``), ``null_mean`` (what random
+        groups of these sizes show), ``excess``, ``effect`` (z), ``direction`` (``"lower
+        than chance"``, e.g. a conflict: a cosine below random groups'), ``p_value``,
+        ``q_value``, ``significant``.
+
+    Raises:
+        ValueError: fewer than 2 runs, runs without geometry or with fewer than 5 null
+            partitions, a measure not recorded, runs of different models.
+
+    Example:
+
+    ```python
+    rows = tf_autospec.stats.across_runs_geometry(runs, "HC", "SZ", measures=["cosine"])
+    [r for r in rows if r["significant"] and r["direction"] == "lower than chance"]  # conflicts
+    ```
+    """
+    runs = list(runs)
+    _check_comparable(runs, "tf_autospec.stats.within_run_geometry")
+    layers, measures = _geometry_selection(runs, layers, measures)
+    statistics = _check_statistics(statistics)
+    pairs = group_pairs(runs[0], group_a, group_b)
+    common = set.intersection(*[set(int(e) for e in np.unique(run.records["epoch"])) for run in runs])
+    if epochs is not None and set(epochs) - common:
+        raise ValueError(f"Epochs {sorted(set(epochs) - common)} are not recorded in every run "
+                         f"(common epochs: {sorted(common)}).")
+    tested = sorted(common if epochs is None else set(epochs))
+    counts = {g: float(np.mean([np.mean(run.counts(g)) for run in runs])) for g in runs[0].groups}
+    combinations = list(itertools.product(layers, measures))
+    rows = []
+    for done, (layer, measure) in enumerate(combinations):
+        for a_name, b_name in pairs:
+            real = [_epoch_means(geometry_values(run, layer, measure, a_name, b_name), run) for run in runs]
+            null = [_epoch_means(geometry_values(run, layer, measure, a_name, b_name, null=True), run)
+                    for run in runs]
+            spans = [(e, e) for e in tested] if "level" in statistics else []
+            if "change" in statistics and len(tested) > 1:
+                spans.append((tested[0], tested[-1]))
+            for first, last in spans:
+                observed, n_runs = _runs_mean(real, first, last)
+                row = {"test": "across_runs_geometry", "inference": _inference("null"), "family": FAMILIES[2],
+                       "measure": measure, "statistic": "level" if first == last else "change", "layer": layer,
+                       "group_a": a_name, "group_b": b_name, "from_epoch": first, "epoch": last,
+                       "n_runs": int(n_runs), "count_a": counts[a_name], "count_b": counts[b_name]}
+                rows.append(_geometry_row(row, observed, _runs_mean(null, first, last)[0]))
+        if progress is not None:
+            progress(done + 1, len(combinations))
+    _add_fdr(rows, "p_value", ["p_value"], alpha)
+    _withhold_when_target(rows, runs)
+    return rows
+
+
+def within_run_geometry(run, group_a=None, group_b=None, layers=None, measures=None, steps=None,
+                        statistics=GEOMETRY_STATISTICS, alpha=0.05):
+    """Pairs of groups' gradient geometry against random groups of the same sizes over a
+    window of one run's steps, and its change between the window's first and last epochs.
+
+    ``"level"``: ``T`` = the mean of the values over the window's steps; ``"change"``:
+    ``T`` = the mean over the steps of the window's last epoch − that over its first
+    epoch (no row when the window holds one epoch). Tested as `across_runs_geometry`.
+
+    Args:
+        run: a `tf_autospec.Run` recorded with ``geometry=True`` and null partitions.
+        group_a, group_b: the two group names; ``None`` compares every pair.
+        layers: kernel paths to test (default: all).
+        measures: subset of ``("cosine", "overlap", "batch_cosine")`` (default: every one
+            recorded).
+        steps: ``(first, last)`` step window, inclusive; default all steps.
+        statistics: subset of ``("level", "change")``.
+        alpha: FDR level for the ``significant`` column.
+
+    Returns:
+        A list of row dicts as `across_runs_geometry`'s, with the window (``first_step``,
+        ``last_step``, ``n_steps``, ``first_epoch``, ``last_epoch``) instead of epochs.
+    """
+    layers, measures = _geometry_selection([run], layers, measures)
+    statistics = _check_statistics(statistics)
+    pairs = group_pairs(run, group_a, group_b)
+    step_numbers, epoch_numbers = run.records["step"], run.records["epoch"]
+    window = np.ones(len(run), bool)
+    if steps is not None:
+        window = (step_numbers >= steps[0]) & (step_numbers <= steps[1])
+    if not window.any():
+        raise ValueError(f"No recorded step of {run.path} lies in steps={steps} (steps "
+                         f"{int(step_numbers[0])}–{int(step_numbers[-1])}).")
+    first_epoch, last_epoch = int(epoch_numbers[window].min()), int(epoch_numbers[window].max())
+    # The steps each statistic averages: (steps, steps subtracted) per statistic.
+    parts = {"level": (window, None)} if "level" in statistics else {}
+    if "change" in statistics and first_epoch != last_epoch:
+        parts["change"] = (window & (epoch_numbers == last_epoch), window & (epoch_numbers == first_epoch))
+    rows = []
+    for layer, measure in itertools.product(layers, measures):
+        for a_name, b_name in pairs:
+            real = geometry_values(run, layer, measure, a_name, b_name)
+            null = geometry_values(run, layer, measure, a_name, b_name, null=True)
+            for name, masks in parts.items():
+                row = {"test": "within_run_geometry", "inference": _inference("null"), "run": run.path,
+                       "family": FAMILIES[2], "measure": measure, "statistic": name, "layer": layer,
+                       "group_a": a_name, "group_b": b_name, "first_step": int(step_numbers[window][0]),
+                       "last_step": int(step_numbers[window][-1]), "n_steps": int(np.isfinite(real[window]).sum()),
+                       "first_epoch": first_epoch, "last_epoch": last_epoch,
+                       "count_a": float(np.mean(run.counts(a_name)[window])),
+                       "count_b": float(np.mean(run.counts(b_name)[window]))}
+                rows.append(_geometry_row(row, _steps_mean(real, *masks), _steps_mean(null, *masks)))
+    _add_fdr(rows, "p_value", ["p_value"], alpha)
+    _withhold_when_target(rows, [run])
+    return rows
+
+
 def _q_name(column):
     return "q_value" if column == "p_value" else "q_" + column.removeprefix("p_")
 
@@ -555,8 +818,8 @@ def _add_fdr(rows, primary, columns, alpha):
     twice as many null experiments)."""
     present = [name for name in FAMILIES if any(row["family"] == name for row in rows)]
     for name in present:
-        members = [row for row in rows if row["family"] == name]
         for column in columns:
+            members = [row for row in rows if row["family"] == name and column in row]
             for row, value in zip(members, benjamini_hochberg([row[column] for row in members])):
                 row[_q_name(column)] = float(value)
     level = alpha / max(len(present), 1)
@@ -565,11 +828,39 @@ def _add_fdr(rows, primary, columns, alpha):
         row["significant"] = bool(np.isfinite(q) and q <= level)
 
 
+def combine(*tables, alpha=0.05):
+    """One table from several tests' tables, with its families sharing ``alpha``.
+
+    Each table holds its own families at ``alpha`` divided by their number; tables
+    reported together (the spectra's and the geometry's) should share it:
+    ``combine(across_runs(runs), across_runs_geometry(runs))`` holds each of the
+    families present at ``alpha`` / their number, with BH q-values recomputed within
+    each family. Rows withheld because the groups are the prediction target stay not
+    significant.
+
+    Args:
+        *tables: lists of row dicts from this module's tests.
+        alpha: FDR level shared by the families.
+
+    Returns:
+        A new list of (copied) rows, the tables' rows in order, with new ``q_*`` and
+        ``significant`` columns.
+    """
+    rows = [dict(row) for table in tables for row in table]
+    columns = list(dict.fromkeys(key for row in rows for key in row if key.startswith("p_")))
+    _add_fdr(rows, "p_value", columns, alpha)
+    for row in rows:
+        if row["inference"] == WITHHELD:
+            row["significant"] = False
+    return rows
+
+
 def write_csv(rows, path):
-    """Writes a table of rows (dicts with the same keys) as CSV."""
+    """Writes a table of rows as CSV: one column per key, in the order the rows first
+    use them (rows of a `combine`d table without a column leave it empty)."""
     if not rows:
         raise ValueError("No test to write: the selection produced an empty table.")
     with open(path, "w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer = csv.DictWriter(f, fieldnames=list(dict.fromkeys(key for row in rows for key in row)))
         writer.writeheader()
         writer.writerows(rows)
