@@ -4,7 +4,7 @@ import argparse
 import os
 
 import tf_autospec as ts
-from tf_autospec import plot, stats
+from tf_autospec import plot, report, stats
 
 
 def arguments(description, **defaults):
@@ -20,7 +20,8 @@ def arguments(description, **defaults):
 
 def analyse(paths, output, group_a, group_b, title):
     """Overview figure, per-layer panels, tests against random groups of the same sizes
-    (the runs' null partitions) and difference heat maps.
+    (the runs' null partitions) and difference heat maps; where the runs recorded it, the
+    gradient geometry too (do the groups pull the weights the same way?), tested and drawn.
 
     Args:
         paths: HDF5 runs of one model (seeds or folds).
@@ -29,17 +30,22 @@ def analyse(paths, output, group_a, group_b, title):
         title: name used in the file names.
 
     Returns:
-        The test rows of `tf_autospec.stats.across_runs`.
+        The test rows of `tf_autospec.stats.across_runs` and, where recorded,
+        `tf_autospec.stats.across_runs_geometry`, their families sharing the FDR level
+        (`tf_autospec.stats.combine`).
     """
     runs = [ts.load(p) for p in paths]
     os.makedirs(output, exist_ok=True)
     print(plot.save(plot.overview(runs), os.path.join(output, f"{title}_overview.png")))
     rows = stats.across_runs(runs, group_a, group_b, summaries=["spectral_norm", "effective_rank"])
+    if all(run.geometry for run in runs):
+        rows = stats.combine(rows, stats.across_runs_geometry(runs, group_a, group_b))
+        print(plot.save(plot.geometry(runs, rows=rows), os.path.join(output, f"{title}_geometry.png")))
     stats.write_csv(rows, os.path.join(output, f"{title}_tests.csv"))
     for layer in runs[0].layers:
         name = layer.replace("/", "_")
         print(plot.save(plot.difference_heatmap(runs, layer, group_a, group_b, kind="grad", max_index=5),
                         os.path.join(output, f"{title}_{name}_grad_difference.png")))
-    significant = sum(r["significant"] for r in rows)
-    print(f"{title}: {group_a} vs {group_b}, {len(rows)} tests, {significant} significant at FDR 0.05")
+    print(f"{title}:")
+    print("\n".join(report.console_summary(runs, [(group_a, group_b)], rows)))
     return rows

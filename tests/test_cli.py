@@ -46,7 +46,7 @@ def test_info_prints_groups_layers_records_and_metadata(runs, capsys):
     cli.main(["info", runs[0]])
     out = capsys.readouterr().out
     for text in ("HC, SZ", "hidden/kernel", "6 x 8", "records  6", "  metadata\n    seed  0\n",
-                 "grad 6, act 6, delta 8"):
+                 "grad 6, act 6, delta 8", "  geometry cosine of each pair's gradients"):
         assert text in out, text
 
 
@@ -54,7 +54,8 @@ def test_info_prints_groups_layers_records_and_metadata(runs, capsys):
 def test_plot_writes_overview_and_layer_figures(runs, tmp_path, extension):
     cli.main(["plot", *runs, "-o", str(tmp_path), "--format", extension])
     written = sorted(p.name for p in tmp_path.iterdir())
-    assert written == sorted(f"{n}.{extension}" for n in ("overview", "layer_hidden_kernel", "layer_out_kernel"))
+    assert written == sorted(f"{n}.{extension}" for n in ("overview", "layer_hidden_kernel", "layer_out_kernel",
+                                                           "geometry"))
     assert all(p.stat().st_size > 5000 for p in tmp_path.iterdir())
 
 
@@ -62,7 +63,9 @@ def test_compare_across_runs_writes_csv_and_heatmaps(runs, tmp_path, capsys):
     cli.main(["compare", *runs, "-o", str(tmp_path), "--indices", "2", "--permutations", "200"])
     with open(tmp_path / "tests.csv") as f:
         rows = list(csv.DictReader(f))
-    assert {r["test"] for r in rows} == {"across_runs_null"}
+    # The spectra's tests and the gradient geometry's, the three families sharing FDR 0.05.
+    assert {r["test"] for r in rows} == {"across_runs_null", "across_runs_geometry"}
+    rows = [r for r in rows if r["family"] != "geometry"]
     assert {(r["group_a"], r["group_b"]) for r in rows} == {("HC", "SZ")}
     assert {r["layer"] for r in rows} == {"hidden/kernel", "out/kernel"}
     # The first layer's act is the input data, in a family of its own.
@@ -73,13 +76,15 @@ def test_compare_across_runs_writes_csv_and_heatmaps(runs, tmp_path, capsys):
     assert not any(r["summary"] == "sigma_1" for r in rows)
     assert (tmp_path / "heatmap_HC_SZ_hidden_kernel_grad.png").exists()
     out = capsys.readouterr().out
-    assert "significant at FDR 0.025" in out and "random groups of the same sizes" in out
+    assert "significant at FDR 0.0167" in out and "random groups of the same sizes" in out
+    assert (tmp_path / "geometry.png").exists()
     # The older test, by name: Welch between the runs, Hedges' g.
     cli.main(["compare", *runs, "-o", str(tmp_path / "runs"), "--indices", "0", "--reference", "runs",
               "--permutations", "200"])
     with open(tmp_path / "runs" / "tests.csv") as f:
         rows = list(csv.DictReader(f))
-    assert {r["test"] for r in rows} == {"across_runs_runs"}
+    assert {r["test"] for r in rows} == {"across_runs_runs", "across_runs_geometry"}
+    rows = [r for r in rows if r["family"] != "geometry"]
     act = [r for r in rows if r["kind"] == "act" and r["summary"] == "spectral_norm"]
     assert act and all(r["significant"] == "True" and float(r["effect"]) < 0 for r in act)
     assert "assume groups of equal size" in capsys.readouterr().out
@@ -89,12 +94,15 @@ def test_compare_one_run_says_it_tests_within_the_run(runs, tmp_path, capsys):
     cli.main(["compare", runs[0], "-o", str(tmp_path)])
     assert "testing HC vs SZ within it" in capsys.readouterr().out
     with open(tmp_path / "tests.csv") as f:
-        assert {r["test"] for r in csv.DictReader(f)} == {"within_run_null"}
+        assert {r["test"] for r in csv.DictReader(f)} == {"within_run_null", "within_run_geometry"}
     assert (tmp_path / "overview.png").stat().st_size > 5000
     cli.main(["compare", runs[0], "-o", str(tmp_path / "steps"), "--reference", "steps", "--block", "1"])
     assert "testing HC vs SZ within it" in capsys.readouterr().out
+    cli.main(["compare", runs[0], "-o", str(tmp_path / "spectra"), "--no-geometry"])
+    with open(tmp_path / "spectra" / "tests.csv") as f:
+        assert {r["test"] for r in csv.DictReader(f)} == {"within_run_null"}
     with open(tmp_path / "steps" / "tests.csv") as f:
-        assert {r["test"] for r in csv.DictReader(f)} == {"within_run_steps"}
+        assert {r["test"] for r in csv.DictReader(f)} == {"within_run_steps", "within_run_geometry"}
 
 
 def test_report_is_one_self_contained_page_that_leads_with_the_answer(runs, tmp_path, capsys):
@@ -110,7 +118,8 @@ def test_report_is_one_self_contained_page_that_leads_with_the_answer(runs, tmp_
     assert "Where HC and SZ differ." in summary and "Loss." in summary  # the figures beside it, captioned
     # Then the figures, each section with a caption; then the findings, grouped by layer and kind.
     figures = text[text.index("<h2>Figures</h2>"): text.index("<h2>Findings</h2>")]
-    assert figures.count("<p class='caption'>") == 3 and "median over the 4 runs" in figures
+    assert figures.count("<p class='caption'>") == 4 and "median over the 4 runs" in figures
+    assert "<h3>Do the groups pull the weights the same way?</h3>" in figures
     assert "the layer&#x27;s weight gradient" in figures and "the gradient of the loss at the layer&#x27;s output" \
         in figures
     findings = text[text.index("<h2>Findings</h2>"): text.index("<h2>Runs</h2>")]
@@ -234,14 +243,16 @@ def test_run_says_what_it_trains_on_and_ends_with_what_it_found(tmp_path, capsys
     assert "Epoch 1/2" not in out and "  fold 0, seed 1: trained, loss " in out
     closing = out[out.index("2 runs done in "):].splitlines()
     assert closing[0].endswith(f": {folder}") and closing[-2] == f"report   {folder}/report.html"
-    assert re.search(r"^training   \d+ tests \(\d+ with values to compare\), \d+ significant at FDR 0.025$",
+    assert re.search(r"^training   \d+ tests \(\d+ with values to compare\), \d+ significant at FDR 0.0167$",
                      "\n".join(closing), re.M)
+    assert re.search(r"^geometry   \d+ tests", "\n".join(closing), re.M)
     # No two files written are copies of each other.
     written = [os.path.join(d, f) for d, _, files in os.walk(folder) for f in files if not f.endswith(".h5")]
     digests = [hashlib.sha256(open(path, "rb").read()).hexdigest() for path in written]
     assert len(set(digests)) == len(digests) and len(written) > 10
     assert sorted(os.listdir(os.path.join(folder, "figures"))) == [
-        "differences_HC_SZ.png", "layer_dense_1_kernel.png", "layer_dense_kernel.png", "loss.png", "overview.png"]
+        "differences_HC_SZ.png", "geometry.png", "layer_dense_1_kernel.png", "layer_dense_kernel.png", "loss.png",
+        "overview.png"]
     assert ("data     simulated_fmri: N = 40, 40×150×53 timecourses [subjects, time, components]\n"
             "         mlp input 40×1378 (FNC features)\n"
             "target   'condition', not the groups: classification into 2 classes\n"

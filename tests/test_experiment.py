@@ -78,8 +78,9 @@ def test_autospec_run_writes_one_file_per_fold_and_seed_and_the_analysis(tmp_pat
     assert rows and {r["layer"] for r in rows} == set(runs[0].layers)
     # Every run records the null partitions (default 20), the reference of the default tests.
     assert all(r.null_partitions == 20 for r in runs)
-    assert {r["test"] for r in rows} == {"across_runs_null"} and {(r["group_a"], r["group_b"]) for r in rows} == {
-        ("digit 0", "digit 1")}
+    # The spectra's tests and the gradient geometry's, both against the null partitions.
+    assert {r["test"] for r in rows} == {"across_runs_null", "across_runs_geometry"} and {
+        (r["group_a"], r["group_b"]) for r in rows} == {("digit 0", "digit 1")}
     for path in ("report.html", "figures/overview.png", "figures/differences_digit_0_digit_1.png", "figures/loss.png",
                  "analysis/heatmap_digit_0_digit_1_conv2d_kernel_grad.png"):
         assert (tmp_path / path).stat().st_size > 1000

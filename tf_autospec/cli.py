@@ -120,9 +120,20 @@ def info(args):
             rows.append((layer, k.get("layer_class", ""), f"{k['fan_in']} x {k['fan_out']}",
                          ", ".join(f"{kind} {w}" for kind, w in run.widths[layer].items())))
         print(_table(rows, ("layer", "class", "matrix", "stored values")))
+        print(f"  geometry {_geometry_info(run)}")
         if len(run):
             counts = ", ".join(f"{g} {int(np.mean(run.counts(g)))}" for g in run.groups)
             print(f"  mean samples per step: {counts}")
+
+
+def _geometry_info(run):
+    """Whether and what gradient geometry a run recorded, in a line."""
+    if not run.geometry:
+        return "not recorded (a file from before it was, or geometry=False)"
+    measures = {"cosine": "cosine of each pair's gradients and each group's with the batch's",
+                "overlap": f"overlap of each pair's top-{run.overlap_k} input directions"}
+    pairs = f" ({', '.join(f'{a}-{b}' for a, b in run.pairs)})" if run.pairs else " (one group: no pair)"
+    return "; ".join(measures[m] for m in run.geometry) + pairs
 
 
 # A figure as drawn: its file name (no extension), its title, its caption and the matplotlib Figure.
@@ -156,6 +167,16 @@ def _difference_maps(pairs, rows):
         for a, b in pairs:
             yield Drawn(_file_name("differences", a, b), f"Where {a} and {b} differ",
                         report.findings_map_caption(rows, a, b), plot.findings_map(rows, a, b))
+
+
+def _geometry_figure(runs, rows=None):
+    """The gradient geometry of every layer, where the runs recorded it; with test
+    ``rows``, dots where they are significant."""
+    from tf_autospec import plot, report
+
+    if all(run.geometry for run in runs):
+        yield Drawn("geometry", "Do the groups pull the weights the same way?", report.geometry_caption(runs, rows),
+                    plot.geometry(runs, rows=rows))
 
 
 def _loss_figure(runs, args):
@@ -212,7 +233,7 @@ def plot_command(args):
 
     runs = _load(args.runs)
     os.makedirs(args.output, exist_ok=True)
-    for drawn in _spectra_figures(runs, args):
+    for drawn in [*_spectra_figures(runs, args), *_geometry_figure(runs)]:
         print(plot.save(drawn.figure, os.path.join(args.output, f"{drawn.name}.{args.format}")))
 
 
@@ -236,7 +257,27 @@ def _compare(runs, args):
                                  permutations=args.permutations,
                                  progress=lambda done, total: bar.update(done, total=total))
         bar.close()
-    return pairs, rows
+    return pairs, _with_geometry(runs, args, rows, group_a, group_b)
+
+
+def _with_geometry(runs, args, rows, group_a, group_b):
+    """The spectra's tests and, where the runs recorded the gradient geometry with null
+    partitions, the geometry's, in one table whose families share the FDR level."""
+    from tf_autospec import stats
+
+    if args.no_geometry or not all(run.geometry for run in runs):
+        return rows
+    partitions = min(run.null_partitions for run in runs)
+    if partitions < stats.MINIMUM_NULL_PARTITIONS:
+        print(f"gradient geometry not tested: it is tested against random groups of the same sizes, and these runs "
+              f"hold {partitions} null partitions (at least {stats.MINIMUM_NULL_PARTITIONS} needed; 20 "
+              "recommended).")
+        return rows
+    if len(runs) == 1:
+        geometry = stats.within_run_geometry(runs[0], group_a, group_b)
+    else:
+        geometry = stats.across_runs_geometry(runs, group_a, group_b)
+    return stats.combine(rows, geometry)
 
 
 def _write_tests(rows, path):
@@ -255,8 +296,8 @@ def compare(args):
     pairs, rows = _compare(runs, args)
     os.makedirs(args.output, exist_ok=True)
     tests = _write_tests(rows, os.path.join(args.output, "tests.csv"))
-    drawn = [*_spectra_figures(runs, args, layers=False), *_difference_maps(pairs, rows),
-             *_heatmaps(runs, args, pairs, rows)]
+    drawn = [*_spectra_figures(runs, args, layers=False), *_geometry_figure(runs, rows),
+             *_difference_maps(pairs, rows), *_heatmaps(runs, args, pairs, rows)]
     for d in drawn:
         _rendered(d, args.output)
     print("\n".join(report.console_summary(runs, pairs, rows)))
@@ -276,7 +317,8 @@ def _write_report(runs, args, pairs, rows, path, tests_csv, figures=None, heatma
 
     lead = _sections([*_difference_maps(pairs, rows), *_loss_figure(runs, args)], figures)
     overview, *layers = _spectra_figures(runs, args)
-    sections = (_sections([overview], figures) + _gallery("Each layer", overview.caption, layers, figures)
+    sections = (_sections([overview, *_geometry_figure(runs, rows)], figures)
+                + _gallery("Each layer", overview.caption, layers, figures)
                 + _gallery("Differences per singular value", report.heatmap_caption(
                     rows, *(pairs[0] if len(pairs) == 1 else ("the first group", "the second"))),
                     _heatmaps(runs, args, pairs, rows), heatmaps))
@@ -299,7 +341,8 @@ def report_command(args):
 
 _DATASET_FLAGS = {
     "simulated_fmri": {"n": "n_subjects", "effect_size": "effect_size", "group_fraction": "group_fraction",
-                       "effect_pattern": "effect_pattern", "target": "target"},
+                       "effect_pattern": "effect_pattern", "target": "target", "conflict": "conflict",
+                       "condition_effect": "condition_effect"},
     "sinusoids": {"n": "n_sequences", "differ": "differ"},
     "mnist": {"n": "n_samples", "classes": "groups", "data_dir": "data_dir"},
     "digits": {"n": "n_samples", "classes": "groups"},
@@ -452,12 +495,15 @@ def build_parser():
         p.add_argument("--block", type=int, default=10, help="steps per block, within-run test with --reference steps")
         p.add_argument("--permutations", type=int, default=2000,
                        help="random sign flips of the older tests (--reference runs or steps)")
+        p.add_argument("--no-geometry", action="store_true",
+                       help="do not test the gradient geometry (by default tested, against random groups of the same "
+                       "sizes, where the runs recorded it with null partitions)")
 
     p = verb("info", "groups, layers, records and metadata of runs")
     runs_argument(p)
     p.set_defaults(function=info)
 
-    p = verb("plot", "overview and per-layer figures of runs")
+    p = verb("plot", "overview, per-layer and gradient geometry figures of runs")
     runs_argument(p)
     p.add_argument("-o", "--output", default="autospec_figures", help="folder for the figures")
     p.add_argument("--format", default="png", choices=["png", "pdf", "svg"], help="file format of the figures")
@@ -513,6 +559,13 @@ def build_parser():
     data.add_argument("--effect-pattern", choices=["domains", "one_edge"],
                       help="simulated_fmri: the group effect on every edge between two domains (the default), "
                       "or on one edge")
+    data.add_argument("--conflict", type=float,
+                      help="simulated_fmri: a planted gradient conflict, the correlation the condition adds between "
+                      "two other domains in HC and removes in SZ, so that the groups' gradients oppose (default 0: "
+                      "none; up to about 0.48; see docs/datasets.md)")
+    data.add_argument("--condition-effect", type=float,
+                      help="simulated_fmri: the condition's effect on FNC shared by both groups (default 0.3; "
+                      "weaker makes a conflict clearer)")
     data.add_argument("--differ", choices=["frequency", "phase", "amplitude"],
                       help="sinusoids: what differs between the groups (default frequency)")
     data.add_argument("--classes", type=int, nargs="+",

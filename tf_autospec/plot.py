@@ -9,6 +9,9 @@
 * `difference_heatmap`: the effect between two groups per singular-value index × epoch
   (z against random groups of the same sizes, or Hedges' g), FDR-significant cells marked.
 * `findings_map`: the strongest effect per layer, kind and epoch, from a table of tests.
+* `geometry`: whether the groups pull each layer's weights the same way: the cosine
+  between their gradients, each group's cosine with the whole batch's gradient and the
+  overlap of their top input directions, beside what random groups of the same sizes give.
 
 Every figure says what it draws: its statistic (median and IQR over n runs), its
 normalisation (per sample) and its numbering (steps and epochs from 0, as in the files).
@@ -145,7 +148,8 @@ def _legend(ax):
 def _title(figure, title, statistic):
     """The title, and below it, wrapped to the figure's width, what the lines and bands are."""
     width = int(figure.get_figwidth() * 14)
-    figure.suptitle("\n".join([title] + [textwrap.fill(line, width) for line in statistic.split("\n")]), fontsize=9.5)
+    figure.suptitle("\n".join([textwrap.fill(title, width)] + [textwrap.fill(line, width)
+                                                               for line in statistic.split("\n")]), fontsize=9.5)
 
 
 def trajectories(runs, layer, kind="grad", summary="spectral_norm", per_epoch=False, normalize=True,
@@ -281,10 +285,10 @@ def difference_heatmap(runs, layer, group_a, group_b, kind="grad", max_index=10,
                                  normalize=normalize, alpha=alpha, reference=reference)
     # σ_1 is the spectral norm: precomputed tables test it under that name only.
     index_of = {name: i for i, name in enumerate(names)}
-    if not any(r["summary"] == "sigma_1" for r in rows):
+    if not any(r.get("summary") == "sigma_1" for r in rows):
         index_of["spectral_norm"] = 0
-    rows = [r for r in rows if r["layer"] == layer and r["kind"] == kind and r["summary"] in index_of
-            and r["group_a"] == group_a and r["group_b"] == group_b]
+    rows = [r for r in report.spectra_rows(rows) if r["layer"] == layer and r["kind"] == kind
+            and r["summary"] in index_of and r["group_a"] == group_a and r["group_b"] == group_b]
     epochs = sorted({r["epoch"] for r in rows})
     grid = np.full((width, len(epochs)), np.nan)
     marks = []
@@ -324,7 +328,8 @@ def findings_map(rows, group_a, group_b):
     Returns:
         A matplotlib Figure.
     """
-    rows = [r for r in rows if r["group_a"] == group_a and r["group_b"] == group_b and "epoch" in r]
+    rows = [r for r in report.spectra_rows(rows) if r["group_a"] == group_a and r["group_b"] == group_b
+            and "epoch" in r]
     if not rows:
         raise ValueError(f"No test of {group_a} vs {group_b} per epoch to draw.")
     lines = list(dict.fromkeys((r["layer"], r["kind"]) for r in rows))
@@ -355,6 +360,218 @@ def findings_map(rows, group_a, group_b):
            "• significant (FDR)")
     figure.colorbar(image, ax=ax, label=f"{'z' if against_null else effect} (> 0: {group_a} higher)",
                     fraction=0.05, pad=0.02)
+    return figure
+
+
+GEOMETRY_PANELS = ("cosine", "batch_cosine", "overlap")
+CHANCE_COLOUR = "#7a7a7a"
+SIGNIFICANT = "significant (FDR)"
+_GEOMETRY_TITLES = {
+    "cosine": "do the groups' gradients point the same way?",
+    "batch_cosine": "does the step follow each group?",
+    "overlap": "do they use the same input directions?",
+}
+_GEOMETRY_LABELS = {
+    "cosine": "cosine of the groups' gradients\n+1 same way · 0 unrelated · −1 opposed",
+    "batch_cosine": "cosine with the batch's gradient\n1 the step follows it · 0 ignores it",
+    "overlap": "overlap of top-{k} input directions\n1 the same · 0 orthogonal",
+}
+
+
+def _geometry_runs(runs):
+    """The runs, checked to hold the same gradient geometry measures."""
+    runs = _runs(runs)
+    for run in runs:
+        if not run.geometry:
+            raise ValueError(
+                f"{run.path} holds no gradient geometry (a file written before tf_autospec recorded it, or trained "
+                "with geometry=False); train with AutoSpecModel(..., geometry=True), the default, to draw it.")
+        if run.geometry != runs[0].geometry:
+            raise ValueError(f"{run.path} recorded the geometry {list(run.geometry)} but {runs[0].path} "
+                             f"{list(runs[0].geometry)}; draw runs recorded alike.")
+    return runs
+
+
+def _per_x(run, values, per_epoch):
+    """``{x: value}`` of per-record ``values`` (``[n]`` or ``[n, P]``), per epoch (mean) or per step."""
+    x, values = run.per_epoch(values.astype(np.float64), "mean") if per_epoch else (run.records["step"], values)
+    return dict(zip(x.tolist(), values))
+
+
+def _chance_band(ax, series, what, colour, label, band=True):
+    """The null partitions' values pooled over runs and partitions (``series``: per run
+    ``{x: [P] values}``): their median, dotted, and with ``band`` their interquartile range."""
+    x, values = _aligned(series, what)  # [runs, x, P]
+    pooled = values.transpose(1, 0, 2).reshape(len(x), -1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # steps where a group was absent
+        median = np.nanmedian(pooled, axis=1)
+        ax.plot(x, median, color=colour, label=label, linewidth=1.3, linestyle=":")
+        if band:
+            low, high = np.nanpercentile(pooled, [25, 75], axis=1)
+            ax.fill_between(x, low, high, color=colour, alpha=0.18, linewidth=0)
+
+
+def _geometry_overlap_k(run, layer):
+    """The ``k`` of a kernel's overlap (at most its smaller fan)."""
+    info = run.kernel_info[layer]
+    return int(info.get("overlap_k") or min(run.overlap_k or 0, info["fan_in"], info["fan_out"]))
+
+
+def _recorded_pair(run, pair):
+    """A pair of groups in the order the run records it (``("SZ", "HC")`` -> ``("HC", "SZ")``)."""
+    for recorded in (tuple(pair), tuple(pair)[::-1]):
+        if recorded in run.pairs:
+            return recorded
+    raise ValueError(f"{tuple(pair)} is not a pair of this run's groups; it records {run.pairs}.")
+
+
+def _significant_epochs(rows, layer, measure, pair):
+    """The epochs of the significant ``"level"`` tests of one layer, measure and pair."""
+    return [r["epoch"] for r in rows
+            if r["family"] == report.GEOMETRY and r["significant"] and r.get("statistic") == "level" and "epoch" in r
+            and r["layer"] == layer and r["measure"] == measure and (r["group_a"], r["group_b"]) == pair]
+
+
+def _mark(ax, series, median, epochs):
+    """Dots on the median line at the ``epochs`` where a test is significant."""
+    x = sorted(set.intersection(*[set(s) for s in series]))
+    points = [(e, m) for e, m in zip(x, median) if e in set(epochs) and np.isfinite(m)]
+    if points:
+        ax.plot(*zip(*points), "o", color="black", markersize=4, zorder=5, label=SIGNIFICANT)
+
+
+def _draw_geometry(ax, runs, layer, panel, pairs, groups, per_epoch, legend, rows=()):
+    """One panel (with its legend where ``legend``; with `stats` ``rows`` per epoch, a dot
+    where a test is significant); a note where it has no value at all."""
+    what = "epoch" if per_epoch else "step"
+    null = min(run.null_partitions for run in runs) > 0
+    drawn = []
+    # The batch cosine's test is of a difference between two lines: no dot on either.
+    marked = bool(rows) and per_epoch and panel != "batch_cosine"
+    if panel == "batch_cosine":
+        for colour, group in zip(PALETTE, groups):
+            drawn.append(_band(ax, [_per_x(run, run.cosine(layer, group), per_epoch) for run in runs], what,
+                               colour, group))
+            if null:
+                _chance_band(ax, [_per_x(run, run.null_cosine(layer, group), per_epoch) for run in runs], what,
+                             colour, f"random groups of {group}'s size", band=False)
+    else:
+        for colour, (a, b) in zip(PALETTE, pairs):
+            label = f"{a} vs {b}" if len(pairs) > 1 else f"{a} and {b}"
+            series = [_per_x(run, getattr(run, panel)(layer, a, b), per_epoch) for run in runs]
+            drawn.append(_band(ax, series, what, colour, label))
+            if marked:
+                _mark(ax, series, drawn[-1], _significant_epochs(rows, layer, panel, (a, b)))
+            if null:
+                # One pair: a grey band; several: each pair's chance median in its colour.
+                single = len(pairs) == 1
+                _chance_band(ax, [_per_x(run, getattr(run, f"null_{panel}")(layer, a, b), per_epoch) for run in runs],
+                             what,
+                             CHANCE_COLOUR if single else colour,
+                             "random groups of the same sizes" if single else f"random groups, sizes of {a}, {b}",
+                             band=single)
+    if panel == "overlap":
+        k, fan_in = _geometry_overlap_k(runs[0], layer), runs[0].kernel_info[layer]["fan_in"]
+        ax.axhline(k / fan_in, color="black", linestyle="-.", linewidth=1.0,
+                   label=f"unrelated directions (k/fan_in = {k}/{fan_in})")
+        ax.set_ylim(0, 1.02)
+        ax.set_ylabel(_GEOMETRY_LABELS[panel].format(k=k), fontsize=8.5)
+    else:
+        ax.axhline(0, color="black", linewidth=0.7)
+        ax.set_ylabel(_GEOMETRY_LABELS[panel], fontsize=8.5)
+    if not any(np.isfinite(m).any() for m in drawn):
+        why = (f"fewer than k = {_geometry_overlap_k(runs[0], layer)} clear directions at every step"
+               if panel == "overlap" else "undefined at every step")
+        ax.text(0.5, 0.5, f"no value: {why}", transform=ax.transAxes, ha="center", va="center", fontsize=8,
+                color="#555555", wrap=True)
+        x = np.unique(runs[0].records["epoch"]) if per_epoch else runs[0].records["step"]
+        if len(x) > 1:  # the x axis of the other panels, not matplotlib's default around 0
+            ax.set_xlim(x[0], x[-1])
+    ax.set_xlabel("epoch" if per_epoch else f"training step{_steps_per_epoch(runs)}")
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+    ax.set_title(f"{layer}\n{_GEOMETRY_TITLES[panel]}", fontsize=9)
+    ax.grid(alpha=0.3)
+    if legend:
+        if marked:  # the dots' entry, also where this panel has none
+            ax.plot([], [], "o", color="black", markersize=4, label=SIGNIFICANT)
+        handles, labels = ax.get_legend_handles_labels()
+        unique = dict(zip(labels, handles))  # one "significant" entry, the last
+        unique = {**{k: v for k, v in unique.items() if k != SIGNIFICANT}, **{k: v for k, v in unique.items()
+                                                                            if k == SIGNIFICANT}}
+        ax.legend(unique.values(), unique.keys(), fontsize=7, framealpha=0.85, loc="best")
+
+
+def _geometry_statistic(runs, per_epoch, rows):
+    """What the lines, bands and dots of `geometry` are, in one line."""
+    n = len(runs)
+    lines = f"median over {n} runs, band: interquartile range" if n > 1 else "one run"
+    if per_epoch:
+        lines += " (each run's mean over the epoch's steps)" if n > 1 else " (each epoch: the mean over its steps)"
+    partitions = min(run.null_partitions for run in runs)
+    chance = (f"dotted: random groups of the same sizes ({partitions} null partitions × {n} run{'s' * (n > 1)}), "
+              "median" + (" and IQR (grey)" if len(runs[0].pairs) == 1 else "")
+              if partitions else "no random groups recorded (null_partitions=0): no chance reference")
+    dots = "; • significant against them (FDR)" if rows and per_epoch else ""
+    return f"{lines}; {chance}{dots}; {'epochs' if per_epoch else 'steps'} from{NUMBERED_FROM_0}"
+
+
+def geometry(runs, layers=None, pairs=None, per_epoch=True, rows=None):
+    """Do the groups pull each layer's weights the same way? One row of panels per layer:
+
+    * the cosine between two groups' gradients (+1 the same direction, 0 unrelated, −1
+      opposed: a gradient conflict), one colour per pair;
+    * each group's cosine with the whole batch's gradient (does the step follow it? a
+      larger group weighs more in the batch, so compare it with random groups of its size);
+    * the overlap of the groups' top-``k`` left singular subspaces (the input directions
+      each group's gradient uses most), with the overlap of unrelated directions,
+      ``k / fan_in``, as a dash-dotted line.
+
+    Lines: the median over runs with their interquartile band, as in `trajectories`.
+    Dotted: what random groups of the same sizes give (the runs' null partitions, pooled
+    over runs and partitions: median, and for one pair of groups their interquartile
+    range in grey), the reference of `tf_autospec.stats.across_runs_geometry`. Only the
+    measures the runs recorded are drawn; with one group, only its batch cosine.
+
+    Args:
+        runs: a `tf_autospec.Run` or several (seeds, folds), recorded with ``geometry``.
+        layers: a kernel path or a list of them (default: every tracked kernel).
+        pairs: pairs of groups ``(a, b)`` to draw (default: every pair, `Run.pairs`).
+        per_epoch: x axis in epochs, each run's mean over the epoch's steps (the default,
+            as the statistics test it: one batch's cosine is noisy), or in steps.
+        rows: `tf_autospec.stats.across_runs_geometry` rows (alone or in a `stats.combine`d
+            table): a dot on the line at each epoch whose level test is significant.
+
+    Returns:
+        A matplotlib Figure.
+
+    Raises:
+        ValueError: a run holds no gradient geometry (a file written before it was
+            recorded, or ``geometry=False``), or the runs recorded different measures.
+
+    Example:
+
+    ```python
+    plot.save(plot.geometry(runs, "dense/kernel"), "geometry.png")
+    ```
+    """
+    runs = _geometry_runs(runs)
+    layers = runs[0].layers if layers is None else [layers] if isinstance(layers, str) else list(layers)
+    pairs = runs[0].pairs if pairs is None else [_recorded_pair(runs[0], pair) for pair in pairs]
+    panels = [p for p in GEOMETRY_PANELS if (p == "batch_cosine" and "cosine" in runs[0].geometry)
+              or (p in runs[0].geometry and pairs)]
+    if not panels:
+        raise ValueError(f"Nothing to draw: {runs[0].path} records only the overlap, which needs two groups.")
+    figure, axes = plt.subplots(len(layers), len(panels), figsize=(max(4.6 * len(panels), 6.4),
+                                                                   3.3 * len(layers) + 0.9),
+                                constrained_layout=True, squeeze=False)
+    for row, layer in enumerate(layers):
+        for column, panel in enumerate(panels):
+            _draw_geometry(axes[row][column], runs, layer, panel, pairs, runs[0].groups, per_epoch,
+                           legend=row == 0, rows=rows or ())
+    _title(figure, "Do the groups pull the weights the same way? Gradient geometry of every layer"
+           if len(layers) > 1 else f"{layers[0]}: do the groups pull the weights the same way?",
+           _geometry_statistic(runs, per_epoch, rows))
     return figure
 
 

@@ -2,8 +2,9 @@
 
 Both lead with the answer: what was compared (groups and their sizes, the runs, the
 model, the data, what the tests are against), which layers and kinds differ, in which
-epochs, in which direction and how strongly, and which do not; then the loss and the
-accuracy per group. The report follows with the figures (each with a caption that says
+epochs, in which direction and how strongly, and which do not; whether the groups pull
+the weights the same way (the gradient geometry: `geometry_answer`); then the loss and
+the accuracy per group. The report follows with the figures (each with a caption that says
 what is drawn), the findings table (a row per summary, grouped by layer and kind,
 strongest first, epochs merged into ranges) and the runs (a row per run, a column per
 option that varies).
@@ -23,6 +24,7 @@ from tf_autospec import stats, wording
 
 TOP_FINDINGS = 20
 TOP_SENTENCES = 4  # differences written out in the summary, per family
+TOP_GEOMETRY_SENTENCES = 2  # geometry findings written out in the summary: it stays on the first screen
 TOP_LINES = 5  # differences listed in the console's closing block
 
 ReportFigure = collections.namedtuple("ReportFigure", "title png")
@@ -105,8 +107,26 @@ def target_statement(runs):
     return "The runs do not say what the model predicts (metadata 'target')."
 
 
+GEOMETRY = "geometry"  # the family of `stats.across_runs_geometry` and `stats.within_run_geometry` rows
+SPECTRA_FAMILIES = ("training", "input data")
+
+
+def spectra_rows(rows):
+    """The tests of the spectra (families `SPECTRA_FAMILIES`) of a table that may also
+    hold the gradient geometry's."""
+    return [r for r in rows if r["family"] != GEOMETRY]
+
+
+def geometry_rows(rows):
+    """The tests of the gradient geometry (family ``"geometry"``) of a table."""
+    return [r for r in rows if r["family"] == GEOMETRY]
+
+
 def _reference(rows):
-    return rows[0]["test"].rsplit("_", 1)[-1] if rows else "null"
+    """What the spectra's tests are against: ``"null"``, ``"runs"`` or ``"steps"`` (the
+    geometry is always tested against the null partitions)."""
+    spectra = spectra_rows(rows)
+    return spectra[0]["test"].rsplit("_", 1)[-1] if spectra else "null"
 
 
 def inference_statement(rows):
@@ -164,6 +184,11 @@ def last_epoch_loss_by_group(runs):
 def _family_level(rows, alpha=0.05):
     """The FDR level of each family: ``alpha`` shared by the families present."""
     return alpha / max(len({row["family"] for row in rows}), 1)
+
+
+def _level_text(rows):
+    """The FDR level of each family as people read it: ``"0.025"``, ``"0.0167"``."""
+    return f"{_family_level(rows):.3g}"
 
 
 def _position(row):
@@ -233,9 +258,10 @@ class Difference:
 
 
 def differences(rows):
-    """The layers and kinds in which groups differ (`Difference`), strongest first."""
+    """The layers and kinds in which groups' spectra differ (`Difference`), strongest
+    first (the geometry's rows, if any, are left out: `geometry_findings`)."""
     merged = {}
-    for row in rows:
+    for row in spectra_rows(rows):
         if row["significant"]:
             key = (row["family"], row["group_a"], row["group_b"], row["layer"], row["kind"])
             merged.setdefault(key, []).append(row)
@@ -334,7 +360,7 @@ def family_answer(rows, family, pairs):
     found = differences(members)
     combinations = {(r["layer"], r["kind"]) for r in members if np.isfinite(r["p_value"])}
     counts = (f"{sum(r['significant'] for r in members)} of {len(members)} tests significant at FDR "
-              f"{_family_level(rows):g}")
+              f"{_level_text(rows)}")
     what = "How the model trains" if family == stats.FAMILIES[0] else "The input data (the first layers' input)"
     if not found:
         headline = f"{what}: no difference between {_and(sorted({g for p in pairs for g in p}))} beyond what " \
@@ -347,6 +373,212 @@ def family_answer(rows, family, pairs):
     if len(found) > TOP_SENTENCES:
         sentences.append(f"and {len(found) - TOP_SENTENCES} more in the findings table.")
     return headline, sentences, _unchanged_text(members, family)
+
+
+# In the order findings are told: do the groups pull the same way, through the same
+# input directions, and whom does the step follow?
+GEOMETRY_MEASURE_NAMES = {
+    "cosine": "cosine of the two groups' gradients",
+    "overlap": "overlap of their top input directions",
+    "batch_cosine": "cosine with the batch's gradient, {a}'s minus {b}'s",
+}
+
+
+@dataclasses.dataclass
+class GeometryFinding:
+    """The significant geometry tests of one pair, layer, measure and statistic that go
+    one way (`stats.across_runs_geometry`, `stats.within_run_geometry`).
+
+    Attributes:
+        group_a, group_b: the pair, in the tests' order.
+        layer, measure, statistic: what was tested (``"level"`` per epoch or window,
+            ``"change"`` between two epochs).
+        lower: whether the value is below what random groups of the same sizes give.
+        rows: the significant rows, strongest first.
+    """
+
+    group_a: str
+    group_b: str
+    layer: str
+    measure: str
+    statistic: str
+    lower: bool
+    rows: list
+
+    @property
+    def strength(self):
+        return abs(self.rows[0]["effect"])
+
+    @property
+    def value(self):
+        """The mean tested value over the rows (the runs' mean, per epoch)."""
+        return float(np.mean([r["value"] for r in self.rows]))
+
+    @property
+    def chance(self):
+        """What random groups of the same sizes give, over the same rows."""
+        return float(np.mean([r["null_mean"] for r in self.rows]))
+
+
+def geometry_findings(rows):
+    """The significant gradient geometry tests of a table, as `GeometryFinding` s: the
+    levels (the cosine's, the overlap's, the batch cosine's, each strongest first), then
+    the changes between epochs."""
+    merged = {}
+    for row in geometry_rows(rows):
+        if row["significant"]:
+            key = (row["group_a"], row["group_b"], row["layer"], row["measure"], row["statistic"],
+                   bool(row["effect"] < 0))
+            merged.setdefault(key, []).append(row)
+    found = [GeometryFinding(*key, sorted(members, key=lambda r: -abs(r["effect"])))
+             for key, members in merged.items()]
+    # Where and when first (levels), then how the values changed between epochs.
+    order = list(GEOMETRY_MEASURE_NAMES)
+    return sorted(found, key=lambda f: (f.statistic == "change", order.index(f.measure), -f.strength))
+
+
+def _geometry_when(finding):
+    row = finding.rows[0]
+    if "epoch" not in row:
+        return f"steps {row['first_step']}–{row['last_step']}"
+    return _when(finding.rows, [r["epoch"] for r in finding.rows])
+
+
+def _signed(value, digits=2):
+    """``"+0.05"``, ``"−0.12"`` (a minus sign, not a hyphen)."""
+    return f"{value:+.{digits}f}".replace("-", "−")
+
+
+def geometry_text(finding, several=False):
+    """One geometry finding in a sentence: ``"In dense/kernel, HC's and SZ's gradients
+    point in opposed directions, more than random groups of the same sizes, epochs 3–9
+    (cosine −0.12 vs +0.05 by chance; |z| up to 4.1)"``."""
+    a, b, value, chance = finding.group_a, finding.group_b, finding.value, finding.chance
+    strength = f"|z| up to {finding.strength:.1f}" if len(finding.rows) > 1 else f"|z| = {finding.strength:.1f}"
+    if finding.statistic == "change":
+        row = finding.rows[0]
+        span = (f"from epoch {row['from_epoch']} to {row['epoch']}" if "epoch" in row
+                else f"from epoch {row['first_epoch']} to {row['last_epoch']}")
+        name = {"cosine": f"the cosine of {a}'s and {b}'s gradients",
+                "overlap": f"the overlap of {a}'s and {b}'s top input directions",
+                "batch_cosine": f"{a}'s cosine with the batch's gradient minus {b}'s"}[finding.measure]
+        return (f"In {finding.layer}, {name} changes by {_signed(value)} {span}, against {_signed(chance)} for random "
+                f"groups of the same sizes ({strength})")
+    when = _geometry_when(finding)
+    if finding.measure == "cosine":
+        if finding.lower and value < 0:
+            what = f"{a}'s and {b}'s gradients point in opposed directions, more than random groups of the same sizes"
+        else:
+            what = (f"{a}'s and {b}'s gradients are {'less' if finding.lower else 'more'} aligned than random groups "
+                    "of the same sizes")
+        numbers = f"cosine {_signed(value)} vs {_signed(chance)} by chance"
+    elif finding.measure == "overlap":
+        what = (f"{a}'s and {b}'s gradients share {'fewer' if finding.lower else 'more'} of their top input "
+                "directions than random groups of the same sizes")
+        numbers = f"overlap {value:.2f} vs {chance:.2f} by chance"
+    else:
+        followed, other, sign = (b, a, -1) if finding.lower else (a, b, 1)
+        what = (f"the training step leans towards {followed}'s gradient, relative to {other}'s, more than with random "
+                "groups of these sizes")
+        numbers = (f"{followed}'s cosine with the batch's gradient minus {other}'s: {_signed(sign * value)} vs "
+                   f"{_signed(sign * chance)} by chance")
+    pair = f" ({a} vs {b})" if several and finding.measure == "batch_cosine" else ""
+    return f"In {finding.layer}{pair}, {what}, {when} ({numbers}; {strength})"
+
+
+def _same_direction_text(rows, pairs):
+    """``"No difference in direction: ..."`` when the cosines were tested and none
+    differs from random groups', else ``""``."""
+    cosines = [r for r in geometry_rows(rows) if r["measure"] == "cosine"]
+    if not cosines or any(r["significant"] for r in cosines):
+        return ""
+    groups = _and(f"{g}'s" for g in sorted({g for p in pairs for g in p}))
+    return (f"No difference in direction: {groups} gradients are as aligned as those of random groups of the same "
+            "sizes in every layer tested")
+
+
+def geometry_answer(rows, pairs):
+    """``(headline, [sentences])``: whether the groups pull the weights the same way, from
+    the geometry's tests of a table, or ``None`` when it holds none.
+
+    The headline says "no difference in direction" when nothing differs from random
+    groups of the same sizes; otherwise the sentences tell the findings (`geometry_text`),
+    led by "No difference in direction" when only the overlap or the batch cosine differ.
+    """
+    members = geometry_rows(rows)
+    if not members:
+        return None
+    counts = (f"{sum(r['significant'] for r in members)} of {len(members)} tests significant at FDR "
+              f"{_level_text(rows)}")
+    groups = _and(sorted({g for p in pairs for g in p}))
+    found = geometry_findings(members)
+    if not found:
+        return (f"Gradient direction: no difference in direction between {groups} beyond what random groups of the "
+                f"same sizes show ({counts})."), []
+    headline = f"Gradient geometry, do the groups pull the weights the same way? ({counts}):"
+    sentences = [text for text in [_same_direction_text(members, pairs)] if text]
+    sentences += [geometry_text(f, len(pairs) > 1) for f in found[:TOP_GEOMETRY_SENTENCES]]
+    if len(found) > TOP_GEOMETRY_SENTENCES:
+        sentences.append(f"and {len(found) - TOP_GEOMETRY_SENTENCES} more in the findings table.")
+    return headline, sentences
+
+
+def geometry_caption(runs, rows=None):
+    """The caption of `plot.geometry` (drawn with test ``rows`` or without): what each
+    panel, line and dot is, in words."""
+    several = len(runs[0].pairs) > 1
+    pair = "two groups'" if several else f"{runs[0].pairs[0][0]}'s and {runs[0].pairs[0][1]}'s" if runs[0].pairs else ""
+    parts = ["Each row is a layer."]
+    if "cosine" in runs[0].geometry and runs[0].pairs:
+        parts.append(f"Left: the cosine between {pair} gradients of the layer's weights: +1 they push the weights the "
+                     "same way, 0 in unrelated directions, −1 opposite ways (a gradient conflict: the layer learns a "
+                     "compromise that may fit one group worse).")
+    if "cosine" in runs[0].geometry:
+        parts.append("Middle: each group's cosine with the whole batch's gradient, how much the training step "
+                     "follows that group; a larger group weighs more in the batch, so compare each line with the "
+                     "dotted one of random groups of its size.")
+    if "overlap" in runs[0].geometry and runs[0].pairs:
+        parts.append("Right: the overlap of the k input directions each group's gradient uses most (its top left "
+                     "singular vectors): 1 the same directions, 0 orthogonal; dash-dotted: unrelated directions "
+                     "(k / fan_in); undefined where a group's gradient has fewer than k clear directions.")
+    partitions = min(run.null_partitions for run in runs)
+    statistic = (f"Lines: the median over the {len(runs)} runs of each run's mean over the epoch's steps; bands: "
+                 "their interquartile range." if len(runs) > 1 else "One run; each epoch the mean over its steps.")
+    chance = (f" Dotted (and grey): random groups of the same sizes from the same subjects ({partitions} null "
+              "partitions), the reference of the tests: a difference from them is what the groups add beyond their "
+              "sizes." if partitions else " These runs hold no random groups (null partitions): no chance reference.")
+    dots = (f" Dots on the cosine and the overlap: epochs where the test against them is significant (FDR "
+            f"{_level_text(rows)})."
+            if rows and geometry_rows(rows) and "epoch" in geometry_rows(rows)[0] else "")
+    return " ".join(parts) + f" {statistic}{chance}{dots} Epochs from 0."
+
+
+def _geometry_table(members, several_pairs):
+    """The significant geometry tests: a line per `GeometryFinding`, the first `TOP_FINDINGS`.
+
+    Returns:
+        ``(HTML, lines shown, lines in all)``.
+    """
+    found = geometry_findings(members)
+    header = (["groups"] if several_pairs else []) + [
+        "layer", "measure", "compared with random groups", "steps" if _within_run(members) else "epochs", "value",
+        "by chance", "strongest z", "smallest q", "significant"]
+    body = []
+    for f in found[:TOP_FINDINGS]:
+        tested = sum(np.isfinite(r["p_value"]) for r in members
+                     if (r["group_a"], r["group_b"], r["layer"], r["measure"], r["statistic"])
+                     == (f.group_a, f.group_b, f.layer, f.measure, f.statistic))
+        row = f.rows[0]
+        if f.statistic == "change":
+            when = (f"{row['from_epoch']} → {row['epoch']}" if "epoch" in row
+                    else f"{row['first_epoch']} → {row['last_epoch']}")
+        else:
+            when = _span(f.rows, [_position(r) for r in f.rows])
+        what = ("change " if f.statistic == "change" else "") + ("lower" if f.lower else "higher")
+        body.append(([f"{f.group_a} − {f.group_b}"] if several_pairs else []) + [
+            f.layer, GEOMETRY_MEASURE_NAMES[f.measure].format(a=f.group_a, b=f.group_b), what, when,
+            _signed(f.value, 3), _signed(f.chance, 3), _cell(row["effect"]), _cell(min(r["q_value"] for r in f.rows)), f"{len(f.rows)} of {tested}"])
+    return _table(header, body, "findings"), len(body), len(found)
 
 
 def loss_text(runs):
@@ -377,13 +609,13 @@ def console_summary(runs, pairs, rows):
         "target   " + target_statement(runs),
         "tests    " + inference_statement(rows),
     ]
-    for name in stats.FAMILIES:
+    for name in (*SPECTRA_FAMILIES, GEOMETRY):
         members = [r for r in rows if r["family"] == name]
         if members:
             tested = sum(np.isfinite(r["p_value"]) for r in members)
             found = sum(r["significant"] for r in members)
             lines.append(f"{name:10} {len(members)} tests ({tested} with values to compare), {found} significant "
-                         f"at FDR {_family_level(rows):g}")
+                         f"at FDR {_level_text(rows)}")
     found = differences(rows)
     if found:
         lines.append("strongest differences:")
@@ -394,9 +626,20 @@ def console_summary(runs, pairs, rows):
                          + _direction_text(strongest, rows, len(pairs) > 1))
         if len(found) > TOP_LINES:
             lines.append(f"  and {len(found) - TOP_LINES} more (report.html, tests.csv)")
-    elif rows and not rows[0]["inference"].startswith("none"):
-        lines.append("found    nothing differs beyond what random groups of the same sizes show"
+    elif spectra_rows(rows) and not rows[0]["inference"].startswith("none"):
+        what = "no spectrum differs" if geometry_rows(rows) else "nothing differs"  # the geometry is told below
+        lines.append(f"found    {what} beyond what random groups of the same sizes show"
                      if _reference(rows) == "null" else "found    nothing")
+    if geometry_rows(rows) and not rows[0]["inference"].startswith("none"):
+        directions = geometry_findings(rows)
+        if directions:
+            lines.append("gradient geometry (do the groups pull the weights the same way?):")
+            lines += [f"  {text}" for text in [_same_direction_text(rows, pairs)] if text]
+            lines += [f"  {geometry_text(f, len(pairs) > 1)}" for f in directions[:TOP_LINES]]
+            if len(directions) > TOP_LINES:
+                lines.append(f"  and {len(directions) - TOP_LINES} more (report.html, tests.csv)")
+        else:
+            lines.append("direction  no difference in direction beyond what random groups of the same sizes show")
     return lines
 
 
@@ -545,7 +788,7 @@ def _effect_caption(rows, group_a, group_b):
                   "SDs of those random groups' differences")
     else:
         effect = "Hedges' g between the runs' values (the older test: equal group sizes assumed)"
-    return f"{effect}; red: {group_a} higher, blue: {group_b} higher; dots: significant at FDR {_family_level(rows):g}."
+    return f"{effect}; red: {group_a} higher, blue: {group_b} higher; dots: significant at FDR {_level_text(rows)}."
 
 
 def findings_map_caption(rows, group_a, group_b):
@@ -613,7 +856,8 @@ def write(path, runs, pairs, rows, sections, lead=(), tests_csv=None):
         path: the ``.html`` file.
         runs: the `tf_autospec.Run`s compared.
         pairs: the pairs of groups compared.
-        rows: the test rows (`tf_autospec.stats`).
+        rows: the test rows (`tf_autospec.stats`): the spectra's, and the gradient
+            geometry's where tested (one `stats.combine`d table).
         sections: `ReportSection` s shown under "Figures".
         lead: `ReportSection` s shown beside the summary (where the groups differ, the loss).
         tests_csv: the path of the full table of tests, relative to the page, to link to.
@@ -623,7 +867,7 @@ def write(path, runs, pairs, rows, sections, lead=(), tests_csv=None):
         answer.append(f"<p><b>{html.escape(target_statement(runs))}</b></p>")
     elif _reference(rows) != "null":
         answer.append(f"<p><b>{html.escape(inference_statement(rows))}</b></p>")
-    for family in stats.FAMILIES:
+    for family in SPECTRA_FAMILIES:
         if stats.target_follows_groups(runs):
             break
         result = family_answer(rows, family, pairs)
@@ -635,6 +879,12 @@ def write(path, runs, pairs, rows, sections, lead=(), tests_csv=None):
             answer.append("<ul>" + "".join(f"<li>{html.escape(s)}</li>" for s in sentences) + "</ul>")
         if unchanged:
             answer.append(f"<p class='plain'>No difference beyond chance in {html.escape(unchanged)}.</p>")
+    direction = None if stats.target_follows_groups(runs) else geometry_answer(rows, pairs)
+    if direction:
+        headline, sentences = direction
+        answer.append(f"<p><b>{html.escape(headline)}</b></p>")
+        if sentences:
+            answer.append("<ul>" + "".join(f"<li>{html.escape(s)}</li>" for s in sentences) + "</ul>")
     losses = loss_text(runs)
     if losses:
         answer.append(f"<p>{html.escape(losses)}</p>")
@@ -646,36 +896,65 @@ def write(path, runs, pairs, rows, sections, lead=(), tests_csv=None):
     if sections:
         parts.append("<h2>Figures</h2>" + "".join(_section_html(section) for section in sections))
     parts.append("<h2>Findings</h2>")
-    for name in stats.FAMILIES:
-        members = [r for r in rows if r["family"] == name]
-        if not members:
-            continue
-        significant = [r for r in members if r["significant"]]
-        what = ("the first layers' input spectra: the data itself, not how the model trains"
-                if name == stats.FAMILIES[1] else "how the model trains: gradients and the signals they are made of")
-        parts.append(f"<h3>{html.escape(name.capitalize())}</h3><p class='note'>{html.escape(what.capitalize())}. "
-                     f"{len(members)} tests, {len(significant)} significant at FDR {_family_level(rows):g}.</p>")
-        if significant:
-            table, shown, total = _findings_table(members, len(pairs) > 1)
-            parts.append(table)
-            if shown < total:
-                parts.append(f"<p class='note'>The strongest {shown} of {total} lines.{link}</p>")
-    if any(r["significant"] for r in rows):
-        effect = ("the difference between the groups beyond random groups of the same sizes, in SDs of the "
-                  "differences those show by chance (z)" if _reference(rows) == "null" else "Hedges' g")
-        parts.append(
-            "<p class='note'>kind: " + html.escape(_kinds_text(wording.KIND_DEFINITIONS)) + ". summary: what of the singular values is compared (spectral norm: the largest; nuclear norm: their "
-            "sum; effective rank: how many directions carry the signal; σᵢ: the i-th largest), per sample. higher in: "
-            "the group whose value is higher. epochs: those where the test is significant (from 0). strongest effect: "
-            + html.escape(effect) + ", the largest over those epochs, positive when the first group of the pair "
-            "is higher. smallest q: the smallest Benjamini–Hochberg q among them, within the family (each family "
-            "at FDR 0.05 divided by the number of families). significant: epochs significant of those tested."
-            + link + "</p>")
-    elif link:
-        parts.append(f"<p class='note'>{link.strip()}</p>")
+    parts += _findings_html(rows, pairs, link)
     parts.append("<h2>Runs</h2>" + runs_table(runs, os.path.dirname(os.path.abspath(path))))
     title = f"AutoSpec report: {' vs '.join(runs[0].groups)}"
     page = (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
             f"<style>{_STYLE}</style></head><body><h1>{html.escape(title)}</h1>{''.join(parts)}</body></html>")
     with open(path, "w", encoding="utf-8") as f:
         f.write(page)
+
+
+def _family_heading(rows, name):
+    members = [r for r in rows if r["family"] == name]
+    what = {SPECTRA_FAMILIES[0]: "how the model trains: gradients and the signals they are made of",
+            SPECTRA_FAMILIES[1]: "the first layers' input spectra: the data itself, not how the model trains",
+            GEOMETRY: "whether the groups pull the weights the same way: the cosine of their gradients, each "
+                      "group's cosine with the batch's gradient, the overlap of their top input directions"}[name]
+    return (f"<h3>{html.escape(name.capitalize())}</h3><p class='note'>{html.escape(what.capitalize())}. "
+            f"{len(members)} tests, {sum(r['significant'] for r in members)} significant at FDR "
+            f"{_level_text(rows)}.</p>")
+
+
+def _findings_html(rows, pairs, link):
+    """The findings' tables, each family under its heading, each kind of table with the
+    note that says how to read it; then the link to every test."""
+    parts = []
+    for name in (*SPECTRA_FAMILIES, GEOMETRY):
+        members = [r for r in rows if r["family"] == name]
+        if not members:
+            continue
+        if name == GEOMETRY and any(r["significant"] for r in spectra_rows(rows)):
+            parts.append(_spectra_note(rows))
+        parts.append(_family_heading(rows, name))
+        if any(r["significant"] for r in members):
+            table, shown, total = (_geometry_table if name == GEOMETRY else _findings_table)(members, len(pairs) > 1)
+            parts.append(table)
+            if shown < total:
+                parts.append(f"<p class='note'>The strongest {shown} of {total} lines.{link}</p>")
+            if name == GEOMETRY:
+                parts.append(
+                    "<p class='note'>compared with random groups: whether the value is higher or lower than random "
+                    "groups of the same sizes give (a cosine lower than chance: the groups' gradients are less "
+                    "aligned; negative values: opposed; change: its change between the two epochs). value: the mean "
+                    "over the runs of each run's epoch mean, averaged over the significant epochs; by chance: the "
+                    "same for random groups of the same sizes (the null partitions). strongest z: the difference from "
+                    "them in SDs of theirs. smallest q and significant as above.</p>")
+    if any(r["significant"] for r in spectra_rows(rows)) and not geometry_rows(rows):
+        parts.append(_spectra_note(rows))
+    if link:
+        parts.append(f"<p class='note'>{link.strip()}</p>")
+    return parts
+
+
+def _spectra_note(rows):
+    """How to read the spectra's findings table."""
+    effect = ("the difference between the groups beyond random groups of the same sizes, in SDs of the "
+              "differences those show by chance (z)" if _reference(rows) == "null" else "Hedges' g")
+    return ("<p class='note'>kind: " + html.escape(_kinds_text(wording.KIND_DEFINITIONS)) + ". summary: what of the "
+            "singular values is compared (spectral norm: the largest; nuclear norm: their sum; effective rank: how "
+            "many directions carry the signal; σᵢ: the i-th largest), per sample. higher in: the group whose value "
+            "is higher. epochs: those where the test is significant (from 0). strongest effect: " + html.escape(effect)
+            + ", the largest over those epochs, positive when the first group of the pair is higher. smallest q: the "
+            "smallest Benjamini–Hochberg q among them, within the family (each family at FDR 0.05 divided by the "
+            "number of families). significant: epochs significant of those tested.</p>")
