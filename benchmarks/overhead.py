@@ -122,7 +122,7 @@ class TimedCallback(ts.AutoSpecCallback):
 
 def build(kind, architecture, groups, every, jit_compile=False):
     """A compiled model of ``kind`` (plain, autospec, autospec_no_group_loss, autospec_no_geometry,
-    autospec_float32, autospec_grad, paper); ``architecture``
+    autospec_float32, autospec_float32_no_geometry, autospec_grad, paper); ``architecture``
     is a name of `ARCHITECTURES` or a ``(make_outputs, input_shape)`` pair."""
     make, shape = ARCHITECTURES[architecture] if isinstance(architecture, str) else architecture
     inputs = keras.Input(shape)
@@ -136,9 +136,9 @@ def build(kind, architecture, groups, every, jit_compile=False):
         model = WithoutGroupLossModel(inputs=inputs, outputs=outputs, groups=names, every_n_steps=every)
     else:
         kinds = ("grad",) if kind == "autospec_grad" else ts.KINDS
-        precision = "float32" if kind == "autospec_float32" else "float64"
+        precision = "float32" if kind.startswith("autospec_float32") else "float64"
         model = ts.AutoSpecModel(inputs=inputs, outputs=outputs, groups=names, kinds=kinds, every_n_steps=every,
-                                 precision=precision, geometry=kind != "autospec_no_geometry")
+                                 precision=precision, geometry=not kind.endswith("no_geometry"))
     model.compile(
         optimizer="adam", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         jit_compile=jit_compile,
@@ -216,6 +216,7 @@ VARIANTS = {
     "autospec_no_group_loss": ("autospec_no_group_loss", 1),
     "autospec_no_geometry": ("autospec_no_geometry", 1),
     "autospec_float32": ("autospec_float32", 1),
+    "autospec_float32_no_geometry": ("autospec_float32_no_geometry", 1),
     "autospec_writer": ("autospec", 1),
     "autospec_every10": ("autospec", 10),
     "autospec_grad_only": ("autospec_grad", 1),

@@ -306,12 +306,13 @@ def _rows_left_vectors(a, vectors_a, projected, scale, top_values, top_core):
 
     With ``A_g A_gᵀ = U Λ Uᵀ``, ``P = Uᵀ Δ_g Δ_gᵀ U`` and the core ``Λ^½ P Λ^½ = W Σ² Wᵀ``,
     they are ``A_gᵀ U Λ^-½ W``; ``Λ^-½ W = P Λ^½ W Σ^-2`` avoids dividing by the small
-    eigenvalues of ``Λ``.
+    eigenvalues of ``Λ``. The product with ``A_gᵀ`` is float32, as ``A_g`` is: the vectors'
+    round-off, ~1e-7, is far below what an overlap needs.
     """
     k = top_core.shape[-1]
     squared = top_values[:, :k] ** 2
     weights = tf.matmul(projected, scale[:, :, None] * top_core) / tf.where(squared > 0, squared, 1.0)[:, None, :]
-    return a.transpose_matmul(tf.matmul(vectors_a, weights))
+    return tf.cast(a.transpose_matmul(tf.cast(tf.matmul(vectors_a, weights), FACTOR_DTYPE)), COMPUTE_DTYPE)
 
 
 def _fan_route(a, delta, kinds, widths, rows, randomized, gram_dtype, geometry):
