@@ -200,3 +200,20 @@ def test_options_are_checked():
         _model(inputs, outputs, overlap_k=0)
     model = _model(inputs, outputs, geometry=["overlap"], overlap_k=2)
     assert model.autospec_geometry == ("overlap",) and model.autospec_overlap_k == 2
+
+
+def test_each_measure_alone_gives_the_values_of_both():
+    x, y = data((10,), 3)
+    recorded = {}
+    for geometry in ("cosine", "overlap", True):
+        keras.utils.set_random_seed(2)
+        inputs = keras.Input((10,))
+        outputs = keras.layers.Dense(3)(keras.layers.Dense(12, activation="tanh", name="hidden")(inputs))
+        model = _model(inputs, outputs, geometry=geometry)
+        model.compile(optimizer=keras.optimizers.SGD(0.01), loss="mse")
+        model.fit(x, y, groups=LABELS, batch_size=N, epochs=1, shuffle=False, verbose=0)
+        recorded[geometry] = model.last_spectra.geometry
+    for geometry in ("cosine", "overlap"):
+        assert {name for _, name in recorded[geometry]} == set(ts.geometry.RECORDED[geometry])
+        for key, values in recorded[geometry].items():
+            np.testing.assert_allclose(values, recorded[True][key], atol=1e-6, err_msg=str(key))

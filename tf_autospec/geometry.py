@@ -165,7 +165,7 @@ class Request:
         self.unassigned_factors = unassigned_factors
 
     def for_step(self, finite, tolerance):
-        """This request with what `pieces` needs from the step's spectra.
+        """This request with what `rows_pieces` and `gradient_pieces` need from the step's spectra.
 
         Args:
             finite: bool ``[G']``, False where a group's factors held NaN or Inf.
@@ -197,71 +197,90 @@ class Request:
 
         return self._unassigned_or_none(compute, lambda: (tf.zeros([1, fan_in, fan_out]), tf.constant(True)))
 
-    def rows_inner_products(self, a, delta, gram_a, gram_delta, gram_dtype):
-        """`InnerProducts` from the rows: ``⟨G_a, G_b⟩ = Σ (A_a A_bᵀ) ∘ (Δ_a Δ_bᵀ)``.
+    def rows_pieces(self, a, delta, gram_a, gram_delta, top_values, row_vectors, gram_dtype):
+        """The kernel's `Pieces` on the rows route, without forming any ``G_g``.
+
+        ``⟨G_a, G_b⟩ = Σ (A_a A_bᵀ) ∘ (Δ_a Δ_bᵀ)``; the left singular vectors are
+        ``L_g = A_gᵀ Y_g``, so that ``L_aᵀ L_b = Y_aᵀ (A_a A_bᵀ) Y_b`` reuses the same cross
+        Gram matrix.
 
         Args:
             a, delta: the (finite-zeroed) factors ``[G', R, ...]``.
             gram_a, gram_delta: their row Gram matrices (float64 ``[G', R, R]``).
+            top_values: float64 ``[G', k + 1]``, each group gradient's largest singular
+                values, descending, 0-padded (``None`` without overlap).
+            row_vectors: float64 ``[G', R, k]``, the ``Y_g`` of its top-``k`` left singular
+                vectors (``None`` without overlap).
             gram_dtype: the dtype the cross Gram matrices are formed in.
         """
-        diagonal = tf.reduce_sum(gram_a * gram_delta, axis=[1, 2])
-        if self.first:
-            pairs_a = a.take(self.first).cross_gram(a.take(self.second), gram_dtype)
-            pairs_delta = delta.take(self.first).cross_gram(delta.take(self.second), gram_dtype)
-            pair_products = tf.reduce_sum(pairs_a * pairs_delta, axis=[1, 2])
-        else:
-            pair_products = tf.zeros([0], COMPUTE_DTYPE)
+        cross_a = a.take(self.first).cross_gram(a.take(self.second), gram_dtype) if self.first else None
+        inner = None
+        if "cosine" in self.measures:
+            diagonal = tf.reduce_sum(gram_a * gram_delta, axis=[1, 2])
+            if self.first:
+                cross_delta = delta.take(self.first).cross_gram(delta.take(self.second), gram_dtype)
+                pair_products = tf.reduce_sum(cross_a * cross_delta, axis=[1, 2])
+            else:
+                pair_products = tf.zeros([0], COMPUTE_DTYPE)
 
-        def compute():
-            other_a, other_delta, finite = self._zeroed_unassigned()
-            with_unassigned = tf.reduce_sum(
-                a.cross_gram(other_a, gram_dtype) * delta.cross_gram(other_delta, gram_dtype), axis=[1, 2]
-            )
-            unassigned = tf.reduce_sum(other_a.row_gram(gram_dtype) * other_delta.row_gram(gram_dtype))
-            return with_unassigned, unassigned, finite
+            def compute():
+                other_a, other_delta, finite = self._zeroed_unassigned()
+                with_unassigned = tf.reduce_sum(
+                    a.cross_gram(other_a, gram_dtype) * delta.cross_gram(other_delta, gram_dtype), axis=[1, 2]
+                )
+                unassigned = tf.reduce_sum(other_a.row_gram(gram_dtype) * other_delta.row_gram(gram_dtype))
+                return with_unassigned, unassigned, finite
 
-        def none():
-            return tf.zeros_like(diagonal), tf.zeros([], COMPUTE_DTYPE), tf.constant(True)
+            def none():
+                return tf.zeros_like(diagonal), tf.zeros([], COMPUTE_DTYPE), tf.constant(True)
 
-        return InnerProducts(diagonal, pair_products, *self._unassigned_or_none(compute, none))
+            inner = InnerProducts(diagonal, pair_products, *self._unassigned_or_none(compute, none))
+        products = None
+        if self.wants_vectors and self.first:
+            products = tf.matmul(tf.gather(row_vectors, self.first),
+                                 tf.matmul(cross_a, tf.gather(row_vectors, self.second)), transpose_a=True)
+        return self._pieces(inner, top_values, products)
 
-    def gradient_inner_products(self, gradient, unassigned=None):
-        """`InnerProducts` from formed gradients ``[G', fan_in, fan_out]``.
+    def gradient_pieces(self, gradient, top_values, left, unassigned=None):
+        """The kernel's `Pieces` from formed gradients.
 
         Args:
             gradient: float32 ``[G', fan_in, fan_out]``.
+            top_values: as for `rows_pieces`.
+            left: float64 ``[G', fan_in, k]``, the top-``k`` left singular vectors
+                (``None`` without overlap).
             unassigned: ``(G_unassigned, finite)`` as `unassigned_gradient` returns them
                 (e.g. summed over replicas); by default computed from this request's samples.
         """
-        if unassigned is None:
-            unassigned = self.unassigned_gradient(*gradient.shape[1:])
-        unassigned_gradient, unassigned_finite = unassigned
-        flat = tf.reshape(tf.cast(gradient, COMPUTE_DTYPE), [tf.shape(gradient)[0], -1])
-        other = tf.reshape(tf.cast(unassigned_gradient, COMPUTE_DTYPE), [-1])
-        pair_products = tf.reduce_sum(tf.gather(flat, self.first) * tf.gather(flat, self.second), axis=1)
-        return InnerProducts(
-            tf.reduce_sum(flat * flat, axis=1), pair_products, tf.linalg.matvec(flat, other),
-            tf.reduce_sum(other * other), unassigned_finite,
-        )
+        inner = None
+        if "cosine" in self.measures:
+            if unassigned is None:
+                unassigned = self.unassigned_gradient(*gradient.shape[1:])
+            unassigned_gradient, unassigned_finite = unassigned
+            flat = tf.reshape(tf.cast(gradient, COMPUTE_DTYPE), [tf.shape(gradient)[0], -1])
+            other = tf.reshape(tf.cast(unassigned_gradient, COMPUTE_DTYPE), [-1])
+            pair_products = tf.reduce_sum(tf.gather(flat, self.first) * tf.gather(flat, self.second), axis=1)
+            inner = InnerProducts(
+                tf.reduce_sum(flat * flat, axis=1), pair_products, tf.linalg.matvec(flat, other),
+                tf.reduce_sum(other * other), unassigned_finite,
+            )
+        products = None
+        if self.wants_vectors and self.first:
+            products = tf.matmul(tf.gather(left, self.first), tf.gather(left, self.second), transpose_a=True)
+        return self._pieces(inner, top_values, products)
 
-    def pieces(self, inner, top_values, left):
-        """The kernel's `Pieces` for `measures`.
-
-        Args:
-            inner: `InnerProducts`.
-            top_values: float64 ``[G', k + 1]``, each group gradient's largest singular
-                values, descending, 0-padded (``None`` without overlap).
-            left: float64 ``[G', fan_in, k]``, the matching left singular vectors.
-
-        Uses what `for_step` set.
-        """
+    def _pieces(self, inner, top_values, products):
+        """`Pieces` from the inner products (``None`` without cosine) and each pair's
+        ``L_aᵀ L_b`` (``None`` without overlap or pairs). Uses what `for_step` set."""
         groups = self.layout.num_groups * self.layout.partitions
-        if "overlap" not in self.measures or not self.first:
+        if inner is None:  # the same structure for every kernel: zeros, never read
+            zeros = tf.zeros([groups], COMPUTE_DTYPE)
+            inner = InnerProducts(zeros, tf.zeros([len(self.first)], COMPUTE_DTYPE), zeros,
+                                  tf.zeros([], COMPUTE_DTYPE), tf.constant(True))
+        if products is None:
             return Pieces(inner, tf.zeros([len(self.first)], COMPUTE_DTYPE), tf.zeros([groups], tf.bool), self.finite)
         k = self.overlap_k
         determined = top_values[:, k - 1] - top_values[:, k] > self.tolerance * top_values[:, 0]
-        products = tf.matmul(tf.gather(left, self.first), tf.gather(left, self.second), transpose_a=True)
         return Pieces(inner, tf.reduce_sum(products * products, axis=[1, 2]) / k, determined, self.finite)
 
 

@@ -290,29 +290,28 @@ def _rows_route(a, delta, kinds, widths, gram_dtype, geometry):
         if "grad" in kinds:
             out["grad"] = _singular_values(eig_core, widths["grad"])
         if geometry is not None:
-            top_values = left = None
-            if wants_vectors:
-                with tf.name_scope("geometry_vectors"):
+            with tf.name_scope("geometry"):
+                top_values = row_vectors = None
+                if wants_vectors:
                     top_values, top_core = geometry_module.top_left_vectors(eig_core, vectors_core, geometry.overlap_k)
-                    left = _rows_left_vectors(a, vectors_a, projected, scale, top_values, top_core)
-            with tf.name_scope("geometry_inner"):
-                inner = geometry.rows_inner_products(a, delta, gram_a, gram_delta, gram_dtype)
-            out["geometry"] = geometry.pieces(inner, top_values, left)
+                    row_vectors = _rows_left_weights(vectors_a, projected, scale, top_values, top_core)
+                out["geometry"] = geometry.rows_pieces(a, delta, gram_a, gram_delta, top_values, row_vectors,
+                                                       gram_dtype)
     return out
 
 
-def _rows_left_vectors(a, vectors_a, projected, scale, top_values, top_core):
-    """Left singular vectors ``[G, fan_in, k]`` of ``G_g = A_gᵀ Δ_g`` on the rows route.
+def _rows_left_weights(vectors_a, projected, scale, top_values, top_core):
+    """``Y`` ``[G, R, k]`` such that ``A_gᵀ Y`` are the top-``k`` left singular vectors of
+    ``G_g = A_gᵀ Δ_g`` (rows route; never formed, see `geometry.Request.rows_pieces`).
 
     With ``A_g A_gᵀ = U Λ Uᵀ``, ``P = Uᵀ Δ_g Δ_gᵀ U`` and the core ``Λ^½ P Λ^½ = W Σ² Wᵀ``,
-    they are ``A_gᵀ U Λ^-½ W``; ``Λ^-½ W = P Λ^½ W Σ^-2`` avoids dividing by the small
-    eigenvalues of ``Λ``. The product with ``A_gᵀ`` is float32, as ``A_g`` is: the vectors'
-    round-off, ~1e-7, is far below what an overlap needs.
+    the vectors are ``A_gᵀ U Λ^-½ W``; ``Λ^-½ W = P Λ^½ W Σ^-2`` avoids dividing by the small
+    eigenvalues of ``Λ``.
     """
     k = top_core.shape[-1]
     squared = top_values[:, :k] ** 2
     weights = tf.matmul(projected, scale[:, :, None] * top_core) / tf.where(squared > 0, squared, 1.0)[:, None, :]
-    return tf.cast(a.transpose_matmul(tf.cast(tf.matmul(vectors_a, weights), FACTOR_DTYPE)), COMPUTE_DTYPE)
+    return tf.matmul(vectors_a, weights)
 
 
 def _fan_route(a, delta, kinds, widths, rows, randomized, gram_dtype, geometry):
@@ -339,7 +338,7 @@ def _fan_route(a, delta, kinds, widths, rows, randomized, gram_dtype, geometry):
         if "grad" in kinds:
             out["grad"] = values[:, :width]
         if geometry is not None:
-            out["geometry"] = geometry.pieces(geometry.gradient_inner_products(gradient), top_values, left)
+            out["geometry"] = geometry.gradient_pieces(gradient, top_values, left)
     return out
 
 
@@ -624,9 +623,9 @@ def spectra_from_row_sums(sums, input_factor_type, fan_in, fan_out, rows_per_sam
             spectra["grad"] = values
         if geometry is not None:
             unassigned_finite = tf.equal(sums["unassigned_nonfinite"][0], 0.0)
-            inner = geometry.gradient_inner_products(sums["grad"], (sums["unassigned_grad"], unassigned_finite))
             step = geometry.for_step(finite, _rank_tolerances(fan_in, fan_out)["grad"])
-            pieces = {"geometry": step.pieces(inner, top_values, left)}
+            pieces = {"geometry": step.gradient_pieces(sums["grad"], top_values, left,
+                                                       (sums["unassigned_grad"], unassigned_finite))}
     if "act" in sums:
         spectra["act"] = _singular_values(input_factor_type.eigenvalues_of_column_gram(sums["act"]), widths["act"])
     if "delta" in sums:
