@@ -217,3 +217,23 @@ def test_each_measure_alone_gives_the_values_of_both():
         assert {name for _, name in recorded[geometry]} == set(ts.geometry.RECORDED[geometry])
         for key, values in recorded[geometry].items():
             np.testing.assert_allclose(values, recorded[True][key], atol=1e-6, err_msg=str(key))
+
+
+@pytest.mark.parametrize("hidden", [12, 40])  # rows route; fan route (rows > fans)
+def test_one_group_records_its_batch_cosine_and_no_pair(hidden):
+    inputs = keras.Input((10,))
+    outputs = keras.layers.Dense(3)(keras.layers.Dense(hidden, activation="tanh")(inputs))
+    model = ts.AutoSpecModel(inputs=inputs, outputs=outputs, groups=["HC"], null_partitions=2)
+    x, y = data((10,), 3)
+    labels = np.where(np.arange(N) % 4 == 0, -1, 0)
+    expected = references(model, x, y, labels)
+    model.compile(optimizer=keras.optimizers.SGD(0.01), loss="mse")
+    model.fit(x, y, groups=labels, batch_size=N, epochs=1, shuffle=False, verbose=0)
+    spectra = model.last_spectra
+    assert spectra.pairs == []
+    for kernel in model.tracked_kernels:
+        grads, whole = expected[kernel.path]
+        _assert_close(spectra.cosine(kernel.path, "HC"), _cosine(grads[0], whole), COSINE_TOL, kernel.path)
+        assert spectra.geometry[(kernel.path, "cosine")].shape == (0,)
+    with pytest.raises(KeyError, match="Unknown kernel"):
+        spectra.cosine("nope/kernel", "HC")

@@ -107,7 +107,8 @@ def test_an_overlap_undefined_at_every_step_says_so(tmp_path, capsys):
     assert overlap.get_xlim() == (0, 1)  # the epochs, as the other panels
     cli.main(["info", str(tmp_path / "run.h5")])
     assert "geometry cosine of each pair's gradients and each group's with the batch's; overlap of each pair's " \
-           "top-3 input directions (HC-SZ)" in capsys.readouterr().out
+           "top-k input directions (k = 3, at most a layer's smaller fan: kernel_info[layer]['overlap_k']) (HC-SZ)" \
+           in capsys.readouterr().out
 
 
 def test_the_report_says_whether_the_groups_pull_the_same_way(conflict_runs, tmp_path, capsys):
@@ -135,6 +136,10 @@ def test_without_a_conflict_the_report_says_no_difference_in_direction(tmp_path)
     runs = _runs(tmp_path, conflict=0.0, runs=2, epochs=2)
     rows = stats.across_runs_geometry(runs, measures=["cosine"])
     headline, sentences = report.geometry_answer(rows, [("HC", "SZ")])
-    assert headline.startswith("Gradient direction: no difference in direction between HC and SZ beyond what "
+    assert headline.startswith("Gradient geometry: no difference in direction between HC and SZ beyond what "
                                "random groups of the same sizes show (0 of") and sentences == []
     assert report.geometry_answer(report.spectra_rows(rows), [("HC", "SZ")]) is None
+    # Without the cosines tested, nothing is said about the direction.
+    overlap_rows = stats.across_runs_geometry(runs, measures=["overlap"])
+    headline, _ = report.geometry_answer(overlap_rows, [("HC", "SZ")])
+    assert "direction between" not in headline and "no difference in the input directions the gradients use" in headline

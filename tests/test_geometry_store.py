@@ -5,6 +5,7 @@ import subprocess
 import sys
 import textwrap
 import types
+import warnings
 
 import h5py
 import numpy as np
@@ -320,10 +321,30 @@ def test_a_resume_with_other_geometry_is_refused_with_the_fix(tmp_path):
     model.autospec_geometry = ()
     with pytest.raises(store.StoreError, match=r"geometry: file has \['cosine', 'overlap'\], model has \[\]"):
         callback._check_same_layout(store.load(path))
-    # A file without geometry (written before it existed, or with geometry=False).
-    with h5py.File(path, "a") as f:
-        f.attrs["geometry"] = "[]"
-        del f.attrs["overlap_k"]
-    model.autospec_geometry = ("cosine",)
-    with pytest.raises(store.StoreError, match=r"model has \['cosine'\].*AutoSpecModel\(\.\.\., geometry=False\)"):
-        callback._check_same_layout(store.load(path))
+
+
+def test_a_file_without_geometry_is_continued_without_it_and_says_so(tmp_path):
+    # Written before the geometry was recorded, or with geometry=False; continued by a model
+    # that records it (e.g. loaded from a checkpoint of that time, which gets the default).
+    import keras
+
+    import tf_autospec as ts
+
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(32, 4)).astype("float32"), rng.normal(size=(32, 3)).astype("float32")
+    labels = np.arange(32) % 3
+    path = tmp_path / "run.h5"
+    inputs = keras.Input((4,))
+    outputs = keras.layers.Dense(3)(inputs)
+    for geometry, epochs in ((False, 1), (True, 2)):
+        model = ts.AutoSpecModel(inputs=inputs, outputs=outputs, groups=GROUPS, geometry=geometry)
+        model.compile(optimizer="sgd", loss="mse")
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            model.fit(x, y, groups=labels, batch_size=16, epochs=epochs, initial_epoch=epochs - 1, verbose=0,
+                      callbacks=[ts.AutoSpecCallback(path)])
+    assert any("holds no gradient geometry" in str(w.message) and "write to a new file" in str(w.message)
+               for w in caught)
+    run = store.load(path)
+    assert run.geometry == () and list(run.records["epoch"]) == [0, 0, 1, 1]
+    assert np.isfinite(model.last_spectra.cosine("dense/kernel", "HC", "SZ"))

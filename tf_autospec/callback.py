@@ -217,6 +217,7 @@ class AutoSpecCallback(keras.callbacks.Callback):
         self._first_step = int(self.model.optimizer.iterations.numpy())
         self._step_offset = self._epoch_offset = 0
         self._resume = None
+        self._file_without_geometry = False
         if self.overwrite or not os.path.exists(self.path):
             return
         run = store.load(self.path)
@@ -325,7 +326,7 @@ class AutoSpecCallback(keras.callbacks.Callback):
             "epochs": [int(e) for e in finished],
         }
         self._writer = store.RunWriter(self.path, None, {}, resume=self._resume, keep=keep)
-        self._writer.layout = _layout(self.model, list(self._writer.file["records/logs"]))
+        self._writer.layout = self._continued_layout()
         rows = (f"{len(steps)} recorded step{'s' * (len(steps) != 1)} (steps {steps[0]}..{steps[-1]})"
                 if len(steps) else "no recorded step")
         epochs = (f"{len(finished)} finished epoch{'s' * (len(finished) != 1)} "
@@ -338,8 +339,25 @@ class AutoSpecCallback(keras.callbacks.Callback):
             "the file's resumes attribute lists what was dropped (Run.resumes)."
         )
 
+    def _continued_layout(self):
+        """The layout of the rows this fit appends to the file it continues."""
+        layout = _layout(self.model, list(self._writer.file["records/logs"]))
+        if self._file_without_geometry:
+            layout["geometry"] = []
+        return layout
+
     def _check_same_layout(self, run):
         expected = _layout(self.model, [])
+        if not run.geometry and expected["geometry"]:
+            # A file from before the geometry was recorded (or with geometry=False): its
+            # spectra continue; the geometry of the new steps has nowhere to go.
+            self._file_without_geometry = True
+            expected["geometry"] = []
+            tracking.warn(
+                f"AutoSpecCallback: '{self.path}' holds no gradient geometry (written before it was recorded, "
+                "or with geometry=False). This fit appends its spectra to it without the geometry of its "
+                "steps (model.last_spectra still has it). To keep the geometry, write to a new file."
+            )
         # The geometry is compared from what the file records (``k`` only where both record
         # the overlap), not from its options, so that the error names what differs.
         both_overlap = "overlap" in run.geometry and "overlap" in expected["geometry"]
@@ -445,7 +463,7 @@ class AutoSpecCallback(keras.callbacks.Callback):
     def _open_writer(self, log_keys):
         if self._resume is not None:
             self._writer = store.RunWriter(self.path, None, {}, resume=self._resume)
-            self._writer.layout = _layout(self.model, list(self._writer.file["records/logs"]))
+            self._writer.layout = self._continued_layout()
             return
         attributes = {
             "tf_autospec_version": _version(),

@@ -131,7 +131,8 @@ def _geometry_info(run):
     if not run.geometry:
         return "not recorded (a file from before it was, or geometry=False)"
     measures = {"cosine": "cosine of each pair's gradients and each group's with the batch's",
-                "overlap": f"overlap of each pair's top-{run.overlap_k} input directions"}
+                "overlap": f"overlap of each pair's top-k input directions (k = {run.overlap_k}, at most a layer's "
+                           "smaller fan: kernel_info[layer]['overlap_k'])"}
     pairs = f" ({', '.join(f'{a}-{b}' for a, b in run.pairs)})" if run.pairs else " (one group: no pair)"
     return "; ".join(measures[m] for m in run.geometry) + pairs
 

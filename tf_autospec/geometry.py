@@ -56,6 +56,10 @@ def check_geometry(geometry):
         return MEASURES
     if geometry is False or geometry is None:
         return ()
+    if not isinstance(geometry, (str, list, tuple)):
+        raise ValueError(
+            f"geometry takes True, False or a subset of {list(MEASURES)}; received {geometry!r}."
+        )
     chosen = (geometry,) if isinstance(geometry, str) else tuple(geometry)
     unknown = [m for m in chosen if m not in MEASURES]
     if unknown:
@@ -133,8 +137,9 @@ class Layout:
         self.num_groups = num_groups
         self.partitions = partitions
         pairs = group_pairs(range(num_groups))
-        self.first = [p * num_groups + a for p in range(partitions) for a, _ in pairs]
-        self.second = [p * num_groups + b for p in range(partitions) for _, b in pairs]
+        # int32 arrays: an empty list (one group) would gather as float32 indices.
+        self.first = np.array([p * num_groups + a for p in range(partitions) for a, _ in pairs], np.int32)
+        self.second = np.array([p * num_groups + b for p in range(partitions) for _, b in pairs], np.int32)
         # incidence[g, j] = 1 where group g is in pair j: ⟨G_g, Σ_h G_h⟩ from the pairs' products.
         incidence = np.zeros([num_groups * partitions, len(self.first)])
         incidence[self.first, range(len(self.first))] = 1
@@ -213,11 +218,11 @@ class Request:
                 vectors (``None`` without overlap).
             gram_dtype: the dtype the cross Gram matrices are formed in.
         """
-        cross_a = a.take(self.first).cross_gram(a.take(self.second), gram_dtype) if self.first else None
+        cross_a = a.take(self.first).cross_gram(a.take(self.second), gram_dtype) if len(self.first) else None
         inner = None
         if "cosine" in self.measures:
             diagonal = tf.reduce_sum(gram_a * gram_delta, axis=[1, 2])
-            if self.first:
+            if len(self.first):
                 cross_delta = delta.take(self.first).cross_gram(delta.take(self.second), gram_dtype)
                 pair_products = tf.reduce_sum(cross_a * cross_delta, axis=[1, 2])
             else:
@@ -236,7 +241,7 @@ class Request:
 
             inner = InnerProducts(diagonal, pair_products, *self._unassigned_or_none(compute, none))
         products = None
-        if self.wants_vectors and self.first:
+        if self.wants_vectors and len(self.first):
             products = tf.matmul(tf.gather(row_vectors, self.first),
                                  tf.matmul(cross_a, tf.gather(row_vectors, self.second)), transpose_a=True)
         return self._pieces(inner, top_values, products)
@@ -259,13 +264,14 @@ class Request:
             unassigned_gradient, unassigned_finite = unassigned
             flat = tf.reshape(tf.cast(gradient, COMPUTE_DTYPE), [tf.shape(gradient)[0], -1])
             other = tf.reshape(tf.cast(unassigned_gradient, COMPUTE_DTYPE), [-1])
-            pair_products = tf.reduce_sum(tf.gather(flat, self.first) * tf.gather(flat, self.second), axis=1)
+            pair_products = (tf.reduce_sum(tf.gather(flat, self.first) * tf.gather(flat, self.second), axis=1)
+                             if len(self.first) else tf.zeros([0], COMPUTE_DTYPE))
             inner = InnerProducts(
                 tf.reduce_sum(flat * flat, axis=1), pair_products, tf.linalg.matvec(flat, other),
                 tf.reduce_sum(other * other), unassigned_finite,
             )
         products = None
-        if self.wants_vectors and self.first:
+        if self.wants_vectors and len(self.first):
             products = tf.matmul(tf.gather(left, self.first), tf.gather(left, self.second), transpose_a=True)
         return self._pieces(inner, top_values, products)
 

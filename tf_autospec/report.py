@@ -497,6 +497,15 @@ def _same_direction_text(rows, pairs):
             "sizes in every layer tested")
 
 
+def _nothing_in_geometry(rows):
+    """What "nothing found" means for the measures the table tested: the direction only
+    when the cosines were tested."""
+    tested = {r["measure"] for r in geometry_rows(rows)}
+    if "cosine" in tested:
+        return "no difference in direction"
+    return "no difference in " + _and(sorted(wording.GEOMETRY_MEASURE_NAMES.get(m, m) for m in tested))
+
+
 def geometry_answer(rows, pairs):
     """``(headline, [sentences])``: whether the groups pull the weights the same way, from
     the geometry's tests of a table, or ``None`` when it holds none.
@@ -513,8 +522,8 @@ def geometry_answer(rows, pairs):
     groups = _and(sorted({g for p in pairs for g in p}))
     found = geometry_findings(members)
     if not found:
-        return (f"Gradient direction: no difference in direction between {groups} beyond what random groups of the "
-                f"same sizes show ({counts})."), []
+        return (f"Gradient geometry: {_nothing_in_geometry(members)} between {groups} beyond what random groups of "
+                f"the same sizes show ({counts})."), []
     headline = f"Gradient geometry, do the groups pull the weights the same way? ({counts}):"
     sentences = [text for text in [_same_direction_text(members, pairs)] if text]
     sentences += [geometry_text(f, len(pairs) > 1) for f in found[:TOP_GEOMETRY_SENTENCES]]
@@ -639,7 +648,7 @@ def console_summary(runs, pairs, rows):
             if len(directions) > TOP_LINES:
                 lines.append(f"  and {len(directions) - TOP_LINES} more (report.html, tests.csv)")
         else:
-            lines.append("direction  no difference in direction beyond what random groups of the same sizes show")
+            lines.append(f"geometry  {_nothing_in_geometry(rows)} beyond what random groups of the same sizes show")
     return lines
 
 

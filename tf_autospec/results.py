@@ -94,6 +94,8 @@ class StepSpectra:
 
     def _geometry(self, values, kernel, name, a, b):
         key = (kernel, name if b is not None or name != "cosine" else "batch_cosine")
+        if kernel not in self.kernels:
+            raise KeyError(f"Unknown kernel {kernel!r}; recorded: {self.kernels}.")
         if key not in values:
             raise KeyError(
                 f"No '{name}' recorded for '{kernel}'; recorded: {sorted(values) or 'no geometry'} "

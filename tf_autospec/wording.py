@@ -18,6 +18,11 @@ _SUMMARY_NAMES = {
 }
 # Ratios of singular values: the same per sample as recorded, and without a unit.
 _SCALE_FREE_UNITS = {"effective_rank": "directions", "stable_rank": "directions", "top_energy": "share of energy"}
+GEOMETRY_MEASURE_NAMES = {
+    "cosine": "direction",
+    "overlap": "the input directions the gradients use",
+    "batch_cosine": "how much the step follows each group",
+}
 MAP_BOUND = 5.0  # the least reach of the findings map's colour scale, in z: effects of chance's size stay pale
 SUBSCRIPTS = str.maketrans("0123456789", "₀₁₂₃₄₅₆₇₈₉")
 
