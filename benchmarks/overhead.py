@@ -20,7 +20,7 @@ AutoSpec's extra time goes, by op category.
 
 Usage:
     python benchmarks/overhead.py [--models mlp cnn] [--batch 128] [--groups 2] [--repeats 5]
-        [--no-floor] [--profile]
+        [--no-floor] [--profile] [--null-partitions P]
 """
 
 import argparse
@@ -120,7 +120,7 @@ class TimedCallback(ts.AutoSpecCallback):
         self.seconds += time.perf_counter() - start
 
 
-def build(kind, architecture, groups, every, jit_compile=False):
+def build(kind, architecture, groups, every, jit_compile=False, null_partitions=0):
     """A compiled model of ``kind`` (plain, autospec, autospec_no_group_loss, autospec_no_geometry,
     autospec_float32, autospec_float32_no_geometry, autospec_grad, paper); ``architecture``
     is a name of `ARCHITECTURES` or a ``(make_outputs, input_shape)`` pair."""
@@ -133,12 +133,14 @@ def build(kind, architecture, groups, every, jit_compile=False):
     elif kind == "paper":
         model = PaperRouteModel(inputs=inputs, outputs=outputs, groups=names)
     elif kind == "autospec_no_group_loss":
-        model = WithoutGroupLossModel(inputs=inputs, outputs=outputs, groups=names, every_n_steps=every)
+        model = WithoutGroupLossModel(inputs=inputs, outputs=outputs, groups=names, every_n_steps=every,
+                                      null_partitions=null_partitions)
     else:
         kinds = ("grad",) if kind == "autospec_grad" else ts.KINDS
         precision = "float32" if kind.startswith("autospec_float32") else "float64"
         model = ts.AutoSpecModel(inputs=inputs, outputs=outputs, groups=names, kinds=kinds, every_n_steps=every,
-                                 precision=precision, geometry=not kind.endswith("no_geometry"))
+                                 precision=precision, geometry=not kind.endswith("no_geometry"),
+                                 null_partitions=null_partitions)
     model.compile(
         optimizer="adam", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         jit_compile=jit_compile,
@@ -153,11 +155,15 @@ def epoch_seconds(model, x, y, labels, batch, callbacks=()):
     return time.perf_counter() - start
 
 
-def synthetic_data(shape, batch, steps, groups):
-    """``(x, y, labels)``: ``steps`` batches of Gaussian inputs, 10 classes, random groups."""
+def synthetic_data(shape, batch, steps, groups, null_partitions=0):
+    """``(x, y, labels)``: ``steps`` batches of Gaussian inputs, 10 classes, random groups
+    (with ``null_partitions``, the ``[N, 1 + P]`` labels of `tf_autospec.null_partitions`)."""
     rng = np.random.default_rng(0)
     x = rng.normal(size=(batch * steps, *shape)).astype("float32")
-    return x, rng.integers(0, 10, size=len(x)), rng.integers(0, groups, size=len(x))
+    labels = rng.integers(0, groups, size=len(x))
+    if null_partitions:
+        labels = ts.null_partitions(labels, null_partitions)
+    return x, rng.integers(0, 10, size=len(x)), labels
 
 
 def ms_per_step_samples(models, data, batch, steps, repeats, callbacks=None):
@@ -179,13 +185,13 @@ def median_ms_per_step(models, data, batch, steps, repeats, callbacks=None):
     return {name: statistics.median(t) for name, t in samples.items()}
 
 
-def run(architecture, batch, groups, steps, repeats, variants, extra=None):
+def run(architecture, batch, groups, steps, repeats, variants, extra=None, null_partitions=0):
     """Times ``variants`` (and the ``extra`` objects with a ``fit``, e.g. the floor) side
     by side; per name: ms/step (median, min, max over the repeats), ratio to plain and
     the per-repeat samples."""
-    data = synthetic_data(ARCHITECTURES[architecture][1], batch, steps, groups)
+    data = synthetic_data(ARCHITECTURES[architecture][1], batch, steps, groups, null_partitions)
     trained = {
-        name: build(kind, architecture, groups, every)
+        name: build(kind, architecture, groups, every, null_partitions=null_partitions)
         for name, (kind, every) in variants.items()
     }
     trained.update(extra or {})
@@ -276,18 +282,23 @@ def main():
                         help="profile plain, AutoSpec and the floor op by op: where the rest goes")
     parser.add_argument("--profile-repeats", type=int, default=3, help="profiled epochs of each (medians)")
     parser.add_argument("--json", help="also write the results here")
+    parser.add_argument("--null-partitions", type=int, default=0,
+                        help="null partitions recorded by every AutoSpec variant (the paper's route is then left out, "
+                        "and the floor ignores them)")
     args = parser.parse_args()
-    variants = {k: v for k, v in VARIANTS.items() if k not in args.skip}
+    variants = {k: v for k, v in VARIANTS.items() if k not in args.skip and not (args.null_partitions and k == "paper_svd")}
     with_floor = not args.no_floor and {"plain", "autospec"} <= set(variants)
     machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, TF {tf.__version__}, Keras {keras.__version__}"
-    print(f"# {machine}; batch {args.batch}, {args.groups} groups, {args.steps} steps/epoch, median of {args.repeats}")
+    print(f"# {machine}; batch {args.batch}, {args.groups} groups, {args.null_partitions} null partitions, "
+          f"{args.steps} steps/epoch, median of {args.repeats}")
     results, floors, profiles = {}, {}, {}
     for architecture in args.models:
         extra = None
         if with_floor:
             plans, probe = floor_module.kernel_plans(*ARCHITECTURES[architecture], args.batch, args.groups)
             extra = {"floor": floor_module.FloorTimer(plans, args.batch, args.groups)}
-        results[architecture] = run(architecture, args.batch, args.groups, args.steps, args.repeats, variants, extra)
+        results[architecture] = run(architecture, args.batch, args.groups, args.steps, args.repeats, variants, extra,
+                                    args.null_partitions)
         for name, r in results[architecture].items():
             writer = (f"  (writer {r['writer_ms_per_step']:.2f} ms/step = "
                       f"{100 * r['writer_share_of_step']:.1f}% of the step)" if "writer_ms_per_step" in r else "")
