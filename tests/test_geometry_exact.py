@@ -237,3 +237,38 @@ def test_one_group_records_its_batch_cosine_and_no_pair(hidden):
         assert spectra.geometry[(kernel.path, "cosine")].shape == (0,)
     with pytest.raises(KeyError, match="Unknown kernel"):
         spectra.cosine("nope/kernel", "HC")
+
+
+@pytest.mark.parametrize("hidden", [24, 4])  # rows route; fan route
+def test_null_partitions_geometry_matches_each_relabeling(hidden):
+    # Each null partition is a relabeling of the same samples: its cosines and overlaps are
+    # those of its own groups' gradients, as for the real groups.
+    inputs = keras.Input((32,))
+    outputs = keras.layers.Dense(3)(keras.layers.Dense(hidden, activation="tanh")(inputs))
+    model = _model(inputs, outputs, null_partitions=3)
+    x, y = data((32,), 3)
+    labels = ts.null_partitions(LABELS, 3, seed=1)
+    expected = [references(model, x, y, labels[:, p]) for p in range(4)]
+    model.compile(optimizer=keras.optimizers.SGD(0.01), loss="mse")
+    model.fit(x, y, groups=labels, batch_size=N, epochs=1, shuffle=False, verbose=0)
+    spectra, compared = model.last_spectra, 0
+    for kernel in model.tracked_kernels:
+        k = min(3, kernel.fan_in, kernel.fan_out)
+        for p in range(1, 4):
+            grads, whole = expected[p][kernel.path]
+            present = [g for g in range(len(GROUPS)) if np.any(labels[:, p] == g)]
+            for g, name in enumerate(GROUPS):
+                want = _cosine(grads[g], whole) if g in present else np.nan
+                _assert_close(spectra.null_cosine(kernel.path, name)[p - 1], want, COSINE_TOL, f"{kernel.path} {p} {name}")
+            for a, b in spectra.pairs:
+                ia, ib = GROUPS.index(a), GROUPS.index(b)
+                want = _cosine(grads[ia], grads[ib]) if ia in present and ib in present else np.nan
+                label = f"{kernel.path} partition {p} {a}~{b}"
+                _assert_close(spectra.null_cosine(kernel.path, a, b)[p - 1], want, COSINE_TOL, label)
+                matrices = [grads[i].reshape(kernel.fan_in, kernel.fan_out) for i in (ia, ib)]
+                (u_a, ok_a), (u_b, ok_b) = (_subspace(m, k) for m in matrices)
+                if ok_a and ok_b and ia in present and ib in present:
+                    _assert_close(spectra.null_overlap(kernel.path, a, b)[p - 1], np.sum((u_a.T @ u_b) ** 2) / k,
+                                  OVERLAP_TOL, f"{label} overlap")
+                    compared += 1
+    assert compared
