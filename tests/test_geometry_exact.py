@@ -272,3 +272,26 @@ def test_null_partitions_geometry_matches_each_relabeling(hidden):
                                   OVERLAP_TOL, f"{label} overlap")
                     compared += 1
     assert compared
+
+
+def test_a_nan_sample_makes_its_groups_nan_and_leaves_the_other_pair_exact():
+    # With 3 groups and 4 partitions the pairs read one row-Gram matrix of the batch; the
+    # NaN sample's rows are zeroed there and every group holding it is reported NaN.
+    groups = ("a", "b", "c")
+    inputs = keras.Input((32,))
+    outputs = keras.layers.Dense(3)(keras.layers.Dense(24, activation="tanh", name="hidden")(inputs))
+    model = ts.AutoSpecModel(inputs=inputs, outputs=outputs, groups=groups, null_partitions=3)
+    x, y = data((32,), 3)
+    x[5, 0] = np.nan
+    labels = np.arange(N) % 3  # sample 5 is in group c
+    keep = np.arange(N) != 5  # samples do not interact: a and b's gradients are those without it
+    grads, _ = references(model, x[keep], y[keep], labels[keep])["hidden/kernel"]
+    model.compile(optimizer=keras.optimizers.SGD(0.0), loss="mse")
+    with pytest.warns(UserWarning, match="NaN or Inf"):
+        model.fit(x, y, groups=labels, batch_size=N, epochs=1, shuffle=False, verbose=0)
+        spectra = model.last_spectra
+    _assert_close(spectra.cosine("hidden/kernel", "a", "b"), _cosine(grads[0], grads[1]), COSINE_TOL, "a~b")
+    for pair in (("a", "c"), ("b", "c")):
+        assert np.isnan(spectra.cosine("hidden/kernel", *pair)), pair
+    assert all(np.isnan(spectra.cosine("hidden/kernel", g)) for g in groups)
+    assert np.isnan(spectra.null_cosine("hidden/kernel", "a")).all()

@@ -159,15 +159,21 @@ class Request:
             laid out as one group ``[1, R_u, ...]``; called only inside a ``tf.cond`` on
             ``has_unassigned``, so that a batch whose samples all have a group pays nothing
             for them.
+        batch_factors: ``None``, or ``() -> (a, delta, membership)``: the whole batch's
+            rows as one group ``[1, M, ...]`` and which groups each row is in (float64
+            ``[M, G' + 1]``, the last column for no group; `SampleGrouping.row_membership`).
+            Given where one row-Gram matrix of the batch costs less than every pair's cross
+            Gram matrices (null partitions: the pairs of every partition read it).
     """
 
-    def __init__(self, measures, overlap_k, layout, has_unassigned, unassigned_factors):
+    def __init__(self, measures, overlap_k, layout, has_unassigned, unassigned_factors, batch_factors=None):
         self.measures = measures
         self.overlap_k = overlap_k
         self.layout = layout
         self.first, self.second = layout.first, layout.second
         self.has_unassigned = has_unassigned
         self.unassigned_factors = unassigned_factors
+        self.batch_factors = batch_factors
 
     def for_step(self, finite, tolerance):
         """This request with what `rows_pieces` and `gradient_pieces` need from the step's spectra.
@@ -218,6 +224,13 @@ class Request:
                 vectors (``None`` without overlap).
             gram_dtype: the dtype the cross Gram matrices are formed in.
         """
+        if self.batch_factors is not None:
+            inner = self._batch_inner_products(gram_dtype) if "cosine" in self.measures else None
+            products = None
+            if self.wants_vectors and len(self.first):
+                left = tf.cast(a.transpose_matmul(tf.cast(row_vectors, tf.float32)), COMPUTE_DTYPE)  # L_g = A_gᵀ Y_g
+                products = tf.matmul(tf.gather(left, self.first), tf.gather(left, self.second), transpose_a=True)
+            return self._pieces(inner, top_values, products)
         cross_a = a.take(self.first).cross_gram(a.take(self.second), gram_dtype) if len(self.first) else None
         inner = None
         if "cosine" in self.measures:
@@ -245,6 +258,26 @@ class Request:
             products = tf.matmul(tf.gather(row_vectors, self.first),
                                  tf.matmul(cross_a, tf.gather(row_vectors, self.second)), transpose_a=True)
         return self._pieces(inner, top_values, products)
+
+    def _batch_inner_products(self, gram_dtype):
+        """`InnerProducts` from one row-Gram matrix of the whole batch: with ``P = (A Aᵀ) ∘
+        (Δ Δᵀ)`` over all rows and the membership ``M``, ``Mᵀ P M`` holds every group's
+        ``‖G_g‖²``, every pair's ``⟨G_a, G_b⟩`` in every partition and the unassigned
+        samples' terms. Rows holding NaN or Inf are zeroed (their groups are reported NaN
+        by `measures`)."""
+        a, delta, membership = self.batch_factors()
+        finite_rows = a.finite_rows() & delta.finite_rows()
+        a, delta = a.zeroed_rows(finite_rows), delta.zeroed_rows(finite_rows)
+        products = (a.row_gram(gram_dtype) * delta.row_gram(gram_dtype))[0]
+        totals = tf.matmul(membership, tf.matmul(products, membership), transpose_a=True)  # [G' + 1, G' + 1]
+        groups = self.layout.num_groups * self.layout.partitions
+        return InnerProducts(
+            tf.linalg.diag_part(totals)[:groups],
+            tf.gather_nd(totals, np.stack([self.first, self.second], axis=1)),
+            totals[:groups, groups],
+            totals[groups, groups],
+            tf.reduce_all(finite_rows[0] | tf.equal(membership[:, groups], 0.0)),
+        )
 
     def gradient_pieces(self, gradient, top_values, left, unassigned=None):
         """The kernel's `Pieces` from formed gradients.
@@ -311,7 +344,9 @@ def measures(chosen, layout, kernel_pieces):
     if "cosine" in chosen:
         norms = tf.sqrt(tf.maximum(inner.diagonal, 0.0))  # [K, G']
         pair_norms = tf.gather(norms, layout.first, axis=1) * tf.gather(norms, layout.second, axis=1)
-        out["cosine"] = tf.reshape(_ratio(inner.pairs, pair_norms), [kernels, partitions, pairs])
+        pair_finite = tf.gather(stacked.finite, layout.first, axis=1) & tf.gather(stacked.finite, layout.second, axis=1)
+        pair_cosine = tf.where(pair_finite, _ratio(inner.pairs, pair_norms), float("nan"))
+        out["cosine"] = tf.reshape(pair_cosine, [kernels, partitions, pairs])
         # ⟨G_g, G⟩ = ‖G_g‖² + Σ_h≠g ⟨G_g, G_h⟩ + ⟨G_g, G_u⟩, h over g's partition; ‖G‖² sums them
         # with the unassigned's own terms.
         with_batch = inner.diagonal + tf.matmul(inner.pairs, tf.constant(layout.incidence.T)) + inner.with_unassigned

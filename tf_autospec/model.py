@@ -26,6 +26,9 @@ def _functional_arguments(args, kwargs):
 # XLA's CPU eigen-solvers take minutes on matrices of realistic size. Tests set this to
 # compile the training step of tiny models with XLA on CPU, to exercise the GPU path.
 XLA_ON_CPU = False
+# The most rows whose batch row-Gram matrices the geometry forms at once (three float64
+# [M, M] matrices: 100 MB at 2048 rows).
+BATCH_GRAM_ROWS = 2048
 
 
 def _xla_allowed():
@@ -714,7 +717,30 @@ class AutoSpecModel(keras.Model):
             geometry_module.overlap_width(self.autospec_overlap_k, kernel.fan_in, kernel.fan_out),
             self._geometry_layout, grouping.has_unassigned(),
             lambda: self._factors(kernel, kernel_calls, kernel_deltas, grouping.unassigned())[:2],
+            self._batch_factors(kernel, kernel_calls, kernel_deltas, grouping),
         )
+
+    def _batch_factors(self, kernel, kernel_calls, kernel_deltas, grouping):
+        """The `geometry.Request`'s ``batch_factors`` where one row-Gram matrix of the whole
+        batch costs less than the cross Gram matrices of every pair in every partition
+        (``G² <`` pairs × partitions, for groups of about equal size: null partitions) and
+        stays small (`BATCH_GRAM_ROWS`); else ``None``. Known while tracing."""
+        rows_per_sample = _rows_per_sample(kernel, kernel_deltas)
+        batch = kernel_calls[0][0].shape[0] or self._batch_size_hint
+        layout = self._geometry_layout
+        if (tf.is_tensor(rows_per_sample) or batch is None or batch * rows_per_sample > BATCH_GRAM_ROWS
+                or len(self.groups) ** 2 >= len(layout.first)):
+            return None
+        layer, capture = kernel.layer, kernel.capture
+
+        def factors():
+            a = tf.concat([capture.input_rows(layer, inputs) for inputs, _ in kernel_calls], axis=1)
+            delta = tf.concat([capture.output_rows(layer, d) for d in kernel_deltas], axis=1)
+            return (capture.factor(layer, tf.reshape(a, [1, -1, *a.shape[2:]])),
+                    spectra.DenseRows(tf.reshape(delta, [1, -1, kernel.fan_out])),
+                    grouping.row_membership(rows_per_sample))
+
+        return factors
 
     @property
     def _geometry_layout(self):

@@ -100,6 +100,12 @@ class SampleGrouping:
             tf.stack([self.num_groups, largest]),
         )
 
+    def row_membership(self, rows_per_sample):
+        """float64 ``[N · rows_per_sample, G' + 1]``: 1 where a row's sample is in the group;
+        the last column for the samples in no group."""
+        unassigned = tf.cast(self.labels[:, :1] < 0, tf.int32)
+        return tf.repeat(tf.cast(tf.concat([self.one_hot, unassigned], 1), COMPUTE_DTYPE), rows_per_sample, axis=0)
+
     def has_unassigned(self):
         """bool scalar: some sample is in no group."""
         return tf.reduce_any(self.labels[:, 0] < 0)
@@ -143,6 +149,14 @@ class DenseRows:
     def take(self, groups):
         """The factor of the groups at indices ``groups``, in that order."""
         return DenseRows(tf.gather(self.values, groups))
+
+    def finite_rows(self):
+        """bool ``[G, R]``: the row holds no NaN or Inf."""
+        return tf.reduce_all(tf.math.is_finite(self.values), axis=-1)
+
+    def zeroed_rows(self, keep):
+        """The same factor with the rows not in ``keep`` (bool ``[G, R]``) set to zero."""
+        return DenseRows(tf.where(keep[:, :, None], self.values, 0.0))
 
     def cross_gram(self, other, gram_dtype=COMPUTE_DTYPE):
         """``A Bᵀ`` between the rows of two factors, per group (broadcast), float64 ``[G, R, R_other]``."""
@@ -194,6 +208,12 @@ class OneHotRows:
 
     def take(self, groups):
         return OneHotRows(tf.gather(self.ids, groups), self.width)
+
+    def finite_rows(self):
+        return tf.ones(tf.shape(self.ids), tf.bool)
+
+    def zeroed_rows(self, keep):
+        return OneHotRows(tf.where(keep, self.ids, -1), self.width)
 
     def cross_gram(self, other, gram_dtype=None):
         """Whether a row of one factor holds the same token as a row of the other (exact)."""
