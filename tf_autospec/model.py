@@ -440,7 +440,7 @@ class AutoSpecModel(keras.Model):
         # MultiWorkerMirroredStrategy refuses for a nested batch. The build needs only the
         # batch's structure, shapes and dtypes: one replica's share has them.
         if iterator is not None and self._distribute_strategy is not None:
-            for _, _, batches in iterator:
+            for *_, batches in iterator:  # (step, it) in Keras 3.8, (first, last, it) later
                 data_batch = tree.map_structure(
                     lambda v: self._distribute_strategy.experimental_local_results(v)[0], next(batches)
                 )
