@@ -1,0 +1,70 @@
+"""The gradient geometry's cost with 20 null partitions, for `autospec run`'s MLP
+(1378-512-256-2, batch 32, 2 groups), side by side in one process: plain `keras.Model`,
+AutoSpec without the geometry, with it (the batch row-Gram route where cheaper, see
+`tf_autospec.geometry.Request`), and with it through every pair's cross Gram matrices
+(``BATCH_GRAM_ROWS = 0`` while that model is traced). Prints medians and quartiles of 9
+epochs of 20 steps (docs/benchmarks.md, "Gradient geometry: cost").
+
+Usage:
+    python benchmarks/geometry_null_partitions.py
+"""
+
+import os
+import statistics
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+
+import tf_autospec as ts  # noqa: E402
+from tf_autospec import model as model_module  # noqa: E402
+
+BATCH, STEPS, PARTITIONS, REPEATS = 32, 20, 20, 9
+VARIANTS = ("plain", "no_geometry", "geometry", "geometry_pairs_route")
+
+
+def build(variant):
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((1378,))
+    hidden = keras.layers.Dense(256, activation="relu")(keras.layers.Dense(512, activation="relu")(inputs))
+    outputs = keras.layers.Dense(2)(hidden)
+    if variant == "plain":
+        model = keras.Model(inputs, outputs)
+    else:
+        model = ts.AutoSpecModel(inputs=inputs, outputs=outputs, groups=["HC", "SZ"], null_partitions=PARTITIONS,
+                                 geometry=variant != "no_geometry")
+    model.compile(optimizer="adam", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    return model
+
+
+def main():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(BATCH * STEPS, 1378)).astype("float32")
+    y = rng.integers(0, 2, BATCH * STEPS)
+    labels = ts.null_partitions(rng.integers(0, 2, BATCH * STEPS), PARTITIONS)
+
+    def epoch_ms(model):
+        extra = {"groups": labels} if isinstance(model, ts.AutoSpecModel) else {}
+        start = time.perf_counter()
+        model.fit(x, y, batch_size=BATCH, epochs=1, verbose=0, shuffle=False, **extra)
+        return 1e3 * (time.perf_counter() - start) / STEPS
+
+    models = {variant: build(variant) for variant in VARIANTS}
+    default_rows = model_module.BATCH_GRAM_ROWS
+    for variant, model in models.items():  # traces (excluded); the route is chosen then
+        model_module.BATCH_GRAM_ROWS = 0 if variant == "geometry_pairs_route" else default_rows
+        epoch_ms(model)
+    model_module.BATCH_GRAM_ROWS = default_rows
+    samples = {variant: [] for variant in models}
+    for _ in range(REPEATS):
+        for variant, model in models.items():
+            samples[variant].append(epoch_ms(model))
+    for variant, values in samples.items():
+        print(f"P={PARTITIONS} batch {BATCH} MLP 1378-512-256-2 {variant:22s} median {statistics.median(values):7.2f} ms"
+              f"  quartiles {np.percentile(values, 25):.2f}-{np.percentile(values, 75):.2f}")
+
+
+if __name__ == "__main__":
+    main()
