@@ -219,16 +219,9 @@ def rotation(runs, summaries, alpha=0.05):
 DESIGNS = ("seeds", "folds", "within")
 
 
-def simulated_repetition(folder, fraction, design, shift, repetition, args):
-    """One repetition: a new population of subjects and their groups, the design's runs,
-    both references on the same runs."""
-    sequence = np.random.SeedSequence([args.seed, repetition, round(100 * fraction), DESIGNS.index(design),
-                                       round(1000 * shift)])
-    rng = np.random.default_rng(sequence)
-    labels, signature = simulated_subjects(rng, args.subjects, fraction, args.signature)
-    common = dict(labels=labels, signature=signature, partition_seed=int(rng.integers(2**31)),
-                  shift=shift, shift_layer=SHIFT_LAYER if shift else None, null_partitions=args.partitions,
-                  batch=args.batch)
+def design_runs(folder, rng, labels, design, args, **common):
+    """The design's simulated runs: ``args.runs`` seeds on every subject, ``args.folds``
+    stratified folds, or one run (``"within"``); ``common`` goes to `simulated_run`."""
     if design == "seeds":
         plan = [None] * args.runs
     elif design == "folds":
@@ -236,11 +229,21 @@ def simulated_repetition(folder, fraction, design, shift, repetition, args):
         plan = [np.flatnonzero(fold_of != fold) for fold in range(args.folds)]
     else:
         plan = [None]
-    runs = []
-    for i, subjects in enumerate(plan):
-        epochs = args.within_epochs if design == "within" else args.epochs
-        runs.append(simulated_run(os.path.join(folder, f"run{i}.h5"), np.random.default_rng(rng.integers(2**31)),
-                                  subjects=subjects, epochs=epochs, **common))
+    epochs = args.within_epochs if design == "within" else args.epochs
+    return [simulated_run(os.path.join(folder, f"run{i}.h5"), np.random.default_rng(rng.integers(2**31)),
+                          labels=labels, subjects=subjects, epochs=epochs, **common) for i, subjects in enumerate(plan)]
+
+
+def simulated_repetition(folder, fraction, design, shift, repetition, args):
+    """One repetition: a new population of subjects and their groups, the design's runs,
+    both references on the same runs."""
+    sequence = np.random.SeedSequence([args.seed, repetition, round(100 * fraction), DESIGNS.index(design),
+                                       round(1000 * shift)])
+    rng = np.random.default_rng(sequence)
+    labels, signature = simulated_subjects(rng, args.subjects, fraction, args.signature)
+    runs = design_runs(folder, rng, labels, design, args, signature=signature,
+                       partition_seed=int(rng.integers(2**31)), shift=shift,
+                       shift_layer=SHIFT_LAYER if shift else None, null_partitions=args.partitions, batch=args.batch)
     planted = SHIFT_LAYER if shift else None
     if design == "within":
         new = stats.within_run(runs[0], summaries=SIMULATED_SUMMARIES)
@@ -334,19 +337,10 @@ def geometry_repetition(folder, fraction, design, conflict, repetition, args):
                                        round(1000 * conflict), 17])
     rng = np.random.default_rng(sequence)
     labels, signature = simulated_subjects(rng, args.subjects, fraction, args.signature)
-    common = dict(labels=labels, signature=signature, partition_seed=int(rng.integers(2**31)),
-                  null_partitions=args.partitions, batch=args.batch, geometry=True, common=args.common,
-                  conflict=conflict, conflict_layer=CONFLICT_LAYER if conflict else None, with_spectra=False)
-    if design == "seeds":
-        plan = [None] * args.runs
-    elif design == "folds":
-        fold_of = experiment_module.stratified_folds(labels, args.folds, seed=int(rng.integers(2**31)))
-        plan = [np.flatnonzero(fold_of != fold) for fold in range(args.folds)]
-    else:
-        plan = [None]
-    epochs = args.within_epochs if design == "within" else args.epochs
-    runs = [simulated_run(os.path.join(folder, f"run{i}.h5"), np.random.default_rng(rng.integers(2**31)),
-                          subjects=subjects, epochs=epochs, **common) for i, subjects in enumerate(plan)]
+    runs = design_runs(folder, rng, labels, design, args, signature=signature,
+                       partition_seed=int(rng.integers(2**31)), null_partitions=args.partitions, batch=args.batch,
+                       geometry=True, common=args.common, conflict=conflict,
+                       conflict_layer=CONFLICT_LAYER if conflict else None, with_spectra=False)
     new = stats.within_run_geometry(runs[0]) if design == "within" else stats.across_runs_geometry(runs)
     planted = CONFLICT_LAYER if conflict else None
     return {"null": geometry_outcome(new, planted), "old": geometry_outcome(fixed_chance_rows(runs, design), planted)}
