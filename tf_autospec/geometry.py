@@ -136,15 +136,20 @@ class Layout:
     def __init__(self, num_groups, partitions):
         self.num_groups = num_groups
         self.partitions = partitions
+        self.recorded_groups = num_groups * partitions
         pairs = group_pairs(range(num_groups))
         # int32 arrays: an empty list (one group) would gather as float32 indices.
         self.first = np.array([p * num_groups + a for p in range(partitions) for a, _ in pairs], np.int32)
         self.second = np.array([p * num_groups + b for p in range(partitions) for _, b in pairs], np.int32)
         # incidence[g, j] = 1 where group g is in pair j: ⟨G_g, Σ_h G_h⟩ from the pairs' products.
-        incidence = np.zeros([num_groups * partitions, len(self.first)])
+        incidence = np.zeros([self.recorded_groups, len(self.first)])
         incidence[self.first, range(len(self.first))] = 1
         incidence[self.second, range(len(self.first))] = 1
         self.incidence = incidence
+
+    def of_pairs(self, values, axis=0):
+        """``values`` of each pair's first group and of its second, gathered along ``axis``."""
+        return tf.gather(values, self.first, axis=axis), tf.gather(values, self.second, axis=axis)
 
 
 class Request:
@@ -229,14 +234,14 @@ class Request:
             products = None
             if self.wants_vectors and len(self.first):
                 left = tf.cast(a.transpose_matmul(tf.cast(row_vectors, tf.float32)), COMPUTE_DTYPE)  # L_g = A_gᵀ Y_g
-                products = tf.matmul(tf.gather(left, self.first), tf.gather(left, self.second), transpose_a=True)
+                products = self._left_products(left)
             return self._pieces(inner, top_values, products)
-        cross_a = a.take(self.first).cross_gram(a.take(self.second), gram_dtype) if len(self.first) else None
+        cross_a = self._pair_cross_gram(a, gram_dtype) if len(self.first) else None
         inner = None
         if "cosine" in self.measures:
             diagonal = tf.reduce_sum(gram_a * gram_delta, axis=[1, 2])
             if len(self.first):
-                cross_delta = delta.take(self.first).cross_gram(delta.take(self.second), gram_dtype)
+                cross_delta = self._pair_cross_gram(delta, gram_dtype)
                 pair_products = tf.reduce_sum(cross_a * cross_delta, axis=[1, 2])
             else:
                 pair_products = tf.zeros([0], COMPUTE_DTYPE)
@@ -255,9 +260,18 @@ class Request:
             inner = InnerProducts(diagonal, pair_products, *self._unassigned_or_none(compute, none))
         products = None
         if self.wants_vectors and len(self.first):
-            products = tf.matmul(tf.gather(row_vectors, self.first),
-                                 tf.matmul(cross_a, tf.gather(row_vectors, self.second)), transpose_a=True)
+            first, second = self.layout.of_pairs(row_vectors)
+            products = tf.matmul(first, tf.matmul(cross_a, second), transpose_a=True)
         return self._pieces(inner, top_values, products)
+
+    def _pair_cross_gram(self, factor, gram_dtype):
+        """``X_a X_bᵀ`` of each pair's two groups' rows, float64 ``[partitions · n_pairs, R, R]``."""
+        return factor.take(self.first).cross_gram(factor.take(self.second), gram_dtype)
+
+    def _left_products(self, left):
+        """``L_aᵀ L_b`` of each pair, from the groups' left singular vectors ``[G', fan_in, k]``."""
+        first, second = self.layout.of_pairs(left)
+        return tf.matmul(first, second, transpose_a=True)
 
     def _batch_inner_products(self, gram_dtype):
         """`InnerProducts` from one row-Gram matrix of the whole batch: with ``P = (A Aᵀ) ∘
@@ -270,7 +284,7 @@ class Request:
         a, delta = a.zeroed_rows(finite_rows), delta.zeroed_rows(finite_rows)
         products = (a.row_gram(gram_dtype) * delta.row_gram(gram_dtype))[0]
         totals = tf.matmul(membership, tf.matmul(products, membership), transpose_a=True)  # [G' + 1, G' + 1]
-        groups = self.layout.num_groups * self.layout.partitions
+        groups = self.layout.recorded_groups
         return InnerProducts(
             tf.linalg.diag_part(totals)[:groups],
             tf.gather_nd(totals, np.stack([self.first, self.second], axis=1)),
@@ -297,21 +311,19 @@ class Request:
             unassigned_gradient, unassigned_finite = unassigned
             flat = tf.reshape(tf.cast(gradient, COMPUTE_DTYPE), [tf.shape(gradient)[0], -1])
             other = tf.reshape(tf.cast(unassigned_gradient, COMPUTE_DTYPE), [-1])
-            pair_products = (tf.reduce_sum(tf.gather(flat, self.first) * tf.gather(flat, self.second), axis=1)
-                             if len(self.first) else tf.zeros([0], COMPUTE_DTYPE))
+            first, second = self.layout.of_pairs(flat)
+            pair_products = tf.reduce_sum(first * second, axis=1) if len(self.first) else tf.zeros([0], COMPUTE_DTYPE)
             inner = InnerProducts(
                 tf.reduce_sum(flat * flat, axis=1), pair_products, tf.linalg.matvec(flat, other),
                 tf.reduce_sum(other * other), unassigned_finite,
             )
-        products = None
-        if self.wants_vectors and len(self.first):
-            products = tf.matmul(tf.gather(left, self.first), tf.gather(left, self.second), transpose_a=True)
+        products = self._left_products(left) if self.wants_vectors and len(self.first) else None
         return self._pieces(inner, top_values, products)
 
     def _pieces(self, inner, top_values, products):
         """`Pieces` from the inner products (``None`` without cosine) and each pair's
         ``L_aᵀ L_b`` (``None`` without overlap or pairs). Uses what `for_step` set."""
-        groups = self.layout.num_groups * self.layout.partitions
+        groups = self.layout.recorded_groups
         if inner is None:  # the same structure for every kernel: zeros, never read
             zeros = tf.zeros([groups], COMPUTE_DTYPE)
             inner = InnerProducts(zeros, tf.zeros([len(self.first)], COMPUTE_DTYPE), zeros,
@@ -343,9 +355,10 @@ def measures(chosen, layout, kernel_pieces):
     out = {}
     if "cosine" in chosen:
         norms = tf.sqrt(tf.maximum(inner.diagonal, 0.0))  # [K, G']
-        pair_norms = tf.gather(norms, layout.first, axis=1) * tf.gather(norms, layout.second, axis=1)
-        pair_finite = tf.gather(stacked.finite, layout.first, axis=1) & tf.gather(stacked.finite, layout.second, axis=1)
-        pair_cosine = tf.where(pair_finite, _ratio(inner.pairs, pair_norms), float("nan"))
+        first_norms, second_norms = layout.of_pairs(norms, axis=1)
+        first_finite, second_finite = layout.of_pairs(stacked.finite, axis=1)
+        pair_cosine = tf.where(first_finite & second_finite, _ratio(inner.pairs, first_norms * second_norms),
+                               float("nan"))
         out["cosine"] = tf.reshape(pair_cosine, [kernels, partitions, pairs])
         # ⟨G_g, G⟩ = ‖G_g‖² + Σ_h≠g ⟨G_g, G_h⟩ + ⟨G_g, G_u⟩, h over g's partition; ‖G‖² sums them
         # with the unassigned's own terms.
@@ -359,8 +372,9 @@ def measures(chosen, layout, kernel_pieces):
                             & inner.unassigned_finite[:, None])
         out["batch_cosine"] = tf.where(partition_finite[:, :, None], batch_cosine, float("nan"))
     if "overlap" in chosen:
-        both = tf.gather(stacked.determined, layout.first, axis=1) & tf.gather(stacked.determined, layout.second, axis=1)
-        out["overlap"] = tf.reshape(tf.where(both, stacked.overlap, float("nan")), [kernels, partitions, pairs])
+        first_determined, second_determined = layout.of_pairs(stacked.determined, axis=1)
+        out["overlap"] = tf.reshape(tf.where(first_determined & second_determined, stacked.overlap, float("nan")),
+                                    [kernels, partitions, pairs])
     out = {name: tf.unstack(tf.cast(values, tf.float32), num=kernels) for name, values in out.items()}
     return [{name: values[i] for name, values in out.items()} for i in range(kernels)]
 

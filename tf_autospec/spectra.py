@@ -140,7 +140,7 @@ class DenseRows:
 
     def finite_groups(self):
         """bool ``[G]``: the group's rows hold no NaN or Inf."""
-        return tf.reduce_all(tf.math.is_finite(self.values), axis=[1, 2])
+        return tf.reduce_all(self.finite_rows(), axis=1)
 
     def zeroed(self, keep):
         """The same factor with the rows of groups not in ``keep`` set to zero."""
