@@ -187,6 +187,10 @@ def test_geometry_off_records_none_and_spectra_unchanged():
     assert recorded[False].geometry == {}
     with pytest.raises(KeyError, match="geometry=True"):
         recorded[False].cosine("hidden/kernel", "a", "b")
+    with pytest.raises(ValueError, match="'a' and 'a' are the same group"):
+        recorded[True].cosine("hidden/kernel", "a", "a")
+    with pytest.raises(KeyError, match="Unknown group 'z'"):
+        recorded[True].overlap("hidden/kernel", "a", "z")
     for key, values in recorded[False].spectra.items():
         np.testing.assert_array_equal(values, recorded[True].spectra[key])
 
@@ -196,6 +200,8 @@ def test_options_are_checked():
     outputs = keras.layers.Dense(2)(inputs)
     with pytest.raises(ValueError, match="geometry takes True, False or a subset"):
         _model(inputs, outputs, geometry=["angle"])
+    with pytest.raises(ValueError, match="geometry takes True, False or a subset.*received 1"):
+        _model(inputs, outputs, geometry=1)
     with pytest.raises(ValueError, match="overlap_k must be a positive whole number"):
         _model(inputs, outputs, overlap_k=0)
     model = _model(inputs, outputs, geometry=["overlap"], overlap_k=2)
