@@ -17,7 +17,8 @@ import tf_autospec as ts
 from tf_autospec import cli, serialization
 
 GROUPS = ["HC", "SZ"]
-OPTIONS = {"kinds": ("grad", "act"), "top_k": 3, "every_n_steps": 2, "null_partitions": 0}
+OPTIONS = {"kinds": ("grad", "act"), "top_k": 3, "every_n_steps": 2, "null_partitions": 0, "geometry": ["overlap"],
+           "overlap_k": 2}
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 # The user's own subclass, in a module of theirs (a new process imports it to load).
@@ -107,6 +108,10 @@ def _assert_same_spectra(a, b):
     assert sorted(a.spectra) == sorted(b.spectra)
     for key in a.spectra:
         np.testing.assert_allclose(a.spectra[key], b.spectra[key], rtol=1e-4, atol=1e-6, err_msg=str(key))
+    # The geometry the options ask for (only the overlap, k = 2), with the same values.
+    assert sorted(a.geometry) == sorted(b.geometry) and {name for _, name in a.geometry} == {"overlap"}
+    for key in a.geometry:
+        np.testing.assert_allclose(a.geometry[key], b.geometry[key], atol=1e-5, err_msg=str(key))
 
 
 FORMS = {
