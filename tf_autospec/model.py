@@ -11,7 +11,7 @@ import tensorflow as tf
 
 from tf_autospec import geometry as geometry_module
 from tf_autospec import groups as groups_module
-from tf_autospec import distributed, evaluation, group_loss, inputs, layer_paths, logits, schedules, serialization, spectra, tracking
+from tf_autospec import distributed, evaluation, group_loss, inputs, layer_paths, logits, schedules, serialization, solvers, spectra, tracking
 from tf_autospec.capture import Recording, capture_for
 from tf_autospec.keras_internals import Functional, keras_default, tree, unpack_x_y_sample_weight, unscale_loss_for_distribution
 from tf_autospec.last_step import LastStep
@@ -633,9 +633,11 @@ class AutoSpecModel(keras.Model):
                 self._global_kernel_spectra(exchange, *arguments)
                 for arguments in zip(state.kernels, calls, deltas, kinds)
             ]
+        # The eigen-problems of all kernels are solved together: one call per matrix size.
+        outputs = solvers.run([compute(kernel_kinds) for compute, kernel_kinds in zip(computations, kinds)])
         results, finite, delta_spectra, geometry_pieces = {}, [], {}, {}
-        for kernel, kernel_calls, kernel_kinds, compute in zip(state.kernels, calls, kinds, computations):
-            kernel_results, kernel_finite = compute(kernel_kinds)
+        for kernel, kernel_calls, kernel_kinds, (kernel_results, kernel_finite) in zip(state.kernels, calls, kinds,
+                                                                                     outputs):
             if "geometry" in kernel_results:
                 geometry_pieces[kernel.path] = kernel_results.pop("geometry")
             if "delta" in kernel.widths and "delta" not in kernel_kinds:
@@ -702,7 +704,7 @@ class AutoSpecModel(keras.Model):
                 nothing[name] = tf.fill([partitions, *shape], float("nan"))
             return nothing, tf.fill([groups], True)
         a, delta, rows_per_sample, rows_hint = self._factors(kernel, kernel_calls, kernel_deltas, grouping)
-        return spectra.group_spectra(
+        return spectra.group_spectra_computation(
             a, delta, rows_per_sample, grouping.counts, kinds, kernel.widths, rows_hint, self.autospec_randomized,
             self.autospec_precision, self._geometry_request(kernel, kernel_calls, kernel_deltas, grouping),
         )

@@ -51,6 +51,7 @@ import numpy as np
 import tensorflow as tf
 
 from tf_autospec import geometry as geometry_module
+from tf_autospec import solvers
 
 KINDS = ("grad", "act", "delta")
 COMPUTE_DTYPE = tf.float64
@@ -180,7 +181,8 @@ class DenseRows:
 
     @staticmethod
     def eigenvalues_of_column_gram(gram):
-        return tf.linalg.eigvalsh(gram)
+        """A `solvers` computation of the eigenvalues (or, where none is needed, the values)."""
+        return solvers.solution(solvers.eigvalsh(gram))
 
     def column_gram_eigenvalues(self, gram_dtype=COMPUTE_DTYPE):
         return self.eigenvalues_of_column_gram(self.column_gram(gram_dtype))
@@ -264,10 +266,11 @@ def dim(tensor, axis):
 
 
 def _select(condition, if_true, if_false):
-    """Python branch when ``condition`` is static, ``tf.cond`` otherwise."""
+    """A `solvers` computation: the Python branch when ``condition`` is static, else
+    ``tf.cond`` (whose branches solve their own eigen-problems, apart from the step's)."""
     if not tf.is_tensor(condition):
-        return if_true() if condition else if_false()
-    return tf.cond(condition, if_true, if_false)
+        return (yield from solvers.result(if_true() if condition else if_false()))
+    return tf.cond(condition, lambda: solvers.run([if_true()])[0], lambda: solvers.run([if_false()])[0])
 
 
 def _singular_values(eigenvalues, width):
@@ -278,35 +281,49 @@ def _singular_values(eigenvalues, width):
     return tf.ensure_shape(values[:, :width], [None, width])
 
 
-def _smaller_gram_eigenvalues(factor, rows, gram_dtype):
-    """Eigenvalues of the smaller Gram matrix of a factor (its squared singular values)."""
+def _smaller_gram_eigenvalues(factor, rows, gram_dtype, rows_size):
+    """A `solvers` computation of the eigenvalues of the smaller Gram matrix of a factor
+    (its squared singular values); ``rows_size`` is the `solvers.Eigen` size of its rows."""
     return _select(
         rows <= factor.width,
-        lambda: tf.linalg.eigvalsh(factor.row_gram(gram_dtype)),
+        lambda: solvers.solution(solvers.eigvalsh(factor.row_gram(gram_dtype), rows_size)),
         lambda: factor.column_gram_eigenvalues(gram_dtype),
     )
 
 
-def _rows_route(a, delta, kinds, widths, gram_dtype, geometry):
+def _rows_route(a, delta, kinds, widths, gram_dtype, geometry, rows_size):
+    """A `solvers` computation: two rounds of eigen-problems (the factors', then the
+    core's), all ``R × R`` (``rows_size`` as for `solvers.Eigen`)."""
     gram_a = a.row_gram(gram_dtype)
     out = {}
     gradient_needed = "grad" in kinds or geometry is not None
+    problems = {}
     if gradient_needed:
-        eig_a, vectors_a = tf.linalg.eigh(gram_a)
+        problems["act"] = solvers.eigh(gram_a, rows_size)
     elif "act" in kinds:
-        eig_a = tf.linalg.eigvalsh(gram_a)
-    if "act" in kinds:
-        out["act"] = _singular_values(eig_a, widths["act"])
+        problems["act"] = solvers.eigvalsh(gram_a, rows_size)
     if gradient_needed or "delta" in kinds:
         gram_delta = delta.row_gram(gram_dtype)
     if "delta" in kinds:
-        out["delta"] = _singular_values(tf.linalg.eigvalsh(gram_delta), widths["delta"])
+        problems["delta"] = solvers.eigvalsh(gram_delta, rows_size)
+    solved = yield from solvers.solutions(problems)
+    if gradient_needed:
+        eig_a, vectors_a = solved["act"]
+    elif "act" in kinds:
+        eig_a = solved["act"]
+    if "act" in kinds:
+        out["act"] = _singular_values(eig_a, widths["act"])
+    if "delta" in kinds:
+        out["delta"] = _singular_values(solved["delta"], widths["delta"])
     if gradient_needed:
         scale = tf.sqrt(tf.maximum(eig_a, 0.0))
         projected = tf.matmul(vectors_a, tf.matmul(gram_delta, vectors_a), transpose_a=True)
         core = scale[:, :, None] * projected * scale[:, None, :]
         wants_vectors = geometry is not None and geometry.wants_vectors
-        eig_core, vectors_core = tf.linalg.eigh(core) if wants_vectors else (tf.linalg.eigvalsh(core), None)
+        if wants_vectors:
+            eig_core, vectors_core = yield solvers.eigh(core, rows_size)
+        else:
+            eig_core, vectors_core = (yield solvers.eigvalsh(core, rows_size)), None
         if "grad" in kinds:
             out["grad"] = _singular_values(eig_core, widths["grad"])
         if geometry is not None:
@@ -334,32 +351,39 @@ def _rows_left_weights(vectors_a, projected, scale, top_values, top_core):
     return tf.matmul(vectors_a, weights)
 
 
-def _fan_route(a, delta, kinds, widths, rows, randomized, gram_dtype, geometry):
+def _fan_route(a, delta, kinds, widths, rows, randomized, gram_dtype, geometry, rows_size):
+    """A `solvers` computation; the factors' and the gradient's eigen-problems are posed together."""
     def cheaper_randomized(width, size):
         return randomized and width + RANDOMIZED_OVERSAMPLING < size
 
-    out = {}
-    for kind, factor in (("act", a), ("delta", delta)):
-        if kind not in kinds:
-            continue
+    def factor_spectrum(kind, factor):
         gram_size = factor.width if tf.is_tensor(rows) else min(rows, factor.width)
         if isinstance(factor, DenseRows) and cheaper_randomized(widths[kind], gram_size):
-            out[kind] = randomized_top_singular_values(factor.values, widths[kind])[0]
-        else:
-            out[kind] = _singular_values(_smaller_gram_eigenvalues(factor, rows, gram_dtype), widths[kind])
-    if "grad" in kinds or geometry is not None:
+            values, _, _, _ = yield from _randomized(factor.values, widths[kind], vectors=0)
+            return {kind: values}
+        eigenvalues = yield from _smaller_gram_eigenvalues(factor, rows, gram_dtype, rows_size)
+        return {kind: _singular_values(eigenvalues, widths[kind])}
+
+    def gradient_spectrum():
         gradient = a.transpose_matmul(delta.values)
         width = widths.get("grad", 0)
         k = geometry.overlap_k if geometry is not None and geometry.wants_vectors else 0
         if cheaper_randomized(max(width, k), min(a.width, delta.width)):
-            values, _, top_values, left = _randomized(gradient, max(width, k), vectors=k)
+            values, _, top_values, left = yield from _randomized(gradient, max(width, k), vectors=k)
         else:
-            values, top_values, left = _gradient_singular_values(gradient, width, gram_dtype, vectors=k)
+            values, top_values, left = yield from _gradient_singular_values(gradient, width, gram_dtype, vectors=k)
+        out = {}
         if "grad" in kinds:
             out["grad"] = values[:, :width]
         if geometry is not None:
             out["geometry"] = geometry.gradient_pieces(gradient, top_values, left)
-    return out
+        return out
+
+    computations = [factor_spectrum(kind, factor) for kind, factor in (("act", a), ("delta", delta)) if kind in kinds]
+    if "grad" in kinds or geometry is not None:
+        computations.append(gradient_spectrum())
+    parts = yield from solvers.lockstep(computations)
+    return {kind: values for part in parts for kind, values in part.items()}
 
 
 def randomized_top_singular_values(matrices, width):
@@ -388,14 +412,14 @@ def randomized_top_singular_values(matrices, width):
         true singular value; and float64 ``[G]``, the a-posteriori bound
         ``√(‖M‖_F² − ‖B‖_F²)`` on how far each may lie below the truth.
     """
-    values, residual, _, _ = _randomized(matrices, width, vectors=0)
+    values, residual, _, _ = solvers.run([_randomized(matrices, width, vectors=0)])[0]
     return values, residual
 
 
 def _randomized(matrices, width, vectors):
-    """`randomized_top_singular_values`, and with ``vectors > 0`` the top ``vectors + 1``
-    values and the top-``vectors`` left singular vectors of ``B`` lifted by ``Q`` (as
-    `geometry_module.top_left_vectors` gives them; ``None`` otherwise)."""
+    """A `solvers` computation of `randomized_top_singular_values`, and with ``vectors > 0``
+    the top ``vectors + 1`` values and the top-``vectors`` left singular vectors of ``B``
+    lifted by ``Q`` (as `geometry_module.top_left_vectors` gives them; ``None`` otherwise)."""
     matrices, overflow = _without_overflow(tf.cast(matrices, FACTOR_DTYPE))
     sketch = tf.random.normal(tf.stack([tf.shape(matrices)[0], dim(matrices, 2), width + RANDOMIZED_OVERSAMPLING]))
     basis = tf.linalg.qr(tf.matmul(matrices, sketch))[0]
@@ -408,8 +432,9 @@ def _randomized(matrices, width, vectors):
     missing = tf.reduce_sum(exact * exact, axis=[1, 2]) - tf.linalg.trace(gram)
     residual = _nan_where(overflow, tf.sqrt(tf.maximum(missing, 0.0)))
     if not vectors:
-        return _nan_where(overflow, _singular_values(tf.linalg.eigvalsh(gram), width)), residual, None, None
-    eigenvalues, eigenvectors = tf.linalg.eigh(gram)
+        eigenvalues = yield solvers.eigvalsh(gram)
+        return _nan_where(overflow, _singular_values(eigenvalues, width)), residual, None, None
+    eigenvalues, eigenvectors = yield solvers.eigh(gram)
     top_values, top = geometry_module.top_left_vectors(eigenvalues, eigenvectors, vectors)
     left = tf.matmul(tf.cast(basis, COMPUTE_DTYPE), top)
     return _nan_where(overflow, _singular_values(eigenvalues, width)), residual, top_values, left
@@ -437,8 +462,8 @@ def _nan_where(groups, values):
 
 
 def _gradient_singular_values(gradient, width, gram_dtype=COMPUTE_DTYPE, vectors=0):
-    """σ of float32 group gradients ``[G, fan_in, fan_out]``, from the smaller Gram matrix
-    (formed in ``gram_dtype``).
+    """A `solvers` computation of σ of float32 group gradients ``[G, fan_in, fan_out]``,
+    from the smaller Gram matrix (formed in ``gram_dtype``).
 
     Returns:
         ``(values, top_values, left)``: ``[G, width]`` as `_singular_values` gives them;
@@ -449,8 +474,9 @@ def _gradient_singular_values(gradient, width, gram_dtype=COMPUTE_DTYPE, vectors
     tall = gradient.shape[1] >= gradient.shape[2]
     gram = tf.cast(tf.matmul(gradient, gradient, transpose_a=tall, transpose_b=not tall), COMPUTE_DTYPE)
     if not vectors:
-        return _nan_where(overflow, _singular_values(tf.linalg.eigvalsh(gram), width)), None, None
-    eigenvalues, eigenvectors = tf.linalg.eigh(gram)
+        eigenvalues = yield solvers.eigvalsh(gram)
+        return _nan_where(overflow, _singular_values(eigenvalues, width)), None, None
+    eigenvalues, eigenvectors = yield solvers.eigh(gram)
     top_values, top = geometry_module.top_left_vectors(eigenvalues, eigenvectors, vectors)
     if tall:  # eigenvectors of GᵀG are right singular vectors: u = G v / σ
         safe = tf.where(top_values[:, :vectors] > 0, top_values[:, :vectors], 1.0)
@@ -460,7 +486,17 @@ def _gradient_singular_values(gradient, width, gram_dtype=COMPUTE_DTYPE, vectors
 
 def group_spectra(a, delta, rows_per_sample, counts, kinds, widths, rows_hint=None, randomized=False,
                   precision="float64", geometry=None):
-    """Singular values of each group's gradient and factors for one kernel.
+    """Singular values of each group's gradient and factors for one kernel: the result of
+    `group_spectra_computation`, with the same arguments, whose eigen-problems are solved
+    on their own (`AutoSpecModel` solves those of all its kernels together)."""
+    return solvers.run([group_spectra_computation(a, delta, rows_per_sample, counts, kinds, widths, rows_hint,
+                                                  randomized, precision, geometry)])[0]
+
+
+def group_spectra_computation(a, delta, rows_per_sample, counts, kinds, widths, rows_hint=None, randomized=False,
+                              precision="float64", geometry=None):
+    """A `solvers` computation of the singular values of each group's gradient and
+    factors for one kernel.
 
     Args:
         a: `DenseRows` or `OneHotRows`, the group-laid-out layer inputs ``[G, R, fan_in]``.
@@ -493,16 +529,20 @@ def group_spectra(a, delta, rows_per_sample, counts, kinds, widths, rows_hint=No
         return {}, finite
     a, delta = a.zeroed(finite), delta.zeroed(finite)
     rows = a.num_rows
+    # Every kernel laid out by the same grouping has R = largest group × rows per sample:
+    # equal R, equal key, so that their R × R eigen-problems are solved in one call.
+    rows_size = rows if not tf.is_tensor(rows) else (
+        None if tf.is_tensor(rows_per_sample) else ("rows", counts.ref(), rows_per_sample))
     if tf.is_tensor(rows) and rows_hint is not None:
         rows = rows_hint
     smallest_fan = min(a.width, delta.width)
     gram_dtype = PRECISIONS[precision]
     if geometry is not None:
         geometry = geometry.for_step(finite, _rank_tolerances(a.width, delta.width, precision)["grad"])
-    values = _select(
+    values = yield from _select(
         rows < smallest_fan,
-        lambda: _rows_route(a, delta, kinds, widths, gram_dtype, geometry),
-        lambda: _fan_route(a, delta, kinds, widths, rows, randomized, gram_dtype, geometry),
+        lambda: _rows_route(a, delta, kinds, widths, gram_dtype, geometry, rows_size),
+        lambda: _fan_route(a, delta, kinds, widths, rows, randomized, gram_dtype, geometry, rows_size),
     )
     spectra = {kind: v for kind, v in values.items() if kind in KINDS}
     bounded = _within_bounds(spectra, finite, counts * rows_per_sample, a.width, delta.width, widths, precision)
@@ -620,7 +660,7 @@ def row_sums_spec(input_factor_type, fan_in, fan_out, kinds, num_groups, geometr
 
 
 def spectra_from_row_sums(sums, input_factor_type, fan_in, fan_out, rows_per_sample, counts, widths, geometry=None):
-    """The spectra of `group_spectra` from (all-reduced) `row_sums`.
+    """A `solvers` computation of the spectra of `group_spectra` from (all-reduced) `row_sums`.
 
     Args:
         sums: the dict `row_sums` returned, summed over every part of the batch.
@@ -636,18 +676,24 @@ def spectra_from_row_sums(sums, input_factor_type, fan_in, fan_out, rows_per_sam
     """
     finite = tf.equal(sums["nonfinite"], 0.0)
     spectra, pieces = {}, {}
-    if "grad" in sums:
+
+    def gradient_spectrum():
         k = geometry.overlap_k if geometry is not None and geometry.wants_vectors else 0
-        values, top_values, left = _gradient_singular_values(sums["grad"], widths.get("grad", 0), vectors=k)
+        values, top_values, left = yield from _gradient_singular_values(sums["grad"], widths.get("grad", 0), vectors=k)
         if "grad" in widths:
             spectra["grad"] = values
         if geometry is not None:
             unassigned_finite = tf.equal(sums["unassigned_nonfinite"][0], 0.0)
             step = geometry.for_step(finite, _rank_tolerances(fan_in, fan_out)["grad"])
-            pieces = {"geometry": step.gradient_pieces(sums["grad"], top_values, left,
-                                                       (sums["unassigned_grad"], unassigned_finite))}
-    if "act" in sums:
-        spectra["act"] = _singular_values(input_factor_type.eigenvalues_of_column_gram(sums["act"]), widths["act"])
-    if "delta" in sums:
-        spectra["delta"] = _singular_values(DenseRows.eigenvalues_of_column_gram(sums["delta"]), widths["delta"])
+            pieces["geometry"] = step.gradient_pieces(sums["grad"], top_values, left,
+                                                      (sums["unassigned_grad"], unassigned_finite))
+
+    def factor_spectrum(kind, factor_type):
+        eigenvalues = yield from solvers.result(factor_type.eigenvalues_of_column_gram(sums[kind]))
+        spectra[kind] = _singular_values(eigenvalues, widths[kind])
+
+    computations = [gradient_spectrum()] if "grad" in sums else []
+    computations += [factor_spectrum(kind, factor_type) for kind, factor_type in
+                     (("act", input_factor_type), ("delta", DenseRows)) if kind in sums]
+    yield from solvers.lockstep(computations)
     return {**_within_bounds(spectra, finite, counts * rows_per_sample, fan_in, fan_out, widths), **pieces}, finite
