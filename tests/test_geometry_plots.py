@@ -122,7 +122,7 @@ def test_the_report_says_whether_the_groups_pull_the_same_way(conflict_runs, tmp
     figures = text[text.index("<h2>Figures</h2>"): text.index("<h2>Findings</h2>")]
     assert "<h3>Do the groups pull the weights the same way?</h3>" in figures
     assert "−1 opposite ways (a gradient conflict" in figures
-    assert "Dots on the cosine and the overlap: epochs where the test" in figures
+    assert "Dots: epochs where the test against them is significant" in figures
     findings = text[text.index("<h2>Findings</h2>"): text.index("<h2>Runs</h2>")]
     assert "<h3>Geometry</h3>" in findings and "<td>cosine of the two groups&#x27; gradients</td>" in findings
     out = capsys.readouterr().out
@@ -143,3 +143,27 @@ def test_without_a_conflict_the_report_says_no_difference_in_direction(tmp_path)
     overlap_rows = stats.across_runs_geometry(runs, measures=["overlap"])
     headline, _ = report.geometry_answer(overlap_rows, [("HC", "SZ")])
     assert "direction between" not in headline and "no difference in the input directions the gradients use" in headline
+
+
+def test_chosen_pairs_their_groups_and_a_batch_cosine_finding(tmp_path):
+    """`pairs=` draws the groups of those pairs in the middle panel too (each in its own
+    colour); a significant batch-cosine test (two groups' difference) dots both lines;
+    with three pairs the legend sits below the panel, off the lines."""
+    labels = np.repeat(np.arange(3, dtype=np.int32), 12)
+    runs = [simulated_run(tmp_path / f"three{i}.h5", np.random.default_rng(i), labels, groups=("A", "B", "C"),
+                          epochs=3, geometry=True, with_spectra=False) for i in range(2)]
+    finding = {"family": report.GEOMETRY, "significant": True, "statistic": "level", "epoch": 1,
+               "layer": CONFLICT_LAYER, "measure": "batch_cosine", "group_a": "A", "group_b": "C"}
+    chosen = plot.geometry(runs, layers=CONFLICT_LAYER, pairs=[("A", "C")], rows=[finding])
+    batch = _panel(chosen, CONFLICT_LAYER, "does the step follow each group?")
+    lines = {line.get_label(): line for line in batch.get_lines()}
+    assert "B" not in lines and {"A", "C"} <= set(lines)
+    assert lines["C"].get_color() == plot.PALETTE[2]  # C's colour, as with every group drawn
+    dots = [line for line in batch.get_lines() if line.get_label() == "significant (FDR)" and len(line.get_xdata())]
+    assert len(dots) == 2 and all(list(dot.get_xdata()) == [1] for dot in dots)
+    assert sorted(float(dot.get_ydata()[0]) for dot in dots) == sorted(
+        float(lines[group].get_ydata()[1]) for group in ("A", "C"))
+    every = plot.geometry(runs, layers=CONFLICT_LAYER)
+    legend = _panel(every, CONFLICT_LAYER, "do the groups' gradients point the same way?").get_legend()
+    assert len(legend.get_texts()) > 4 and legend.get_bbox_to_anchor().y0 < legend.axes.bbox.y0
+    plot.save(every, tmp_path / "three.png")

@@ -447,15 +447,22 @@ def _draw_geometry(ax, runs, layer, panel, pairs, groups, per_epoch, legend, row
     what = "epoch" if per_epoch else "step"
     null = min(run.null_partitions for run in runs) > 0
     drawn = []
-    # The batch cosine's test is of a difference between two lines: no dot on either.
-    marked = bool(rows) and per_epoch and panel != "batch_cosine"
+    marked = bool(rows) and per_epoch
     if panel == "batch_cosine":
-        for colour, group in zip(PALETTE, groups):
-            drawn.append(_band(ax, [_per_x(run, run.cosine(layer, group), per_epoch) for run in runs], what,
-                               colour, group))
+        lines = {}
+        for group in groups:  # a group keeps its colour whichever groups are drawn
+            colour = PALETTE[runs[0].groups.index(group) % len(PALETTE)]
+            series = [_per_x(run, run.cosine(layer, group), per_epoch) for run in runs]
+            drawn.append(_band(ax, series, what, colour, group))
+            lines[group] = (series, drawn[-1])
             if null:
                 _chance_band(ax, [_per_x(run, run.null_cosine(layer, group), per_epoch) for run in runs], what,
                              colour, f"random groups of {group}'s size", band=False)
+        if marked:  # the test is of the difference of two groups' lines: a dot on both
+            for a, b in pairs:
+                epochs = _significant_epochs(rows, layer, panel, (a, b))
+                for group in (a, b):
+                    _mark(ax, *lines[group], epochs)
     else:
         for colour, (a, b) in zip(PALETTE, pairs):
             label = f"{a} vs {b}" if len(pairs) > 1 else f"{a} and {b}"
@@ -499,7 +506,11 @@ def _draw_geometry(ax, runs, layer, panel, pairs, groups, per_epoch, legend, row
         unique = dict(zip(labels, handles))  # one "significant" entry, the last
         unique = {**{k: v for k, v in unique.items() if k != SIGNIFICANT}, **{k: v for k, v in unique.items()
                                                                             if k == SIGNIFICANT}}
-        ax.legend(unique.values(), unique.keys(), fontsize=7, framealpha=0.85, loc="best")
+        if len(unique) > 4:  # several pairs: below the panel, where it covers no line
+            ax.legend(unique.values(), unique.keys(), fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.2),
+                      ncol=2, frameon=False)
+        else:
+            ax.legend(unique.values(), unique.keys(), fontsize=7, framealpha=0.85, loc="best")
 
 
 def _geometry_statistic(runs, per_epoch, rows):
@@ -536,11 +547,13 @@ def geometry(runs, layers=None, pairs=None, per_epoch=True, rows=None):
     Args:
         runs: a `tf_autospec.Run` or several (seeds, folds), recorded with ``geometry``.
         layers: a kernel path or a list of them (default: every tracked kernel).
-        pairs: pairs of groups ``(a, b)`` to draw (default: every pair, `Run.pairs`).
+        pairs: pairs of groups ``(a, b)`` to draw (default: every pair, `Run.pairs`); the
+            batch-cosine panel then draws the groups of these pairs.
         per_epoch: x axis in epochs, each run's mean over the epoch's steps (the default,
             as the statistics test it: one batch's cosine is noisy), or in steps.
         rows: `tf_autospec.stats.across_runs_geometry` rows (alone or in a `stats.combine`d
-            table): a dot on the line at each epoch whose level test is significant.
+            table): a dot on the line at each epoch whose level test is significant; for
+            the batch cosines, whose test is of two groups' difference, on both lines.
 
     Returns:
         A matplotlib Figure.
@@ -557,7 +570,11 @@ def geometry(runs, layers=None, pairs=None, per_epoch=True, rows=None):
     """
     runs = _geometry_runs(runs)
     layers = runs[0].layers if layers is None else [layers] if isinstance(layers, str) else list(layers)
-    pairs = runs[0].pairs if pairs is None else [_recorded_pair(runs[0], pair) for pair in pairs]
+    if pairs is None:
+        pairs, groups = runs[0].pairs, runs[0].groups
+    else:
+        pairs = [_recorded_pair(runs[0], pair) for pair in pairs]
+        groups = [group for group in runs[0].groups if any(group in pair for pair in pairs)]
     panels = [p for p in GEOMETRY_PANELS if (p == "batch_cosine" and "cosine" in runs[0].geometry)
               or (p in runs[0].geometry and pairs)]
     if not panels:
@@ -567,7 +584,7 @@ def geometry(runs, layers=None, pairs=None, per_epoch=True, rows=None):
                                 constrained_layout=True, squeeze=False)
     for row, layer in enumerate(layers):
         for column, panel in enumerate(panels):
-            _draw_geometry(axes[row][column], runs, layer, panel, pairs, runs[0].groups, per_epoch,
+            _draw_geometry(axes[row][column], runs, layer, panel, pairs, groups, per_epoch,
                            legend=row == 0, rows=rows or ())
     _title(figure, "Do the groups pull the weights the same way? Gradient geometry of every layer"
            if len(layers) > 1 else f"{layers[0]}: do the groups pull the weights the same way?",

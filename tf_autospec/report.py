@@ -556,8 +556,8 @@ def geometry_caption(runs, rows=None):
     chance = (f" Dotted (and grey): random groups of the same sizes from the same subjects ({partitions} null "
               "partitions), the reference of the tests: a difference from them is what the groups add beyond their "
               "sizes." if partitions else " These runs hold no random groups (null partitions): no chance reference.")
-    dots = (f" Dots on the cosine and the overlap: epochs where the test against them is significant (FDR "
-            f"{_level_text(rows)})."
+    dots = (f" Dots: epochs where the test against them is significant (FDR {_level_text(rows)}); in the middle, "
+            "on both groups' lines where the difference between them is."
             if rows and geometry_rows(rows) and "epoch" in geometry_rows(rows)[0] else "")
     return " ".join(parts) + f" {statistic}{chance}{dots} Epochs from 0."
 
