@@ -74,7 +74,8 @@ ARCHITECTURES = {
 
 
 class PaperRouteModel(ts.AutoSpecModel):
-    """The paper's way: every G_g formed and fully decomposed with an SVD, per group."""
+    """The paper's way: every G_g formed and fully decomposed with an SVD, per group (the
+    spectra only: no gradient geometry)."""
 
     def _kernel_spectra(self, kernel, kernel_calls, kernel_deltas, grouping, kinds):
         layer, capture = kernel.layer, kernel.capture
@@ -131,7 +132,7 @@ def build(kind, architecture, groups, every, jit_compile=False, null_partitions=
     if kind == "plain":
         model = keras.Model(inputs, outputs)
     elif kind == "paper":
-        model = PaperRouteModel(inputs=inputs, outputs=outputs, groups=names)
+        model = PaperRouteModel(inputs=inputs, outputs=outputs, groups=names, geometry=False)
     elif kind == "autospec_no_group_loss":
         model = WithoutGroupLossModel(inputs=inputs, outputs=outputs, groups=names, every_n_steps=every,
                                       null_partitions=null_partitions)
@@ -239,9 +240,10 @@ def print_floor(architecture, report):
           f"(per repeat: median {per_repeat['median']:.2f}, {per_repeat['min']:.2f}-{per_repeat['max']:.2f}; target <= "
           f"{floor_module.TARGET_OVER_FLOOR}: {'met' if report['target_over_floor_met'] else 'not met'}); "
           f"rest {report['rest_ms']:.2f} ms/step")
-    print(f"{architecture:5s} eigen-solver calls per recorded step: {report['solver_calls_per_step']} "
-          f"({report['solver_matrices_per_step']} matrices); in the traced graph: {graph['total']} "
-          f"{graph['by_type']} ({graph['eigh']} with vectors; both branches of run-time conds)")
+    print(f"{architecture:5s} eigen-problems per recorded step (one per kernel and kind): "
+          f"{report['solver_calls_per_step']} ({report['solver_matrices_per_step']} matrices); solver calls in the "
+          f"traced graph (stacked per size, `tf_autospec.solvers`): {graph['total']} {graph['by_type']} "
+          f"({graph['eigh']} with vectors; both branches of run-time conds)")
     flops = report["flops"]
     print(f"{architecture:5s} floor FLOPs/step: float64 Gram+core {flops['gram_and_core_float64_flops'] / 1e9:.3f} G, "
           f"float32 group gradients {flops['gradient_float32_flops'] / 1e9:.3f} G, eigen {flops['eigen_float64_flops'] / 1e9:.3f} G; "
