@@ -1,9 +1,10 @@
-"""The gradient geometry's cost with 20 null partitions, for `autospec run`'s MLP
-(1378-512-256-2, batch 32, 2 groups), side by side in one process: plain `keras.Model`,
-AutoSpec without the geometry, with it (the batch row-Gram route where cheaper, see
-`tf_autospec.geometry.Request`), and with it through every pair's cross Gram matrices
-(``BATCH_GRAM_ROWS = 0`` while that model is traced). Prints medians and quartiles of 9
-epochs of 20 steps (docs/benchmarks.md, "Gradient geometry: cost").
+"""The rows route with 20 null partitions, for `autospec run`'s MLP (1378-512-256-2,
+batch 32, 2 groups), side by side in one process: plain `keras.Model`, AutoSpec without
+and with the geometry, each with its Gram matrices read from one row-Gram matrix of the
+whole batch (`spectra.BatchGramRows`, the default where `spectra.batch_gram_cheaper`) and
+formed per group (and per pair: ``_per_group``, `batch_gram_cheaper` False while that
+model is traced). Prints medians and quartiles of 9 epochs of 20 steps
+(docs/benchmarks.md, "Gradient geometry: cost").
 
 Usage:
     python benchmarks/geometry_null_partitions.py
@@ -19,10 +20,10 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 import tf_autospec as ts  # noqa: E402
-from tf_autospec import model as model_module  # noqa: E402
+from tf_autospec import spectra  # noqa: E402
 
 BATCH, STEPS, PARTITIONS, REPEATS = 32, 20, 20, 9
-VARIANTS = ("plain", "no_geometry", "geometry", "geometry_pairs_route")
+VARIANTS = ("plain", "no_geometry", "no_geometry_per_group", "geometry", "geometry_per_group")
 
 
 def build(variant):
@@ -34,7 +35,7 @@ def build(variant):
         model = keras.Model(inputs, outputs)
     else:
         model = ts.AutoSpecModel(inputs=inputs, outputs=outputs, groups=["HC", "SZ"], null_partitions=PARTITIONS,
-                                 geometry=variant != "no_geometry")
+                                 geometry=not variant.startswith("no_geometry"))
     model.compile(optimizer="adam", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     return model
 
@@ -52,11 +53,11 @@ def main():
         return 1e3 * (time.perf_counter() - start) / STEPS
 
     models = {variant: build(variant) for variant in VARIANTS}
-    default_rows = model_module.BATCH_GRAM_ROWS
+    cheaper = spectra.batch_gram_cheaper
     for variant, model in models.items():  # traces (excluded); the route is chosen then
-        model_module.BATCH_GRAM_ROWS = 0 if variant == "geometry_pairs_route" else default_rows
+        spectra.batch_gram_cheaper = (lambda *_: False) if variant.endswith("_per_group") else cheaper
         epoch_ms(model)
-    model_module.BATCH_GRAM_ROWS = default_rows
+    spectra.batch_gram_cheaper = cheaper
     samples = {variant: [] for variant in models}
     for _ in range(REPEATS):
         for variant, model in models.items():

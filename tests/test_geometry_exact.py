@@ -41,26 +41,26 @@ def _subspace(matrix, k):
     return u[:, :k], None
 
 
-def references(model, x, y, labels=LABELS):
+def references(model, x, y, labels=LABELS, groups=GROUPS):
     """Per trainable kernel path: (group gradients, whole-batch gradient), float64."""
     out = {}
     for variable in model.trainable_variables:
         if len(variable.shape) < 2:
             continue
-        grads = group_gradients(model, variable, x, y, labels, len(GROUPS), LOSS)
+        grads = group_gradients(model, variable, x, y, labels, len(groups), LOSS)
         whole = group_gradients(model, variable, x, y, np.zeros(len(labels)), 1, LOSS)[0]
         out[model.kernel_path(variable)] = grads, whole
     return out
 
 
-def check_geometry(model, x, y, labels=LABELS):
+def check_geometry(model, x, y, labels=LABELS, groups=GROUPS):
     """Trains one step and compares every tracked kernel's geometry with the reference;
     returns the overlaps skipped for a small gap (printed, run pytest with -s)."""
-    expected = references(model, x, y, labels)
+    expected = references(model, x, y, labels, groups)
     model.compile(optimizer=keras.optimizers.SGD(0.01), loss="mse")
     model.fit(x, y, groups=labels, batch_size=len(labels), epochs=1, shuffle=False, verbose=0)
     spectra = model.last_spectra
-    present = [g for g in range(len(GROUPS)) if np.any(labels == g)]
+    present = [g for g in range(len(groups)) if np.any(labels == g)]
     skipped, compared = [], 0
     assert model.tracked_kernels
     for kernel in model.tracked_kernels:
@@ -68,12 +68,12 @@ def check_geometry(model, x, y, labels=LABELS):
         matrices = [g.reshape(kernel.fan_in, kernel.fan_out) for g in grads]
         k = min(3, kernel.fan_in, kernel.fan_out)
         subspaces = [_subspace(m, k) for m in matrices]
-        for g, name in enumerate(GROUPS):
+        for g, name in enumerate(groups):
             want = _cosine(grads[g], whole) if g in present else np.nan
             got = spectra.cosine(kernel.path, name)
             _assert_close(got, want, COSINE_TOL, f"{kernel.path} {name}~batch")
         for a, b in spectra.pairs:
-            ia, ib = GROUPS.index(a), GROUPS.index(b)
+            ia, ib = groups.index(a), groups.index(b)
             label = f"{kernel.path} {a}~{b}"
             want = _cosine(grads[ia], grads[ib]) if ia in present and ib in present else np.nan
             _assert_close(spectra.cosine(kernel.path, a, b), want, COSINE_TOL, label)
@@ -111,6 +111,27 @@ def test_dense_rows_and_fan_routes(precision):
     outputs = keras.layers.Dense(4)(keras.layers.Dense(24, activation="tanh")(inputs))
     x, y = data((32,), 4)
     check_geometry(_model(inputs, outputs, precision=precision), x, y)
+
+
+@pytest.mark.parametrize("precision", ["float64", "float32"])
+@pytest.mark.parametrize("with_unassigned", [True, False])
+def test_two_groups_read_the_batch_gram_matrix(precision, with_unassigned, monkeypatch):
+    # Two groups and their pair: the rows route reads every Gram matrix from one of the
+    # whole batch (spectra.BatchGramRows), the samples in no group included.
+    from tf_autospec import spectra
+
+    built = []
+    of = spectra.BatchGramRows.of
+    monkeypatch.setattr(spectra.BatchGramRows, "of", classmethod(lambda cls, *args: built.append(args) or of(*args)))
+    inputs = keras.Input((32,))
+    outputs = keras.layers.Dense(4)(keras.layers.Dense(24, activation="tanh")(inputs))
+    x, y = data((32,), 4)
+    labels = np.array([0, 1, 0, 0, -1, 1, 0, 1, 0, -1, 0, 1])
+    if not with_unassigned:
+        labels = np.abs(labels)
+    check_geometry(ts.AutoSpecModel(inputs=inputs, outputs=outputs, groups=("a", "b"), precision=precision),
+                   x, y, labels, groups=("a", "b"))
+    assert len(built) == 2  # the hidden kernel's two factors; the output kernel is on the fan route
 
 
 def test_conv2d_fan_route():
@@ -299,5 +320,6 @@ def test_a_nan_sample_makes_its_groups_nan_and_leaves_the_other_pair_exact():
     _assert_close(spectra.cosine("hidden/kernel", "a", "b"), _cosine(grads[0], grads[1]), COSINE_TOL, "a~b")
     for pair in (("a", "c"), ("b", "c")):
         assert np.isnan(spectra.cosine("hidden/kernel", *pair)), pair
+        assert np.isnan(spectra.overlap("hidden/kernel", *pair)), pair
     assert all(np.isnan(spectra.cosine("hidden/kernel", g)) for g in groups)
     assert np.isnan(spectra.null_cosine("hidden/kernel", "a")).all()

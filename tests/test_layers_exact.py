@@ -80,24 +80,24 @@ def flat_rows(width):
     return lambda a: a.reshape(-1, width)
 
 
-def train_one_step(model, x, y):
+def train_one_step(model, x, y, labels=LABELS):
     model.compile(optimizer=keras.optimizers.SGD(0.01), loss="mse")
-    model.fit(x, y, groups=LABELS, batch_size=N, epochs=1, shuffle=False, verbose=0)
+    model.fit(x, y, groups=labels, batch_size=N, epochs=1, shuffle=False, verbose=0)
     return model.last_spectra
 
 
-def check_layer(model, layer, x, y, product, input_rows, fan_out=None):
+def check_layer(model, layer, x, y, product, input_rows, fan_out=None, groups=GROUPS, labels=LABELS):
     """Compares grad, act and delta of ``layer`` for every group with the brute force,
     within the bound of the model's precision."""
     kernel = layer.embeddings if isinstance(layer, keras.layers.Embedding) else layer.kernel
-    grads = group_gradients(model, kernel, x, y, LABELS, len(GROUPS), LOSS)
+    grads = group_gradients(model, kernel, x, y, labels, len(groups), LOSS)
     rows_a, rows_delta = product_factors(
-        model, layer, x, y, LABELS, len(GROUPS), LOSS, product, input_rows, fan_out
+        model, layer, x, y, labels, len(groups), LOSS, product, input_rows, fan_out
     )
-    spectra = train_one_step(model, x, y)
+    spectra = train_one_step(model, x, y, labels)
     fan_in, fan_out = rows_a[0].shape[1], rows_delta[0].shape[1]
-    np.testing.assert_array_equal(spectra.counts, [np.sum(LABELS == g) for g in range(len(GROUPS))])
-    for g, name in enumerate(GROUPS):
+    np.testing.assert_array_equal(spectra.counts, [np.sum(labels == g) for g in range(len(groups))])
+    for g, name in enumerate(groups):
         grad_spectrum = spectra.spectrum(model.kernel_path(kernel), "grad", name)
         if rows_a[g] is None:
             for kind in ts.KINDS:
@@ -286,3 +286,53 @@ def test_layers_nested_in_models_are_found():
     model = build(inputs, keras.layers.Dense(2)(inner(inputs)))
     x, y = data((6,), 2)
     grad_only(model, x, y, [inner.layers[0].kernel], rows_per_sample=1)
+
+
+TWO_GROUPS = ("a", "b")
+TWO_LABELS = np.array([0, 1, 0, 0, -1, 1, 0, 1, 0, -1, 0, 0])  # imbalanced, with samples in no group
+
+
+def _two_group_case(case):
+    """``(inputs, layer, outputs, x, y, product, input_rows)`` of a layer whose whole batch
+    (12 samples) has fewer rows than its smaller fan: the rows route, for any grouping."""
+    if case == "embedding":
+        vocabulary = 40
+        inputs = keras.Input((2,), dtype="int32")
+        layer = keras.layers.Embedding(vocabulary, 30)  # 24 rows < 30
+        x, y = data((2,), 3, integer_inputs=vocabulary)
+        return (inputs, layer, keras.layers.Dense(3)(keras.layers.Flatten()(layer(inputs))), x, y,
+                lambda ids: tf.gather(layer.embeddings, ids), lambda ids: np.eye(vocabulary)[ids.reshape(-1)])
+    if case == "conv1d":  # 2 positions per sample: 24 rows < 30 = 3 × 10
+        inputs = keras.Input((4, 10))
+        layer = keras.layers.Conv1D(32, 3, activation="tanh")
+        x, y = data((4, 10), 2)
+        return (inputs, layer, keras.layers.Dense(2)(keras.layers.Flatten()(layer(inputs))), x, y,
+                conv_product(layer), conv_rows(layer))
+    if case == "dense_on_sequences":  # 2 positions per sample: 24 rows < 40
+        inputs = keras.Input((2, 40))
+        layer = keras.layers.Dense(40, activation="tanh")
+        x, y = data((2, 40), 2)
+        return (inputs, layer, keras.layers.Dense(2)(keras.layers.Flatten()(layer(inputs))), x, y,
+                dense_product(layer), flat_rows(40))
+    inputs = keras.Input((32,))
+    layer = keras.layers.Dense(24, activation="relu")  # 12 rows < 24
+    x, y = data((32,), 3)
+    return inputs, layer, keras.layers.Dense(3)(layer(inputs)), x, y, dense_product(layer), flat_rows(32)
+
+
+@pytest.mark.parametrize("geometry", [True, False])
+@pytest.mark.parametrize("case", ["dense", "dense_on_sequences", "conv1d", "embedding"])
+def test_two_groups_on_the_rows_route_with_and_without_the_batch_gram(case, geometry, monkeypatch):
+    """Two groups recording their pair's geometry read their row Gram matrices from one of
+    the whole batch (`spectra.BatchGramRows`: cheaper than the groups' and the pair's
+    own); without the geometry each group's is formed. Both give the exact spectra."""
+    from tf_autospec import spectra as spectra_module
+
+    built = []
+    of = spectra_module.BatchGramRows.of
+    monkeypatch.setattr(spectra_module.BatchGramRows, "of",
+                        classmethod(lambda cls, *args: built.append(args) or of(*args)))
+    inputs, layer, outputs, x, y, product, input_rows = _two_group_case(case)
+    model = ts.AutoSpecModel(inputs=inputs, outputs=outputs, groups=TWO_GROUPS, geometry=geometry)
+    check_layer(model, layer, x, y, product, input_rows, groups=TWO_GROUPS, labels=TWO_LABELS)
+    assert bool(built) == geometry

@@ -164,21 +164,21 @@ class Request:
             laid out as one group ``[1, R_u, ...]``; called only inside a ``tf.cond`` on
             ``has_unassigned``, so that a batch whose samples all have a group pays nothing
             for them.
-        batch_factors: ``None``, or ``() -> (a, delta, membership)``: the whole batch's
-            rows as one group ``[1, M, ...]`` and which groups each row is in (float64
-            ``[M, G' + 1]``, the last column for no group; `SampleGrouping.row_membership`).
-            Given where one row-Gram matrix of the batch costs less than every pair's cross
-            Gram matrices (null partitions: the pairs of every partition read it).
+        membership: ``None``, or where the kernel's factors are `spectra.BatchGramRows`
+            (one row-Gram matrix of the whole batch), which groups each of its rows is in:
+            float64 ``[M, G' + 1]``, the last column for no group
+            (`SampleGrouping.row_membership`); the inner products are then read from the
+            batch's Gram matrices, the samples in no group included.
     """
 
-    def __init__(self, measures, overlap_k, layout, has_unassigned, unassigned_factors, batch_factors=None):
+    def __init__(self, measures, overlap_k, layout, has_unassigned, unassigned_factors, membership=None):
         self.measures = measures
         self.overlap_k = overlap_k
         self.layout = layout
         self.first, self.second = layout.first, layout.second
         self.has_unassigned = has_unassigned
         self.unassigned_factors = unassigned_factors
-        self.batch_factors = batch_factors
+        self.membership = membership
 
     def for_step(self, finite, tolerance):
         """This request with what `rows_pieces` and `gradient_pieces` need from the step's spectra.
@@ -221,7 +221,8 @@ class Request:
         Gram matrix.
 
         Args:
-            a, delta: the (finite-zeroed) factors ``[G', R, ...]``.
+            a, delta: the (finite-zeroed) factors ``[G', R, ...]``, `spectra.BatchGramRows`
+                where this request has a ``membership``.
             gram_a, gram_delta: their row Gram matrices (float64 ``[G', R, R]``).
             top_values: float64 ``[G', k + 1]``, each group gradient's largest singular
                 values, descending, 0-padded (``None`` without overlap).
@@ -229,18 +230,15 @@ class Request:
                 vectors (``None`` without overlap).
             gram_dtype: the dtype the cross Gram matrices are formed in.
         """
-        if self.batch_factors is not None:
-            inner = self._batch_inner_products(gram_dtype) if "cosine" in self.measures else None
-            products = None
-            if self.wants_vectors and len(self.first):
-                left = tf.cast(a.transpose_matmul(tf.cast(row_vectors, tf.float32)), COMPUTE_DTYPE)  # L_g = A_gᵀ Y_g
-                products = self._left_products(left)
-            return self._pieces(inner, top_values, products)
-        cross_a = self._pair_cross_gram(a, gram_dtype) if len(self.first) else None
+        batch = self.membership is not None
+        pairs = len(self.first) > 0
+        cross_a = self._pair_cross_gram(a, gram_dtype) if pairs and (self.wants_vectors or not batch) else None
         inner = None
-        if "cosine" in self.measures:
+        if "cosine" in self.measures and batch:
+            inner = self._batch_inner_products(a, delta)
+        elif "cosine" in self.measures:
             diagonal = tf.reduce_sum(gram_a * gram_delta, axis=[1, 2])
-            if len(self.first):
+            if pairs:
                 cross_delta = self._pair_cross_gram(delta, gram_dtype)
                 pair_products = tf.reduce_sum(cross_a * cross_delta, axis=[1, 2])
             else:
@@ -259,7 +257,7 @@ class Request:
 
             inner = InnerProducts(diagonal, pair_products, *self._unassigned_or_none(compute, none))
         products = None
-        if self.wants_vectors and len(self.first):
+        if self.wants_vectors and pairs:
             first, second = self.layout.of_pairs(row_vectors)
             products = tf.matmul(first, tf.matmul(cross_a, second), transpose_a=True)
         return self._pieces(inner, top_values, products)
@@ -273,24 +271,23 @@ class Request:
         first, second = self.layout.of_pairs(left)
         return tf.matmul(first, second, transpose_a=True)
 
-    def _batch_inner_products(self, gram_dtype):
-        """`InnerProducts` from one row-Gram matrix of the whole batch: with ``P = (A Aᵀ) ∘
-        (Δ Δᵀ)`` over all rows and the membership ``M``, ``Mᵀ P M`` holds every group's
-        ``‖G_g‖²``, every pair's ``⟨G_a, G_b⟩`` in every partition and the unassigned
-        samples' terms. Rows holding NaN or Inf are zeroed (their groups are reported NaN
-        by `measures`)."""
-        a, delta, membership = self.batch_factors()
-        finite_rows = a.finite_rows() & delta.finite_rows()
-        a, delta = a.zeroed_rows(finite_rows), delta.zeroed_rows(finite_rows)
-        products = (a.row_gram(gram_dtype) * delta.row_gram(gram_dtype))[0]
+    def _batch_inner_products(self, a, delta):
+        """`InnerProducts` from the row-Gram matrices of the whole batch (`spectra.BatchGramRows`):
+        with ``P = (A Aᵀ) ∘ (Δ Δᵀ)`` over all rows and the membership ``M``, ``Mᵀ P M``
+        holds every group's ``‖G_g‖²``, every pair's ``⟨G_a, G_b⟩`` in every partition and
+        the unassigned samples' terms. Rows holding NaN or Inf are zero there (their
+        groups are reported NaN by `measures`)."""
+        membership = self.membership
+        products = (a.gram * delta.gram)[:-1, :-1]  # without the empty slots' zero row and column
         totals = tf.matmul(membership, tf.matmul(products, membership), transpose_a=True)  # [G' + 1, G' + 1]
         groups = self.layout.recorded_groups
+        finite_rows = (a.finite & delta.finite)[:-1]
         return InnerProducts(
             tf.linalg.diag_part(totals)[:groups],
             tf.gather_nd(totals, np.stack([self.first, self.second], axis=1)),
             totals[:groups, groups],
             totals[groups, groups],
-            tf.reduce_all(finite_rows[0] | tf.equal(membership[:, groups], 0.0)),
+            tf.reduce_all(finite_rows | tf.equal(membership[:, groups], 0.0)),
         )
 
     def gradient_pieces(self, gradient, top_values, left, unassigned=None):
@@ -331,7 +328,7 @@ class Request:
         if products is None:
             return Pieces(inner, tf.zeros([len(self.first)], COMPUTE_DTYPE), tf.zeros([groups], tf.bool), self.finite)
         k = self.overlap_k
-        determined = top_values[:, k - 1] - top_values[:, k] > self.tolerance * top_values[:, 0]
+        determined = (top_values[:, k - 1] - top_values[:, k] > self.tolerance * top_values[:, 0]) & self.finite
         return Pieces(inner, tf.reduce_sum(products * products, axis=[1, 2]) / k, determined, self.finite)
 
 

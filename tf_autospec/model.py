@@ -26,9 +26,6 @@ def _functional_arguments(args, kwargs):
 # XLA's CPU eigen-solvers take minutes on matrices of realistic size. Tests set this to
 # compile the training step of tiny models with XLA on CPU, to exercise the GPU path.
 XLA_ON_CPU = False
-# The most rows whose batch row-Gram matrices the geometry forms at once (three float64
-# [M, M] matrices: 100 MB at 2048 rows).
-BATCH_GRAM_ROWS = 2048
 
 
 def _xla_allowed():
@@ -703,15 +700,21 @@ class AutoSpecModel(keras.Model):
             for name, shape in geometry_module.recorded_shapes(self.autospec_geometry, len(self.groups)).items():
                 nothing[name] = tf.fill([partitions, *shape], float("nan"))
             return nothing, tf.fill([groups], True)
-        a, delta, rows_per_sample, rows_hint = self._factors(kernel, kernel_calls, kernel_deltas, grouping)
+        batch_rows = self._batch_rows(kernel, kernel_calls, kernel_deltas, grouping)
+        if batch_rows is None:
+            a, delta, rows_per_sample, rows_hint = self._factors(kernel, kernel_calls, kernel_deltas, grouping)
+            membership = None
+        else:
+            a, delta, rows_per_sample, rows_hint, membership = batch_rows
         return spectra.group_spectra_computation(
             a, delta, rows_per_sample, grouping.counts, kinds, kernel.widths, rows_hint, self.autospec_randomized,
-            self.autospec_precision, self._geometry_request(kernel, kernel_calls, kernel_deltas, grouping),
+            self.autospec_precision, self._geometry_request(kernel, kernel_calls, kernel_deltas, grouping, membership),
         )
 
-    def _geometry_request(self, kernel, kernel_calls, kernel_deltas, grouping):
-        """The `geometry.Request` of one kernel with ``grouping``'s samples in no group, or
-        ``None`` when no geometry is recorded."""
+    def _geometry_request(self, kernel, kernel_calls, kernel_deltas, grouping, membership=None):
+        """The `geometry.Request` of one kernel with ``grouping``'s samples in no group
+        (``membership`` where its factors are `spectra.BatchGramRows`), or ``None`` when
+        no geometry is recorded."""
         if not self.autospec_geometry:
             return None
         return geometry_module.Request(
@@ -719,30 +722,43 @@ class AutoSpecModel(keras.Model):
             geometry_module.overlap_width(self.autospec_overlap_k, kernel.fan_in, kernel.fan_out),
             self._geometry_layout, grouping.has_unassigned(),
             lambda: self._factors(kernel, kernel_calls, kernel_deltas, grouping.unassigned())[:2],
-            self._batch_factors(kernel, kernel_calls, kernel_deltas, grouping),
+            membership,
         )
 
-    def _batch_factors(self, kernel, kernel_calls, kernel_deltas, grouping):
-        """The `geometry.Request`'s ``batch_factors`` where one row-Gram matrix of the whole
-        batch costs less than the cross Gram matrices of every pair in every partition
-        (``G² <`` pairs × partitions, for groups of about equal size: null partitions) and
-        stays small (`BATCH_GRAM_ROWS`); else ``None``. Known while tracing."""
+    def _batch_rows(self, kernel, kernel_calls, kernel_deltas, grouping):
+        """``(a, delta, rows_per_sample, rows, membership)``: the kernel's factors as
+        `spectra.BatchGramRows` (one row-Gram matrix of the whole batch's ``rows``, each
+        group's and pair's blocks gathered from it) and which groups each row is in, where
+        the kernel is on the rows route (fewer rows in the batch than its smaller fan),
+        that is cheaper than the groups' own Gram matrices (`spectra.batch_gram_cheaper`)
+        and the rows are known while tracing; else ``None``."""
         rows_per_sample = _rows_per_sample(kernel, kernel_deltas)
         batch = kernel_calls[0][0].shape[0] or self._batch_size_hint
-        layout = self._geometry_layout
-        if (tf.is_tensor(rows_per_sample) or batch is None or batch * rows_per_sample > BATCH_GRAM_ROWS
-                or len(self.groups) ** 2 >= len(layout.first)):
+        pairs = len(self._geometry_layout.first) if self.autospec_geometry else 0
+        if (grouping.static_shapes or tf.is_tensor(rows_per_sample) or batch is None
+                or batch * rows_per_sample >= min(kernel.fan_in, kernel.fan_out)
+                or not spectra.batch_gram_cheaper(len(self.groups), grouping.num_groups, pairs)):
             return None
         layer, capture = kernel.layer, kernel.capture
+        for tensor in [inputs for inputs, _ in kernel_calls] + list(kernel_deltas):
+            self._assert_sample_axis(layer, tensor, grouping)
+        a = tf.concat([capture.input_rows(layer, inputs) for inputs, _ in kernel_calls], axis=1)
+        delta = tf.concat([capture.output_rows(layer, d) for d in kernel_deltas], axis=1)
+        row_index = grouping.row_index(rows_per_sample)
+        gram_dtype = spectra.PRECISIONS[self.autospec_precision]
+        a = capture.factor(layer, tf.reshape(a, [1, -1, *a.shape[2:]]))
+        delta = spectra.DenseRows(tf.reshape(delta, [1, -1, kernel.fan_out]))
+        return (spectra.BatchGramRows.of(a, row_index, gram_dtype), spectra.BatchGramRows.of(delta, row_index, gram_dtype),
+                rows_per_sample, batch * rows_per_sample, grouping.row_membership(rows_per_sample))
 
-        def factors():
-            a = tf.concat([capture.input_rows(layer, inputs) for inputs, _ in kernel_calls], axis=1)
-            delta = tf.concat([capture.output_rows(layer, d) for d in kernel_deltas], axis=1)
-            return (capture.factor(layer, tf.reshape(a, [1, -1, *a.shape[2:]])),
-                    spectra.DenseRows(tf.reshape(delta, [1, -1, kernel.fan_out])),
-                    grouping.row_membership(rows_per_sample))
-
-        return factors
+    def _assert_sample_axis(self, layer, tensor, grouping):
+        if not self.jit_compile:
+            tf.debugging.assert_equal(
+                tf.shape(tensor)[0], tf.shape(grouping.one_hot)[0],
+                message=f"Layer '{layer.name}' was called on a batch axis other than "
+                "the samples'; AutoSpec cannot map its rows to groups. Exclude it "
+                "with layers=[...].",
+            )
 
     @property
     def _geometry_layout(self):
@@ -758,13 +774,7 @@ class AutoSpecModel(keras.Model):
             # Group whole samples first: far fewer values to move than their rows.
             out = []
             for tensor in tensors:
-                if not self.jit_compile:
-                    tf.debugging.assert_equal(
-                        tf.shape(tensor)[0], tf.shape(grouping.one_hot)[0],
-                        message=f"Layer '{layer.name}' was called on a batch axis other than "
-                        "the samples'; AutoSpec cannot map its rows to groups. Exclude it "
-                        "with layers=[...].",
-                    )
+                self._assert_sample_axis(layer, tensor, grouping)
                 laid_out = grouping.apply(tensor, fill)
                 # Static per-sample shapes keep the rows per sample known while tracing, so
                 # that each kernel's route is chosen then (not by a tf.cond at every step).

@@ -5,8 +5,8 @@ rows route's core), some of which depend on others. The computations are written
 generators that yield the eigen-problems they need (`eigh`, `eigvalsh`) and receive the
 solutions. `run` advances the computations of all kernels in lockstep: at each round it
 stacks every pending problem by matrix size, dtype and whether eigenvectors are wanted,
-and makes one solver call per stack. A step of the MLP benchmark makes 4 solver calls
-instead of 9, a Transformer's 8 instead of 42 (`docs/benchmarks.md`). Each matrix of a
+and makes one solver call per stack. A step of the MLP benchmark makes 5 solver calls
+instead of 9, a Transformer's 7 instead of 42 (`docs/benchmarks.md`). Each matrix of a
 stack is decomposed on its own, so the values are those of one call per matrix.
 
 On a GPU the number of calls, not their arithmetic, sets the cost of these small

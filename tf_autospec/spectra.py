@@ -45,6 +45,11 @@ docs/method.md, "Numerical rank".
 Groups are laid out side by side, ``[G, R, ...]``, so each step is one batched call
 for all groups of a kernel. Outside XLA the rows of each group are gathered (``R`` =
 largest group); under XLA they are masked (``R`` = batch) so that shapes stay static.
+On the rows route, where that is cheaper (`batch_gram_cheaper`: null partitions, two
+groups with their pair), their Gram matrices are gathered from one of the whole batch
+instead (`BatchGramRows`). The
+eigen-problems are posed to `tf_autospec.solvers`, which solves those of all kernels of
+a step together.
 """
 
 import numpy as np
@@ -106,6 +111,16 @@ class SampleGrouping:
         the last column for the samples in no group."""
         unassigned = tf.cast(self.labels[:, :1] < 0, tf.int32)
         return tf.repeat(tf.cast(tf.concat([self.one_hot, unassigned], 1), COMPUTE_DTYPE), rows_per_sample, axis=0)
+
+    def row_index(self, rows_per_sample):
+        """int32 ``[G', S · rows_per_sample]``: where each group's rows sit among the whole
+        batch's rows (sample ``i``'s are ``i · rows_per_sample`` to ``i · rows_per_sample +
+        rows_per_sample − 1``, as `BatchGramRows` lays them out), in the order `apply` lays
+        the group's rows out; ``N · rows_per_sample`` for an empty slot."""
+        samples = (self.sample_index - 1)[:, :, None]  # -1: an empty slot
+        rows = samples * rows_per_sample + tf.range(rows_per_sample)[None, None, :]
+        empty = tf.shape(self.labels)[0] * rows_per_sample
+        return tf.reshape(tf.where(samples >= 0, rows, empty), [self.num_groups, -1])
 
     def has_unassigned(self):
         """bool scalar: some sample is in no group."""
@@ -258,6 +273,76 @@ class OneHotRows:
             groups * self.width + 1,
         )
         return tf.reshape(summed[:-1], [groups, self.width, other.shape[-1]])
+
+
+class BatchGramRows:
+    """A factor on the rows route, read from one row-Gram matrix of the whole batch.
+
+    The rows route needs each group's ``X_g X_gᵀ``, the geometry also ``X_a X_bᵀ`` of the
+    pairs. Where that is cheaper (`batch_gram_cheaper`: null partitions, two groups with
+    their pair), one ``X Xᵀ`` over the batch's ``M`` rows is formed and each block is
+    gathered from it.
+
+    Args:
+        gram: float64 ``[M + 1, M + 1]``, ``X Xᵀ`` with the rows that hold NaN or Inf
+            zeroed, and a last zero row and column for the empty slots.
+        finite: bool ``[M + 1]``, the row held no NaN or Inf (the last: True).
+        row_index: int32 ``[G', R]``, each group's rows in the batch (`SampleGrouping.row_index`).
+        width: the factor's width ``d``.
+    """
+
+    def __init__(self, gram, finite, row_index, width):
+        self.gram = gram
+        self.finite = finite
+        self.row_index = row_index
+        self.width = width
+
+    @classmethod
+    def of(cls, factor, row_index, gram_dtype=COMPUTE_DTYPE):
+        """From the whole batch's rows as one group (`DenseRows` or `OneHotRows` ``[1, M, d]``),
+        the Gram matrix formed in ``gram_dtype``."""
+        finite = factor.finite_rows()
+        gram = factor.zeroed_rows(finite).row_gram(gram_dtype)[0]
+        return cls(tf.pad(gram, [[0, 1], [0, 1]]), tf.concat([finite[0], [True]], 0), row_index, factor.width)
+
+    @property
+    def num_rows(self):
+        return dim(self.row_index, 1)
+
+    def finite_groups(self):
+        return tf.reduce_all(tf.gather(self.finite, self.row_index), axis=1)
+
+    def zeroed(self, keep):
+        """The same factor with the groups not in ``keep`` empty (their rows point to the
+        zero row), as `DenseRows.zeroed` zeroes them."""
+        empty = tf.shape(self.gram)[0] - 1
+        return BatchGramRows(self.gram, self.finite, tf.where(keep[:, None], self.row_index, empty), self.width)
+
+    def take(self, groups):
+        return BatchGramRows(self.gram, self.finite, tf.gather(self.row_index, groups), self.width)
+
+    def cross_gram(self, other, gram_dtype=None):
+        """``X_a X_bᵀ`` of group ``i`` of each with group ``i`` of ``other`` (as many
+        groups), gathered: float64 ``[G, R, R_other]``."""
+        size = tf.shape(self.gram)[0]
+        # One gather of the flat matrix: no [G, R, M + 1] intermediate.
+        index = self.row_index[:, :, None] * size + other.row_index[:, None, :]
+        return tf.gather(tf.reshape(self.gram, [-1]), index)
+
+    def row_gram(self, gram_dtype=None):
+        return self.cross_gram(self)
+
+
+def batch_gram_cheaper(num_groups, recorded_groups, pairs):
+    """Whether one row-Gram matrix of the batch (``M²`` products per factor) costs less
+    than the groups' own and the pairs' cross ones (``(G' + pairs) · R²``, with ``R ≥ M /
+    G`` rows in the largest group): measured on this CPU, one ``[M, d] × [d, M]`` product
+    runs as fast as 4/3 of its multiply-adds spread over the groups' smaller products (the
+    groups are padded to the largest, and small products run slower; docs/benchmarks.md,
+    "Gradient geometry: cost"). True for 2 groups with their pair, and with null
+    partitions; False for 2 groups without the geometry, and for one group alone (whose
+    Gram matrix is the batch's)."""
+    return recorded_groups > 1 and 3 * num_groups ** 2 <= 4 * (recorded_groups + pairs)
 
 
 def dim(tensor, axis):
@@ -499,8 +584,10 @@ def group_spectra_computation(a, delta, rows_per_sample, counts, kinds, widths, 
     factors for one kernel.
 
     Args:
-        a: `DenseRows` or `OneHotRows`, the group-laid-out layer inputs ``[G, R, fan_in]``.
-        delta: `DenseRows`, the group-laid-out ``∂L/∂Y`` rows ``[G, R, fan_out]``.
+        a: `DenseRows` or `OneHotRows`, the group-laid-out layer inputs ``[G, R, fan_in]``;
+            or, for a kernel known to be on the rows route, `BatchGramRows`.
+        delta: `DenseRows`, the group-laid-out ``∂L/∂Y`` rows ``[G, R, fan_out]`` (or
+            `BatchGramRows`, with ``a``).
         rows_per_sample: rows each sample contributes (positions, time steps, tokens).
         counts: int32 ``[G]`` samples per group.
         kinds: subset of `KINDS` to compute.
