@@ -618,8 +618,8 @@ def group_spectra_computation(a, delta, rows_per_sample, counts, kinds, widths, 
     rows = a.num_rows
     # Every kernel laid out by the same grouping has R = largest group × rows per sample:
     # equal R, equal key, so that their R × R eigen-problems are solved in one call.
-    rows_size = rows if not tf.is_tensor(rows) else (
-        None if tf.is_tensor(rows_per_sample) else ("rows", counts.ref(), rows_per_sample))
+    keyed = tf.is_tensor(counts) and not tf.is_tensor(rows_per_sample)
+    rows_size = rows if not tf.is_tensor(rows) else ("rows", counts.ref(), rows_per_sample) if keyed else None
     if tf.is_tensor(rows) and rows_hint is not None:
         rows = rows_hint
     smallest_fan = min(a.width, delta.width)
