@@ -262,20 +262,29 @@ def simulated(args):
                                                           "runs", "folds", "epochs", "within_epochs", "batch",
                                                           "block", "partitions", "seed", "shifts")},
                "summaries": SIMULATED_SUMMARIES, "cells": []}
-    shifts = [0.0] + list(args.shifts)
-    for shift, fraction, design in itertools.product(shifts, args.fractions, args.designs):
-        repetitions = args.repetitions if shift == 0 else args.power_repetitions
-        start = time.perf_counter()
-        outcomes = [simulated_repetition(folder, fraction, design, shift, r, args) for r in range(repetitions)]
-        seconds = time.perf_counter() - start
-        cell = {"shift": shift, "fraction": fraction, "design": design, "repetitions": repetitions,
-                "seconds": seconds}
-        for reference in ("null", "old"):
-            cell[reference] = tally([o[reference] for o in outcomes], planted=bool(shift))
+    for cell, _ in planted_cells("shift", args.shifts, args,
+                                 lambda *cell_repetition: simulated_repetition(folder, *cell_repetition, args)):
         results["cells"].append(cell)
         print(_simulated_line(cell), flush=True)
     shutil.rmtree(folder)
     return results
+
+
+def planted_cells(name, effects, args, repetition):
+    """The cells of a simulated calibration: with no planted effect and with each of
+    ``effects``, for every group fraction and design, the outcomes of
+    ``repetition(fraction, design, effect, index)`` over ``args.repetitions`` (no effect)
+    or ``args.power_repetitions``, tallied per reference. Yields ``(cell, outcomes)``,
+    the cell keyed by ``name`` for the effect."""
+    for effect, fraction, design in itertools.product([0.0] + list(effects), args.fractions, args.designs):
+        repetitions = args.repetitions if effect == 0 else args.power_repetitions
+        start = time.perf_counter()
+        outcomes = [repetition(fraction, design, effect, r) for r in range(repetitions)]
+        cell = {name: effect, "fraction": fraction, "design": design, "repetitions": repetitions,
+                "seconds": time.perf_counter() - start}
+        for reference in ("null", "old"):
+            cell[reference] = tally([o[reference] for o in outcomes], planted=bool(effect))
+        yield cell, outcomes
 
 
 def _simulated_line(cell):
@@ -352,16 +361,11 @@ def geometry(args):
                                                           "common", "runs", "folds", "epochs", "within_epochs",
                                                           "batch", "partitions", "seed", "conflicts")},
                "measures": stats.GEOMETRY_MEASURES, "statistics": stats.GEOMETRY_STATISTICS, "cells": []}
-    for conflict, fraction, design in itertools.product([0.0] + list(args.conflicts), args.fractions, args.designs):
-        repetitions = args.repetitions if conflict == 0 else args.power_repetitions
-        start = time.perf_counter()
-        outcomes = [geometry_repetition(folder, fraction, design, conflict, r, args) for r in range(repetitions)]
-        cell = {"conflict": conflict, "fraction": fraction, "design": design, "repetitions": repetitions,
-                "seconds": time.perf_counter() - start}
+    for cell, outcomes in planted_cells("conflict", args.conflicts, args,
+                                        lambda *cell_repetition: geometry_repetition(folder, *cell_repetition, args)):
         for reference in ("null", "old"):
-            cell[reference] = tally([o[reference] for o in outcomes], planted=bool(conflict))
             cell[reference]["any_by_measure"] = {
-                m: rate(sum(o[reference]["by_measure"][m] for o in outcomes), repetitions)
+                m: rate(sum(o[reference]["by_measure"][m] for o in outcomes), cell["repetitions"])
                 for m in stats.GEOMETRY_MEASURES}
         results["cells"].append(cell)
         print(_geometry_line(cell), flush=True)
