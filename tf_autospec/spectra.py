@@ -516,13 +516,22 @@ def _randomized(matrices, width, vectors):
     exact = tf.cast(matrices, COMPUTE_DTYPE)
     missing = tf.reduce_sum(exact * exact, axis=[1, 2]) - tf.linalg.trace(gram)
     residual = _nan_where(overflow, tf.sqrt(tf.maximum(missing, 0.0)))
+    values, top_values, top = yield from _gram_spectrum(gram, width, vectors, overflow)
+    left = None if top is None else tf.matmul(tf.cast(basis, COMPUTE_DTYPE), top)
+    return values, residual, top_values, left
+
+
+def _gram_spectrum(gram, width, vectors, overflow):
+    """A `solvers` computation of ``(values, top_values, top)`` from a Gram matrix
+    ``[G, n, n]``: its singular values as `_singular_values` gives them (NaN for the
+    ``overflow`` groups), and with ``vectors > 0`` the top ``vectors + 1`` values and
+    ``vectors`` eigenvectors (`geometry_module.top_left_vectors`; ``None`` otherwise)."""
     if not vectors:
         eigenvalues = yield solvers.eigvalsh(gram)
-        return _nan_where(overflow, _singular_values(eigenvalues, width)), residual, None, None
+        return _nan_where(overflow, _singular_values(eigenvalues, width)), None, None
     eigenvalues, eigenvectors = yield solvers.eigh(gram)
     top_values, top = geometry_module.top_left_vectors(eigenvalues, eigenvectors, vectors)
-    left = tf.matmul(tf.cast(basis, COMPUTE_DTYPE), top)
-    return _nan_where(overflow, _singular_values(eigenvalues, width)), residual, top_values, left
+    return _nan_where(overflow, _singular_values(eigenvalues, width)), top_values, top
 
 
 def _without_overflow(matrices):
@@ -558,15 +567,11 @@ def _gradient_singular_values(gradient, width, gram_dtype=COMPUTE_DTYPE, vectors
     gradient, overflow = _without_overflow(tf.cast(gradient, gram_dtype))
     tall = gradient.shape[1] >= gradient.shape[2]
     gram = tf.cast(tf.matmul(gradient, gradient, transpose_a=tall, transpose_b=not tall), COMPUTE_DTYPE)
-    if not vectors:
-        eigenvalues = yield solvers.eigvalsh(gram)
-        return _nan_where(overflow, _singular_values(eigenvalues, width)), None, None
-    eigenvalues, eigenvectors = yield solvers.eigh(gram)
-    top_values, top = geometry_module.top_left_vectors(eigenvalues, eigenvectors, vectors)
-    if tall:  # eigenvectors of GᵀG are right singular vectors: u = G v / σ
+    values, top_values, top = yield from _gram_spectrum(gram, width, vectors, overflow)
+    if top is not None and tall:  # eigenvectors of GᵀG are right singular vectors: u = G v / σ
         safe = tf.where(top_values[:, :vectors] > 0, top_values[:, :vectors], 1.0)
         top = tf.matmul(tf.cast(gradient, COMPUTE_DTYPE), top) / safe[:, None, :]
-    return _nan_where(overflow, _singular_values(eigenvalues, width)), top_values, top
+    return values, top_values, top
 
 
 def group_spectra(a, delta, rows_per_sample, counts, kinds, widths, rows_hint=None, randomized=False,
