@@ -362,9 +362,7 @@ def within_run(run, group_a=None, group_b=None, layers=None, kinds=None, summari
     _warn_if_unbalanced([run], pairs, reference)
     layers, kinds = _selection(run, layers, kinds)
     step_numbers = run.records["step"]
-    window = np.ones(len(run), bool)
-    if steps is not None:
-        window = (step_numbers >= steps[0]) & (step_numbers <= steps[1])
+    window = _step_window(run, steps)
     rng = np.random.default_rng(seed)
     series = _Series(normalize)
     rows = []
@@ -643,6 +641,15 @@ def _check_statistics(statistics):
     return statistics
 
 
+def _step_window(run, steps):
+    """bool ``[n_records]``: the records whose step lies in ``steps`` ``(first, last)``,
+    inclusive; every record when ``steps`` is ``None``."""
+    if steps is None:
+        return np.ones(len(run), bool)
+    step_numbers = run.records["step"]
+    return (step_numbers >= steps[0]) & (step_numbers <= steps[1])
+
+
 def _runs_mean(per_run, first, last):
     """The mean over runs of each run's epoch mean (``first == last``) or of its change
     from epoch ``first`` to ``last`` (runs where it is undefined left out), and how
@@ -777,9 +784,7 @@ def within_run_geometry(run, group_a=None, group_b=None, layers=None, measures=N
     statistics = _check_statistics(statistics)
     pairs = group_pairs(run, group_a, group_b)
     step_numbers, epoch_numbers = run.records["step"], run.records["epoch"]
-    window = np.ones(len(run), bool)
-    if steps is not None:
-        window = (step_numbers >= steps[0]) & (step_numbers <= steps[1])
+    window = _step_window(run, steps)
     if not window.any():
         raise ValueError(f"No recorded step of {run.path} lies in steps={steps} (steps "
                          f"{int(step_numbers[0])}–{int(step_numbers[-1])}).")
