@@ -98,7 +98,6 @@ def check_layer(model, layer, x, y, product, input_rows, fan_out=None, groups=GR
     fan_in, fan_out = rows_a[0].shape[1], rows_delta[0].shape[1]
     np.testing.assert_array_equal(spectra.counts, [np.sum(labels == g) for g in range(len(groups))])
     for g, name in enumerate(groups):
-        grad_spectrum = spectra.spectrum(model.kernel_path(kernel), "grad", name)
         if rows_a[g] is None:
             for kind in ts.KINDS:
                 assert np.all(np.isnan(spectra.spectrum(model.kernel_path(kernel), kind, name))), (kind, name)
