@@ -301,15 +301,18 @@ def test_null_partitions_geometry_matches_each_relabeling(hidden):
     assert compared
 
 
-def test_a_nan_sample_makes_its_groups_nan_and_leaves_the_other_pair_exact():
+@pytest.mark.parametrize("precision", ["float64", "float32"])
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_a_nan_sample_makes_its_groups_nan_and_leaves_the_other_pair_exact(bad, precision):
     # With 3 groups and 4 partitions the pairs read one row-Gram matrix of the batch; the
-    # NaN sample's rows are zeroed there and every group holding it is reported NaN.
+    # NaN or Inf sample's rows are zeroed there and every group holding it is reported NaN
+    # (float64: found on the Gram matrix's diagonal; float32: on the rows).
     groups = ("a", "b", "c")
     inputs = keras.Input((32,))
     outputs = keras.layers.Dense(3)(keras.layers.Dense(24, activation="tanh", name="hidden")(inputs))
-    model = ts.AutoSpecModel(inputs=inputs, outputs=outputs, groups=groups, null_partitions=3)
+    model = ts.AutoSpecModel(inputs=inputs, outputs=outputs, groups=groups, null_partitions=3, precision=precision)
     x, y = data((32,), 3)
-    x[5, 0] = np.nan
+    x[5, 0] = bad
     labels = np.arange(N) % 3  # sample 5 is in group c
     keep = np.arange(N) != 5  # samples do not interact: a and b's gradients are those without it
     grads, _ = references(model, x[keep], y[keep], labels[keep])["hidden/kernel"]

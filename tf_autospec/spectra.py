@@ -301,9 +301,17 @@ class BatchGramRows:
     def of(cls, factor, row_index, gram_dtype=COMPUTE_DTYPE):
         """From the whole batch's rows as one group (`DenseRows` or `OneHotRows` ``[1, M, d]``),
         the Gram matrix formed in ``gram_dtype``."""
-        finite = factor.finite_rows()
-        gram = factor.zeroed_rows(finite).row_gram(gram_dtype)[0]
-        return cls(tf.pad(gram, [[0, 1], [0, 1]]), tf.concat([finite[0], [True]], 0), row_index, factor.width)
+        if gram_dtype == COMPUTE_DTYPE:
+            # A float64 sum of float32 squares cannot overflow, so a diagonal entry is NaN
+            # or Inf exactly where its row holds NaN or Inf; and each entry depends on its
+            # two rows only. The factor is then neither scanned nor copied.
+            gram = factor.row_gram(gram_dtype)[0]
+            finite = tf.math.is_finite(tf.linalg.diag_part(gram))
+            gram = tf.where(finite[:, None] & finite[None, :], gram, 0.0)
+        else:  # a float32 square can overflow: the rows themselves tell NaN or Inf from that
+            finite = factor.finite_rows()[0]
+            gram = factor.zeroed_rows(finite[None]).row_gram(gram_dtype)[0]
+        return cls(tf.pad(gram, [[0, 1], [0, 1]]), tf.concat([finite, [True]], 0), row_index, factor.width)
 
     @property
     def num_rows(self):
