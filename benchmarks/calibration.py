@@ -549,7 +549,7 @@ def cost(args):
         times = {variant: [] for variant in trained}
         for _ in range(args.repeats):
             for variant, model in trained.items():
-                times[variant].append(1e3 * overhead.epoch_seconds(model, *data, batch) / args.steps)
+                times[variant].append(overhead.step_ms(model, *data, batch))
         plain = statistics.median(times["plain"])
         rows = {variant: {"median_ms": statistics.median(t), "min_ms": min(t), "max_ms": max(t),
                           "quartiles_ms": [float(np.percentile(t, 25)), float(np.percentile(t, 75))],

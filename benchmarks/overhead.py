@@ -6,9 +6,9 @@ without the loss per group; the same without the geometry (``geometry=False``);
 the same writing every step to HDF5
 with `AutoSpecCallback`; the same every 10 steps; `grad` spectra only (what
 `peer_backpack.py` computes in PyTorch); and the paper's route (a full SVD of
-every group gradient and factor matrix). Runs alternate,
-the first epoch of each (tracing) is excluded, and the median seconds per epoch and
-its ratio to plain are reported.
+every group gradient and factor matrix). Epochs alternate, the first epoch of each
+(tracing) is excluded, and each epoch's steps are timed without the epoch's own setup
+(`StepClock`); the median ms per step and its ratio to plain are reported.
 
 With plain and autospec among the variants, the floor of each model (`floor.py`: the
 float64 Gram matrices and eigen-problems its routes must do, and on the fan route the
@@ -149,11 +149,42 @@ def build(kind, architecture, groups, every, jit_compile=False, null_partitions=
     return model
 
 
+class StepClock(keras.callbacks.Callback):
+    """Times an epoch's steps: from the end of its first step to the end of its last.
+
+    What an epoch does once is left out: Keras builds a dataset and an iterator from the
+    arrays (~50 ms on this project's VM, 14 steps of the plain MLP), and the first step
+    fetches the first batch. A real run's long epochs spread that over hundreds of steps;
+    divided over a short timed epoch it added the same ~2.5 ms to every model's ms/step
+    (20 steps) and made every ratio to plain look smaller (docs/benchmarks.md, "How steps
+    are timed").
+    """
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.ends = []
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.ends.append(time.perf_counter())
+
+    @property
+    def ms_per_step(self):
+        if len(self.ends) < 2:
+            raise ValueError("StepClock needs at least 2 steps per epoch (--steps 2 or more).")
+        return 1e3 * (self.ends[-1] - self.ends[0]) / (len(self.ends) - 1)
+
+
 def epoch_seconds(model, x, y, labels, batch, callbacks=()):
     extra = {} if not isinstance(model, ts.AutoSpecModel) else {"groups": labels}
     start = time.perf_counter()
     model.fit(x, y, batch_size=batch, epochs=1, shuffle=False, verbose=0, callbacks=list(callbacks), **extra)
     return time.perf_counter() - start
+
+
+def step_ms(model, x, y, labels, batch, callbacks=()):
+    """ms per step of one epoch of ``model`` (`StepClock`: the epoch's setup left out)."""
+    clock = StepClock()
+    epoch_seconds(model, x, y, labels, batch, [*callbacks, clock])
+    return clock.ms_per_step
 
 
 def synthetic_data(shape, batch, steps, groups, null_partitions=0):
@@ -169,14 +200,15 @@ def synthetic_data(shape, batch, steps, groups, null_partitions=0):
 
 def ms_per_step_samples(models, data, batch, steps, repeats, callbacks=None):
     """Trains ``models`` side by side: one tracing epoch each (excluded), then ``repeats``
-    epochs alternating between them. Returns the ms per step of each epoch, per model."""
+    epochs alternating between them. Returns the ms per step of each epoch (`step_ms`),
+    per model."""
     callbacks = callbacks or {}
     for name, model in models.items():
         epoch_seconds(model, *data, batch, callbacks.get(name, ()))
     times = {name: [] for name in models}
     for _ in range(repeats):
         for name, model in models.items():
-            times[name].append(1e3 * epoch_seconds(model, *data, batch, callbacks.get(name, ())) / steps)
+            times[name].append(step_ms(model, *data, batch, callbacks.get(name, ())))
     return times
 
 
