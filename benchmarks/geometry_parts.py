@@ -1,5 +1,6 @@
-"""What each gradient-geometry measure costs on the MLP benchmark (784-512-256-10, batch
-128, 2 groups, all kinds, every step), side by side in one process: plain `keras.Model`,
+"""What each gradient-geometry measure costs on a benchmark model (the MLP 784-512-256-10
+by default, or another of `overhead.ARCHITECTURES`; batch 128, 2 groups, all kinds, every
+step), side by side in one process: plain `keras.Model`,
 AutoSpec with ``geometry=False``, ``["cosine"]``, ``["overlap"]`` and both (the default).
 Prints each variant's median, first quartile and fastest epoch, and per round the
 difference from ``geometry=False`` (median, quartiles, and in % of that round's plain
@@ -7,7 +8,8 @@ step); writes the per-epoch ms/step to ``--json`` (docs/benchmarks.md, "Gradient
 cost").
 
 Usage:
-    python benchmarks/geometry_parts.py --repeats 21 --json benchmarks/results/geometry_parts_2026-11-30.json
+    python benchmarks/geometry_parts.py --repeats 101 --json benchmarks/results/geometry_parts_2026-11-30.json
+    python benchmarks/geometry_parts.py --model cnn --steps 10 --repeats 41
 """
 
 import argparse
@@ -22,8 +24,8 @@ import tf_autospec as ts
 VARIANTS = {"plain": None, "no_geometry": False, "cosine": ["cosine"], "overlap": ["overlap"], "both": True}
 
 
-def build(geometry):
-    make, shape = overhead.ARCHITECTURES["mlp"]
+def build(architecture, geometry):
+    make, shape = overhead.ARCHITECTURES[architecture]
     inputs = keras.Input(shape)
     outputs = make(inputs)
     if geometry is None:
@@ -36,12 +38,13 @@ def build(geometry):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="mlp", choices=list(overhead.ARCHITECTURES))
     parser.add_argument("--repeats", type=int, default=21)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--json", help="also write the per-epoch ms/step here")
     args = parser.parse_args()
-    models = {name: build(geometry) for name, geometry in VARIANTS.items()}
-    data = overhead.synthetic_data(overhead.ARCHITECTURES["mlp"][1], 128, args.steps, 2)
+    models = {name: build(args.model, geometry) for name, geometry in VARIANTS.items()}
+    data = overhead.synthetic_data(overhead.ARCHITECTURES[args.model][1], 128, args.steps, 2)
     times = overhead.ms_per_step_samples(models, data, 128, args.steps, args.repeats)
     for name, values in times.items():
         quartiles = statistics.quantiles(values, n=4)
