@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 import tf_autospec as ts
 from reference import assert_spectrum_matches, group_gradients, singular_values
-from tf_autospec import spectra
+from tf_autospec import spectra, store
 from tf_autospec.tracking import spectrum_widths
 
 LOSS = keras.losses.MeanSquaredError(reduction=None)
@@ -227,6 +227,18 @@ def test_load_on_truncated_and_corrupted_files_errors_clearly_without_crash_or_h
     assert result.stdout.startswith(("read", "clear error:")), result.stdout + result.stderr[-2000:]
     if result.stdout.startswith("clear error:"):
         assert str(path) in result.stdout
+
+
+def test_a_damaged_attribute_heap_is_a_clear_error(good_run, tmp_path):
+    # Found by the test above: h5py raises RuntimeError, not OSError, when the heap that
+    # holds the file's attributes fails its checksum.
+    content = bytearray(good_run)
+    content[content.index(b"FHDB") + 20] ^= 0xFF  # inside the heap's first direct block
+    path = tmp_path / "damaged.h5"
+    path.write_bytes(bytes(content))
+    with pytest.raises(store.StoreError, match="corrupted or incomplete.*checksum") as error:
+        ts.load(path)
+    assert str(path) in str(error.value)
 
 
 @pytest.mark.parametrize("scale", [1e-30, 1e-6, 1e6, 1e15], ids=lambda s: f"{s:g}")

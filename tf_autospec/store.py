@@ -97,7 +97,9 @@ def reading(path):
             yield f
         except StoreError:
             raise
-        except (OSError, KeyError, ValueError, TypeError) as error:
+        except (OSError, KeyError, ValueError, TypeError, RuntimeError) as error:
+            # h5py raises RuntimeError for some damaged metadata (e.g. "Error iterating
+            # over attributes (incorrect metadata checksum ...)").
             raise StoreError(
                 f"'{path}' is corrupted or incomplete and cannot be read "
                 f"({type(error).__name__}: {error})."
