@@ -303,7 +303,7 @@ def test_null_partitions_geometry_matches_each_relabeling(hidden):
 
 @pytest.mark.parametrize("precision", ["float64", "float32"])
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
-def test_a_nan_sample_makes_its_groups_nan_and_leaves_the_other_pair_exact(bad, precision):
+def test_a_nan_or_inf_sample_makes_its_groups_nan_and_leaves_the_other_pair_exact(bad, precision):
     # With 3 groups and 4 partitions the pairs read one row-Gram matrix of the batch; the
     # NaN or Inf sample's rows are zeroed there and every group holding it is reported NaN
     # (float64: found on the Gram matrix's diagonal; float32: on the rows).

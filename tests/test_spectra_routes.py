@@ -123,3 +123,22 @@ def test_one_hot_rows_match_explicit_one_hot():
             grouping.counts, spectra.KINDS, widths,
         )
         _check(np.eye(depth, dtype=np.float32)[ids], delta, {k: v.numpy() for k, v in out.items()}, grouping.counts.numpy())
+
+
+@pytest.mark.parametrize("precision", ["float64", "float32"])
+def test_batch_gram_rows_zero_exactly_the_rows_holding_nan_or_inf(precision):
+    # float64: the rows are found on the Gram matrix's diagonal, which a sum of float32
+    # squares cannot overflow (the 3e38 row stays); float32: on the rows themselves.
+    rows = [[1, 2, 3], [np.inf, -np.inf, 0], [np.nan, np.inf, 1], [0, -np.inf, 0], [np.nan, 0, 0], [4, -5, 6]]
+    if precision == "float64":
+        rows.append([3e38, -3e38, 3e38])
+    rows = np.array(rows, np.float32)
+    batch = spectra.BatchGramRows.of(spectra.DenseRows(rows[None]), tf.constant([[0, 5], [1, 2]]),
+                                     spectra.PRECISIONS[precision])
+    finite = np.isfinite(rows).all(axis=1)
+    kept = np.where(finite[:, None], rows, 0).astype(np.float64)
+    assert batch.finite.numpy().tolist() == finite.tolist() + [True]
+    gram = batch.gram.numpy()
+    np.testing.assert_allclose(gram[:-1, :-1], kept @ kept.T, rtol=1e-6 if precision == "float32" else 1e-15)
+    assert not gram[-1].any() and not gram[:, -1].any()  # the empty slot's zero row and column
+    assert batch.finite_groups().numpy().tolist() == [True, False]
