@@ -33,7 +33,7 @@ def run(architecture, batch, groups, steps, repeats, strategy):
         with strategy.scope():
             models[f"{kind}_mirrored"] = build(kind, architecture, groups, every=1)
         models[f"{kind}_one_device"] = build(kind, architecture, groups, every=1)
-    ms = median_ms_per_step(models, data, batch, steps, repeats)
+    ms = median_ms_per_step(models, data, batch, repeats)
     exchange = models["autospec_mirrored"].distributed_exchange
     return {
         "ms_per_step": ms,

@@ -45,7 +45,7 @@ def main():
     args = parser.parse_args()
     models = {name: build(args.model, geometry) for name, geometry in VARIANTS.items()}
     data = overhead.synthetic_data(overhead.ARCHITECTURES[args.model][1], 128, args.steps, 2)
-    times = overhead.ms_per_step_samples(models, data, 128, args.steps, args.repeats)
+    times = overhead.ms_per_step_samples(models, data, 128, args.repeats)
     for name, values in times.items():
         quartiles = statistics.quantiles(values, n=4)
         print(f"{name:12s} median {statistics.median(values):6.2f} Q1 {quartiles[0]:6.2f} fastest {min(values):6.2f} ms/step")

@@ -105,7 +105,9 @@ class TimedCallback(ts.AutoSpecCallback):
     the writes in its background thread (the writer's cost, free of epoch-timing noise)."""
 
     def __init__(self, path):
-        super().__init__(path)
+        # Written every 50 ms rather than every 30 s, so that the writes fall inside the
+        # timed steps of a short epoch (StepClock leaves the epoch's end out).
+        super().__init__(path, flush_every_seconds=0.05)
         self.seconds = 0.0
         self.steps = 0
 
@@ -153,11 +155,15 @@ class StepClock(keras.callbacks.Callback):
     """Times an epoch's steps: from the end of its first step to the end of its last.
 
     What an epoch does once is left out: Keras builds a dataset and an iterator from the
-    arrays (~50 ms on this project's VM, 14 steps of the plain MLP), and the first step
-    fetches the first batch. A real run's long epochs spread that over hundreds of steps;
-    divided over a short timed epoch it added the same ~2.5 ms to every model's ms/step
-    (20 steps) and made every ratio to plain look smaller (docs/benchmarks.md, "How steps
-    are timed").
+    arrays (~50 ms for the plain MLP on this project's VM, 14 of its steps), and the first
+    step fetches the first batch (~2 ms more than the others). A real run's long epochs
+    spread that over hundreds of steps; divided over a short timed epoch it added ~2.5 ms
+    to every model's ms/step (20 steps) and made every ratio to plain look smaller
+    (docs/benchmarks.md, "How steps are timed").
+
+    The timed window is the epoch's steps after the first: a recording schedule of every
+    ``n`` steps is timed fairly when an epoch has ``k·n + 1`` steps (``overhead.py``'s
+    default 21: every window of 20 consecutive steps holds 2 of ``every(10)``'s).
     """
 
     def on_epoch_begin(self, epoch, logs=None):
@@ -198,7 +204,7 @@ def synthetic_data(shape, batch, steps, groups, null_partitions=0):
     return x, rng.integers(0, 10, size=len(x)), labels
 
 
-def ms_per_step_samples(models, data, batch, steps, repeats, callbacks=None):
+def ms_per_step_samples(models, data, batch, repeats, callbacks=None):
     """Trains ``models`` side by side: one tracing epoch each (excluded), then ``repeats``
     epochs alternating between them. Returns the ms per step of each epoch (`step_ms`),
     per model."""
@@ -212,9 +218,9 @@ def ms_per_step_samples(models, data, batch, steps, repeats, callbacks=None):
     return times
 
 
-def median_ms_per_step(models, data, batch, steps, repeats, callbacks=None):
+def median_ms_per_step(models, data, batch, repeats, callbacks=None):
     """As `ms_per_step_samples`, the median ms per step of each model."""
-    samples = ms_per_step_samples(models, data, batch, steps, repeats, callbacks)
+    samples = ms_per_step_samples(models, data, batch, repeats, callbacks)
     return {name: statistics.median(t) for name, t in samples.items()}
 
 
@@ -234,11 +240,11 @@ def run(architecture, batch, groups, steps, repeats, variants, extra=None, null_
         if name.endswith("_writer") else []
         for name in trained
     }
-    samples = ms_per_step_samples(trained, data, batch, steps, repeats, callbacks)
+    samples = ms_per_step_samples(trained, data, batch, repeats, callbacks)
     ms = {name: statistics.median(t) for name, t in samples.items()}
     shutil.rmtree(scratch)
     results = {
-        name: {"s_per_epoch": ms[name] * steps / 1e3, "ms_per_step": ms[name], "ratio": ms[name] / ms["plain"],
+        name: {"ms_per_step": ms[name], "ratio": ms[name] / ms["plain"],
                "ms_min": min(samples[name]), "ms_max": max(samples[name]), "samples_ms": samples[name]}
         for name in trained
     }
@@ -308,7 +314,8 @@ def main():
     parser.add_argument("--models", nargs="+", default=["mlp", "cnn"], choices=list(ARCHITECTURES))
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--groups", type=int, default=2)
-    parser.add_argument("--steps", type=int, default=20, help="steps per timed epoch")
+    parser.add_argument("--steps", type=int, default=21,
+                        help="steps per timed epoch (timed: all but the first; see StepClock)")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--skip", nargs="*", default=[], help="variants to leave out")
     parser.add_argument("--no-floor", action="store_true", help="do not time the floor of the exact spectra")
@@ -320,6 +327,8 @@ def main():
                         help="null partitions recorded by every AutoSpec variant (the paper's route is then left out, "
                         "and the floor ignores them)")
     args = parser.parse_args()
+    if args.steps < 2:
+        parser.error("--steps must be at least 2: each epoch's first step is not timed (StepClock).")
     variants = {k: v for k, v in VARIANTS.items() if k not in args.skip and not (args.null_partitions and k == "paper_svd")}
     with_floor = not args.no_floor and {"plain", "autospec"} <= set(variants)
     machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, TF {tf.__version__}, Keras {keras.__version__}"

@@ -58,7 +58,7 @@ for _name in ("cnn", "lstm", "transformer", "cnn1d"):
 
 def ratio(architecture, batch, groups, steps, repeats):
     models = {kind: build(kind, architecture, groups, every=1) for kind in ("plain", "autospec")}
-    ms = median_ms_per_step(models, synthetic_data(architecture[1], batch, steps, groups), batch, steps, repeats)
+    ms = median_ms_per_step(models, synthetic_data(architecture[1], batch, steps, groups), batch, repeats)
     return {"plain_ms": ms["plain"], "autospec_ms": ms["autospec"], "ratio": ms["autospec"] / ms["plain"]}
 
 
