@@ -3,8 +3,9 @@ batch 32, 2 groups), side by side in one process: plain `keras.Model`, AutoSpec 
 and with the geometry, each with its Gram matrices read from one row-Gram matrix of the
 whole batch (`spectra.BatchGramRows`, the default where `spectra.batch_gram_cheaper`) and
 formed per group (and per pair: ``_per_group``, `batch_gram_cheaper` False while that
-model is traced). Prints medians and quartiles of 9 epochs of 20 steps
-(docs/benchmarks.md, "Gradient geometry: cost").
+model is traced). Prints medians and quartiles of 9 epochs of 20 steps, each timed
+without the epoch's setup (`overhead.step_ms`; docs/benchmarks.md, "Gradient geometry:
+cost").
 
 Usage:
     python benchmarks/geometry_null_partitions.py
@@ -12,13 +13,13 @@ Usage:
 
 import os
 import statistics
-import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
+import overhead  # noqa: E402
 import tf_autospec as ts  # noqa: E402
 from tf_autospec import spectra  # noqa: E402
 
@@ -46,22 +47,16 @@ def main():
     y = rng.integers(0, 2, BATCH * STEPS)
     labels = ts.null_partitions(rng.integers(0, 2, BATCH * STEPS), PARTITIONS)
 
-    def epoch_ms(model):
-        extra = {"groups": labels} if isinstance(model, ts.AutoSpecModel) else {}
-        start = time.perf_counter()
-        model.fit(x, y, batch_size=BATCH, epochs=1, verbose=0, shuffle=False, **extra)
-        return 1e3 * (time.perf_counter() - start) / STEPS
-
     models = {variant: build(variant) for variant in VARIANTS}
     cheaper = spectra.batch_gram_cheaper
     for variant, model in models.items():  # traces (excluded); the route is chosen then
         spectra.batch_gram_cheaper = (lambda *_: False) if variant.endswith("_per_group") else cheaper
-        epoch_ms(model)
+        overhead.epoch_seconds(model, x, y, labels, BATCH)
     spectra.batch_gram_cheaper = cheaper
     samples = {variant: [] for variant in models}
     for _ in range(REPEATS):
         for variant, model in models.items():
-            samples[variant].append(epoch_ms(model))
+            samples[variant].append(overhead.step_ms(model, x, y, labels, BATCH))
     for variant, values in samples.items():
         print(f"P={PARTITIONS} batch {BATCH} MLP 1378-512-256-2 {variant:22s} median {statistics.median(values):7.2f} ms"
               f"  quartiles {np.percentile(values, 25):.2f}-{np.percentile(values, 75):.2f}")
